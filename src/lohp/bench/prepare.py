@@ -1,0 +1,123 @@
+"""Benchmark: the vectorised Stage I collector against a per-run ``torch.optim`` loop.
+
+Same tasks, optimizers, initial weights, steps and minibatch size, in one process. Both
+sides draw a fresh minibatch per run and step and record every checkpoint; only the
+training loops are timed (checkpoint evaluation is the same batched code for both and
+sits outside the clock).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from lohp.optim import make_optimizer
+from lohp.tasks import make_family
+from lohp.trajectories.collect import train_runs
+
+
+def _torch_optimizer(name: str, hp: dict[str, Any], params) -> torch.optim.Optimizer:
+    if name in ("sgd", "sam"):
+        return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+               weight_decay=hp["weight_decay"])
+
+
+def per_run_loop(task, opt_name: str, hp: dict[str, Any], theta0: torch.Tensor, steps: int,
+                 batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """The reference way: one model, one torch.optim optimizer, one Python loop per run."""
+    model = task.model()
+    task.layout.load_into(model, theta0)
+    params = [p for n, p in model.named_parameters() if n in task.layout.names]
+    opt = _torch_optimizer(opt_name, hp, params)
+    rho = hp.get("rho")
+    n = len(task.x_train)
+    out = [task.layout.flatten(model)]
+    for _ in range(steps):
+        idx = (torch.rand(batch_size, generator=gen) * n).long()
+        xb, yb = task.x_train[idx], task.y_train[idx]
+        opt.zero_grad()
+        loss = task.loss_fn(model(xb), yb).mean()
+        loss.backward()
+        if rho is not None:  # SAM: ascend to the sharpest nearby point, take its gradient
+            with torch.no_grad():
+                norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+                eps = [rho * p.grad / (norm + 1e-12) for p in params]
+                for p, e in zip(params, eps):
+                    p.add_(e)
+            opt.zero_grad()
+            task.loss_fn(model(xb), yb).mean().backward()
+            with torch.no_grad():
+                for p, e in zip(params, eps):
+                    p.sub_(e)
+        opt.step()
+        out.append(task.layout.flatten(model))
+    return torch.stack(out)
+
+
+def run(family: str = "digits", family_config: dict[str, Any] | None = None,
+        optimizers: tuple[str, ...] = ("sgd", "adam", "sam"), tasks: int = 16, seeds: int = 2,
+        steps: int = 64, batch_size: int = 32, repeats: int = 3,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    fam = make_family(family, **(family_config or {}))
+    task_list = fam.source_tasks(tasks)
+    runs = [(t, s) for t in task_list for s in range(seeds)]
+    theta0 = torch.stack([t.init_theta(1000 * i + s) for i, (t, s) in enumerate(runs)])
+    rows = []
+    for name in optimizers:
+        opt = make_optimizer(name)
+        best_vec, best_loop = float("inf"), float("inf")
+        for rep in range(repeats):
+            if progress:
+                progress(f"{name}: vectorised, repeat {rep + 1}/{repeats}")
+            _, _, sec = train_runs([t for t, _ in runs], opt, theta0, steps, batch_size, seed=rep)
+            best_vec = min(best_vec, sec)
+            if progress:
+                progress(f"{name}: per-run loop, repeat {rep + 1}/{repeats}")
+            gen = torch.Generator().manual_seed(rep)
+            start = time.perf_counter()
+            for (t, _), th in zip(runs, theta0):
+                per_run_loop(t, name, opt.hparams, th, steps, batch_size, gen)
+            best_loop = min(best_loop, time.perf_counter() - start)
+        work = len(runs) * steps
+        rows.append({"optimizer": name, "runs": len(runs), "steps": steps,
+                     "vectorised_s": best_vec, "loop_s": best_loop,
+                     "vectorised_run_steps_per_s": work / best_vec, "loop_run_steps_per_s": work / best_loop,
+                     "speedup": best_loop / best_vec})
+    vec_total = sum(r["vectorised_s"] for r in rows)
+    loop_total = sum(r["loop_s"] for r in rows)
+    work = sum(r["runs"] * r["steps"] for r in rows)
+    return {"benchmark": "prepare", "family": family, "parameters": task_list[0].layout.size,
+            "batch_size": batch_size, "tasks": tasks, "seeds": seeds, "steps": steps,
+            "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows,
+            "vectorised_run_steps_per_s": work / vec_total, "loop_run_steps_per_s": work / loop_total,
+            "speedup": loop_total / vec_total}
+
+
+def plot(result: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = [r["optimizer"] for r in rows] + ["all"]
+    vec = [r["vectorised_run_steps_per_s"] for r in rows] + [result["vectorised_run_steps_per_s"]]
+    loop = [r["loop_run_steps_per_s"] for r in rows] + [result["loop_run_steps_per_s"]]
+    x = torch.arange(len(names)).float()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(x - 0.2, loop, 0.4, label="per-run torch.optim loop")
+    ax.bar(x + 0.2, vec, 0.4, label="lohp vectorised collector")
+    ax.set_xticks(x.tolist(), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("run-steps per second")
+    ax.set_title(f"Stage I throughput, {result['family']} (d={result['parameters']}, batch {result['batch_size']})")
+    for xi, v, l in zip(x.tolist(), vec, loop):
+        ax.text(xi, max(v, l) * 1.1, f"{v / l:.1f}x", ha="center", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

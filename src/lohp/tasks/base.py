@@ -1,0 +1,170 @@
+"""Task and TaskFamily: the unit everything in lohp is built around.
+
+A :class:`Task` is a training split (the only thing a policy may look at), an evaluation
+split, a loss, a metric, a target model and the patterns naming its generated subset. A
+:class:`TaskFamily` deterministically builds tasks from a seed, from disjoint *source*
+and *held-out* sets (the learned_optimization Task/TaskFamily pattern).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lohp.errors import LohpError
+from lohp.layout import ParamLayout
+
+SPLITS = ("source", "heldout")
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross entropy: logits [..., n, C], y [..., n] -> [..., n]."""
+    return -logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example 0/1 correctness: logits [..., n, C], y [..., n] -> [..., n]."""
+    return (logits.argmax(-1) == y).to(logits.dtype)
+
+
+@dataclass
+class Task:
+    """One task: data splits, target model, generated subset, loss and metric."""
+
+    family: str
+    seed: int
+    split: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    n_classes: int
+    model_factory: Callable[[], nn.Module]
+    patterns: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
+    metric_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = accuracy
+    metric_name: str = "accuracy"
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.split}/{self.seed}"
+
+    def model(self) -> nn.Module:
+        return self.model_factory()
+
+    @property
+    def layout(self) -> ParamLayout:
+        return ParamLayout.from_module(self.model(), self.patterns)
+
+    def condition(self) -> torch.Tensor:
+        """The task condition c = g(task) from the training split only.
+
+        Per-class mean input features in label order, shape [n_classes, features]: a
+        policy can pair each output class with its own row (METHOD.md, 'ours').
+        """
+        return class_means(self.x_train, self.y_train, self.n_classes)
+
+    def init_theta(self, seed: int, scheme: str = "standard", sigma: float = 0.01) -> torch.Tensor:
+        """theta_0: the layer's standard init under ``seed``, or N(0, sigma^2)."""
+        layout = self.layout
+        g = torch.Generator().manual_seed(int(seed))
+        if scheme == "normal":
+            return torch.randn(layout.size, generator=g, dtype=layout.dtype) * sigma
+        if scheme == "zeros":
+            return torch.zeros(layout.size, dtype=layout.dtype)
+        if scheme == "standard":
+            state = torch.random.get_rng_state()
+            try:
+                torch.manual_seed(int(seed))
+                return layout.flatten(self.model())
+            finally:
+                torch.random.set_rng_state(state)
+        raise LohpError(f"unknown init scheme {scheme!r}; choose one of standard, normal, zeros")
+
+    def evaluate(self, theta: torch.Tensor, split: str = "eval") -> dict[str, float]:
+        """Loss and metric of one weight vector on the eval (or train) split."""
+        x, y = (self.x_eval, self.y_eval) if split == "eval" else (self.x_train, self.y_train)
+        with torch.no_grad():
+            logits = self.layout.functional(self.model())(theta, x)
+            return {"loss": self.loss_fn(logits, y).mean().item(),
+                    self.metric_name: self.metric_fn(logits, y).mean().item()}
+
+
+def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    onehot = F.one_hot(y, n_classes).to(x.dtype)
+    counts = onehot.sum(0).clamp_min(1.0)
+    return (onehot.T @ x.reshape(len(x), -1)) / counts[:, None]
+
+
+class TaskFamily(abc.ABC):
+    """Builds tasks deterministically from (seed, split)."""
+
+    name: str = "family"
+
+    @abc.abstractmethod
+    def sample(self, seed: int, split: str = "source") -> Task:
+        """The task with this seed from the source or held-out set."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able arguments that rebuild this family (stored in manifests)."""
+
+    def source_tasks(self, n: int, start: int = 0) -> list[Task]:
+        return [self.sample(s, "source") for s in range(start, start + n)]
+
+    def heldout_tasks(self, n: int, start: int = 0) -> list[Task]:
+        return [self.sample(s, "heldout") for s in range(start, start + n)]
+
+    @staticmethod
+    def check_split(split: str) -> None:
+        if split not in SPLITS:
+            raise LohpError(f"unknown task split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+@dataclass
+class TaskBatch:
+    """R tasks of one family stacked (padded) so R runs can train in one batched pass.
+
+    Training and evaluation sets differ in size between tasks; they are padded to the
+    largest and carry their true sizes so minibatches and means ignore the padding.
+    """
+
+    x_train: torch.Tensor  # [R, n_max, ...]
+    y_train: torch.Tensor  # [R, n_max]
+    n_train: torch.Tensor  # [R]
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    n_eval: torch.Tensor
+
+    @classmethod
+    def stack(cls, tasks: Sequence[Task]) -> "TaskBatch":
+        def pad(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            n = max(len(x) for x in xs)
+            out = xs[0].new_zeros((len(xs), n, *xs[0].shape[1:]))
+            for i, x in enumerate(xs):
+                out[i, :len(x)] = x
+            return out, torch.tensor([len(x) for x in xs])
+
+        xt, nt = pad([t.x_train for t in tasks])
+        yt, _ = pad([t.y_train for t in tasks])
+        xe, ne = pad([t.x_eval for t in tasks])
+        ye, _ = pad([t.y_eval for t in tasks])
+        return cls(xt, yt, nt, xe, ye, ne)
+
+    def minibatch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform draws (with replacement) of ``batch_size`` examples per task."""
+        r = len(self.n_train)
+        u = torch.rand(r, batch_size, generator=generator)
+        idx = (u * self.n_train[:, None]).long()
+        rows = torch.arange(r)[:, None]
+        return self.x_train[rows, idx], self.y_train[rows, idx]
+
+    def mask(self, split: str) -> torch.Tensor:
+        n, size = (self.n_train, self.x_train.shape[1]) if split == "train" else (self.n_eval, self.x_eval.shape[1])
+        return (torch.arange(size)[None, :] < n[:, None]).float()

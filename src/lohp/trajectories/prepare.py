@@ -1,0 +1,208 @@
+"""Stage I end to end: plan shards, collect them (vectorised), store them, resume.
+
+The plan is a pure function of the arguments: shard i always holds the same runs and
+uses the same random streams, so an interrupted run resumed with the same arguments
+produces exactly the store an uninterrupted run would have produced. A shard counts as
+done when its tensors *and* its JSON record exist and the checksum matches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from lohp.errors import LohpError
+from lohp.optim import make_optimizer
+from lohp.tasks import make_family
+from lohp.trajectories.collect import collect, recorded_steps
+from lohp.trajectories.store import (CONFIG, FORMAT, MANIFEST, SHARD_DIR, TrajectoryStore, atomic_save_tensors,
+                                     atomic_write_json, ensure_writable_dir, read_json, sha256_file)
+
+INIT_SCHEMES = ("standard", "normal", "zeros")
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    optimizer: dict[str, Any]       # {"name": ..., "hparams": {...}}
+    runs: list[dict[str, int]]      # [{"task_seed", "seed", "init_seed"}]
+
+    @property
+    def file(self) -> str:
+        return f"shard-{self.index:05d}.safetensors"
+
+    @property
+    def record_file(self) -> str:
+        return f"shard-{self.index:05d}.json"
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def make_config(family: str = "digits", family_config: dict[str, Any] | None = None,
+                optimizers: Sequence[str] = ("sgd", "adam", "sam"),
+                hparams: dict[str, dict[str, Any]] | None = None, tasks: int = 16, task_start: int = 0,
+                split: str = "source", seeds: int = 1, steps: int = 32, batch_size: int = 32,
+                record_every: int = 1, init: str = "standard", init_sigma: float = 0.01,
+                seed: int = 0, shard_runs: int = 64) -> dict[str, Any]:
+    """Validate the arguments of a Stage I run and return its JSON-able config."""
+    fam = make_family(family, **(family_config or {}))  # validates family and its config
+    if split not in ("source", "heldout"):
+        raise LohpError(f"unknown split {split!r}; choose source or heldout")
+    for name, value in (("tasks", tasks), ("seeds", seeds), ("steps", steps), ("batch size", batch_size),
+                        ("record_every", record_every), ("shard_runs", shard_runs)):
+        if int(value) <= 0:
+            raise LohpError(f"{name} must be > 0 (got {value})")
+    if init not in INIT_SCHEMES:
+        raise LohpError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    if not optimizers:
+        raise LohpError("give at least one optimizer, e.g. --optimizers sgd,adam,sam")
+    hparams = hparams or {}
+    unknown = set(hparams) - set(optimizers)
+    if unknown:
+        raise LohpError(f"hyper-parameters given for {', '.join(sorted(unknown))}, which is not in the "
+                        "optimizer list")
+    opts = []
+    for name in optimizers:
+        opt = make_optimizer(name, **hparams.get(name, {}))  # validates name and values
+        opts.append({"name": opt.name, "hparams": opt.hparams})
+    if len({o["name"] for o in opts}) != len(opts):
+        raise LohpError("an optimizer is listed twice; list each once")
+    return {"family": family, "family_config": fam.config(), "optimizers": opts, "tasks": int(tasks),
+            "task_start": int(task_start), "split": split, "seeds": int(seeds), "steps": int(steps),
+            "batch_size": int(batch_size), "record_every": int(record_every), "init": init,
+            "init_sigma": float(init_sigma), "seed": int(seed), "shard_runs": int(shard_runs)}
+
+
+def plan_shards(config: dict[str, Any]) -> list[ShardPlan]:
+    runs = [{"task_seed": t, "seed": s, "init_seed": _seed(config["seed"], t, s)}
+            for t in range(config["task_start"], config["task_start"] + config["tasks"])
+            for s in range(config["seeds"])]
+    plans, n = [], config["shard_runs"]
+    for opt in config["optimizers"]:
+        for lo in range(0, len(runs), n):
+            plans.append(ShardPlan(len(plans), opt, runs[lo:lo + n]))
+    return plans
+
+
+def _shard_done(out: Path, plan: ShardPlan) -> dict[str, Any] | None:
+    """The shard's record if the shard is complete and intact, else None."""
+    rec_path, file = out / SHARD_DIR / plan.record_file, out / SHARD_DIR / plan.file
+    if not (rec_path.exists() and file.exists()):
+        return None
+    try:
+        record = json.loads(rec_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if record.get("sha256") != sha256_file(file) or record.get("runs_spec") != plan.runs:
+        return None
+    return record
+
+
+def _build_manifest(config: dict[str, Any], layout: dict[str, Any], records: list[dict[str, Any]],
+                    total: int, metric_name: str, task_info: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    shards, trajectories = [], []
+    for si, rec in enumerate(records):
+        shards.append({k: rec[k] for k in ("file", "sha256", "runs", "records", "optimizer", "train_seconds")})
+        for j, run in enumerate(rec["runs_spec"]):
+            trajectories.append({
+                "id": len(trajectories), "shard": si, "index": j, "family": config["family"],
+                "split": config["split"], "task_seed": run["task_seed"],
+                "task": task_info.get(run["task_seed"], {}), "optimizer": rec["optimizer"]["name"],
+                "hparams": rec["optimizer"]["hparams"], "seed": run["seed"], "init_seed": run["init_seed"],
+                "steps": rec["steps"], "record_every": config["record_every"],
+                "metrics": {k: v[j] for k, v in rec["metrics"].items()},
+            })
+    return {"format": FORMAT, "config": config, "layout": layout, "metric_name": metric_name,
+            "complete": len(records) == total, "shards_planned": total, "shards": shards,
+            "trajectories": trajectories}
+
+
+def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
+            progress: Callable[[int, int, str], None] | None = None) -> TrajectoryStore:
+    """Run (or resume) Stage I into ``out`` and return the opened store.
+
+    ``progress(done, total, text)`` is called with run-steps done so far.
+    """
+    out = ensure_writable_dir(Path(out))
+    if overwrite:
+        for p in [*(out / SHARD_DIR).glob("shard-*"), out / MANIFEST, out / CONFIG]:
+            p.unlink(missing_ok=True)
+    elif (out / CONFIG).exists():
+        old = read_json(out / CONFIG, "store config")
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise LohpError(f"{out} holds a store prepared with other arguments (differs in "
+                            f"{', '.join(diff)}); use the same arguments to resume, another --out, "
+                            "or --overwrite")
+    elif any(p.name != SHARD_DIR for p in out.iterdir()):
+        raise LohpError(f"{out} is not empty and is not a lohp store; choose an empty --out "
+                        "or pass --overwrite")
+    (out / SHARD_DIR).mkdir(exist_ok=True)
+    for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
+        stale.unlink(missing_ok=True)
+    atomic_write_json(out / CONFIG, config)
+
+    family = make_family(config["family"], **config["family_config"])
+    plans = plan_shards(config)
+    steps = config["steps"]
+    n_rec = len(recorded_steps(steps, config["record_every"]))
+    task_cache: dict[int, Any] = {}
+
+    def task(seed: int):
+        if seed not in task_cache:
+            task_cache[seed] = family.sample(seed, config["split"])
+        return task_cache[seed]
+
+    first = task(config["task_start"])
+    layout = first.layout.to_dict()
+    task_info = {}
+    total_units = sum(len(p.runs) for p in plans) * steps
+    done_units = 0
+    records: list[dict[str, Any]] = []
+    for plan in plans:
+        record = _shard_done(out, plan)
+        opt_name = plan.optimizer["name"]
+        if record is None:
+            optimizer = make_optimizer(opt_name, **plan.optimizer["hparams"])
+            tasks = [task(r["task_seed"]) for r in plan.runs]
+            theta0 = torch.stack([t.init_theta(r["init_seed"], config["init"], config["init_sigma"])
+                                  for t, r in zip(tasks, plan.runs)])
+            base = done_units
+
+            def on_step(t: int, base: int = base, n: int = len(plan.runs)) -> None:
+                if progress is not None and (t % 4 == 0 or t == steps):
+                    progress(base + t * n, total_units, f"{opt_name} shard {plan.index + 1}/{len(plans)}")
+
+            result = collect(tasks, optimizer, theta0, steps, config["batch_size"], config["record_every"],
+                             seed=_seed(config["seed"], 1, plan.index), device=device, on_step=on_step)
+            assert result.thetas.shape[1] == n_rec
+            path = out / SHARD_DIR / plan.file
+            atomic_save_tensors(path, {"theta": result.thetas, "steps": result.steps,
+                                       "train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                                       "eval_metric": result.eval_metric},
+                                metadata={"format": FORMAT, "optimizer": opt_name})
+            record = {"file": plan.file, "sha256": sha256_file(path), "runs": len(plan.runs),
+                      "records": n_rec, "optimizer": plan.optimizer, "runs_spec": plan.runs,
+                      "steps": result.steps.tolist(), "train_seconds": result.train_seconds,
+                      "metrics": {"train_loss": result.train_loss.tolist(),
+                                  "eval_loss": result.eval_loss.tolist(),
+                                  "eval_metric": result.eval_metric.tolist()},
+                      "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_json(out / SHARD_DIR / plan.record_file, record)
+        done_units += len(plan.runs) * steps
+        if progress is not None:
+            progress(done_units, total_units, f"{opt_name} shard {plan.index + 1}/{len(plans)}")
+        records.append(record)
+        for r in plan.runs:
+            task_info.setdefault(r["task_seed"], task(r["task_seed"]).info)
+        atomic_write_json(out / MANIFEST, _build_manifest(config, layout, records, len(plans),
+                                                          first.metric_name, task_info))
+    return TrajectoryStore.open(out)

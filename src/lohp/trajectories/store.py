@@ -1,0 +1,277 @@
+"""TrajectoryStore: offline optimizer trajectories on disk.
+
+Layout of a store directory::
+
+    config.json                 the arguments that define the store (checked on resume)
+    manifest.json               layout, shards (with sha256), trajectories and their metrics
+    shards/shard-00000.safetensors   theta [R, n_records, d] + metrics [R, n_records]
+    shards/shard-00000.json     the shard's own record, written after its tensors
+
+No pickle anywhere: tensors are safetensors, metadata is JSON. Every file is written to a
+temporary name, flushed, fsync'ed and renamed, so a crash (even ``kill -9``) leaves either
+the old file or the new one, never half of one. Reads memory-map the shards and slice
+one trajectory's step range without loading the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from lohp.errors import LohpError
+from lohp.layout import ParamLayout
+
+FORMAT = "lohp-trajectories/1"
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+SHARD_DIR = "shards"
+
+
+# --------------------------------------------------------------------------- atomic I/O
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LohpError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LohpError(f"{what} {path} is corrupt ({exc.__class__.__name__}); re-create it "
+                        "(for a store: re-run lohp prepare with the same arguments)") from None
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove we can write there, or fail with one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LohpError(f"cannot write to output folder {path} ({exc.strerror or exc}); "
+                        "choose a writable --out") from None
+    return path
+
+
+# --------------------------------------------------------------------------- the store
+class TrajectoryStore:
+    """Read access to a prepared store: trajectories, metrics, layout and tasks."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.layout = ParamLayout.from_dict(manifest["layout"])
+        self.trajectories: list[dict[str, Any]] = manifest["trajectories"]
+        self.shards: list[dict[str, Any]] = manifest["shards"]
+        self._verified: set[int] = set()
+
+    # -- opening ------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False) -> "TrajectoryStore":
+        path = Path(path)
+        if not path.is_dir():
+            raise LohpError(f"no trajectory store at {path}; create one with lohp prepare --out {path}")
+        if not (path / MANIFEST).exists():
+            hint = ("an interrupted lohp prepare: re-run it with the same arguments to resume"
+                    if (path / CONFIG).exists() else "not a lohp store")
+            raise LohpError(f"{path} has no {MANIFEST} ({hint})")
+        manifest = read_json(path / MANIFEST, "manifest")
+        if manifest.get("format") != FORMAT:
+            raise LohpError(f"{path / MANIFEST} is not a {FORMAT} manifest (format "
+                            f"{manifest.get('format')!r})")
+        try:
+            store = cls(path, manifest)
+        except KeyError as exc:
+            raise LohpError(f"manifest {path / MANIFEST} lacks {exc}; the store is damaged, "
+                            "re-run lohp prepare with the same arguments") from None
+        store.check_structure()
+        if verify:
+            store.verify()
+        return store
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.trajectories)
+
+    def shard_path(self, shard: int) -> Path:
+        return self.path / SHARD_DIR / self.shards[shard]["file"]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    # -- checks -------------------------------------------------------------------
+    def check_structure(self) -> None:
+        """Cheap consistency checks: every shard exists and its header fits the manifest."""
+        d = self.layout.size
+        for i, sh in enumerate(self.shards):
+            p = self.shard_path(i)
+            if not p.exists():
+                raise LohpError(f"shard {p.name} listed in the manifest is missing; re-run "
+                                "lohp prepare with the same arguments to rebuild it")
+            try:
+                with safe_open(p, framework="pt") as fh:
+                    shape = tuple(fh.get_slice("theta").get_shape())
+            except (SafetensorError, OSError, KeyError, ValueError) as exc:
+                raise LohpError(f"shard {p.name} is truncated or corrupt ({exc}); re-run lohp "
+                                "prepare with the same arguments to rebuild it") from None
+            want = (sh["runs"], sh["records"], d)
+            if shape != want:
+                raise LohpError(f"shard {p.name} holds theta of shape {list(shape)} but the manifest "
+                                f"says {list(want)}; the manifest does not match its shards, "
+                                "re-run lohp prepare into a new folder")
+
+    def verify_shard(self, shard: int) -> None:
+        if shard in self._verified:
+            return
+        p = self.shard_path(shard)
+        if sha256_file(p) != self.shards[shard]["sha256"]:
+            raise LohpError(f"checksum mismatch for shard {p.name}: the file is corrupt or was "
+                            "changed; re-run lohp prepare with the same arguments to rebuild it")
+        self._verified.add(shard)
+
+    def verify(self) -> None:
+        for i in range(len(self.shards)):
+            self.verify_shard(i)
+
+    def check_layout(self, other: ParamLayout | torch.nn.Module, patterns: tuple[str, ...] | None = None) -> None:
+        if isinstance(other, torch.nn.Module):
+            other = ParamLayout.from_module(other, patterns or self.layout.names)
+        self.layout.check_matches(other, f"the store {self.path}")
+
+    # -- data access --------------------------------------------------------------
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self.trajectories):
+            raise IndexError(f"trajectory {i} out of range (store holds {len(self)})")
+        tr = self.trajectories[i]
+        return tr["shard"], tr["index"]
+
+    def theta(self, i: int, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Recorded checkpoints ``[start:stop]`` of trajectory i as ``[n, d]``.
+
+        Indices count *records* (see ``steps(i)`` for the optimizer step of each).
+        Only the requested rows are read from the memory-mapped shard.
+        """
+        shard, idx = self._locate(i)
+        self.verify_shard(shard)
+        with safe_open(self.shard_path(shard), framework="pt") as fh:
+            return fh.get_slice("theta")[idx:idx + 1, start:stop][0]
+
+    def steps(self, i: int) -> list[int]:
+        return self.trajectories[i]["steps"]
+
+    def metrics(self, i: int) -> dict[str, list[float]]:
+        return self.trajectories[i]["metrics"]
+
+    def all_thetas(self, indices: list[int] | None = None) -> torch.Tensor:
+        """Every (or the selected) trajectory as ``[n_traj, n_records, d]`` (loads them)."""
+        indices = list(range(len(self))) if indices is None else indices
+        return torch.stack([self.theta(i) for i in indices])
+
+    def family(self):
+        from lohp.tasks import make_family
+
+        return make_family(self.config["family"], **self.config["family_config"])
+
+    def task(self, i: int):
+        tr = self.trajectories[i]
+        return self.family().sample(tr["task_seed"], tr["split"])
+
+
+def summarize(store: TrajectoryStore, verify: bool = True) -> dict[str, Any]:
+    """What ``lohp inspect`` shows: counts, final metrics per optimizer, size, checksums."""
+    checksums_ok = None
+    if verify:
+        store.verify()  # raises a one-line LohpError on the first bad shard
+        checksums_ok = True
+    per: dict[str, dict[str, list[float]]] = {}
+    for tr in store:
+        d = per.setdefault(tr["optimizer"], {"metric": [], "loss": []})
+        d["metric"].append(tr["metrics"]["eval_metric"][-1])
+        d["loss"].append(tr["metrics"]["train_loss"][-1])
+    optimizers = {}
+    for name, d in per.items():
+        m, l = torch.tensor(d["metric"], dtype=torch.float64), torch.tensor(d["loss"], dtype=torch.float64)
+        optimizers[name] = {"count": len(d["metric"]), "final_metric_mean": m.mean().item(),
+                            "final_metric_std": m.std(unbiased=False).item(),
+                            "final_train_loss_mean": l.mean().item()}
+    cfg = store.config
+    return {"path": str(store.path), "complete": store.complete,
+            "shards": len(store.shards), "shards_planned": store.manifest.get("shards_planned", len(store.shards)),
+            "trajectories": len(store), "family": cfg["family"], "split": cfg["split"],
+            "steps": cfg["steps"], "record_every": cfg["record_every"],
+            "records_per_trajectory": store.shards[0]["records"] if store.shards else 0,
+            "parameters": store.layout.size, "metric": store.manifest.get("metric_name", "metric"),
+            "size_bytes": store.size_bytes(), "checksums_ok": checksums_ok, "optimizers": optimizers}
