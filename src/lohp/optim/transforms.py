@@ -69,7 +69,7 @@ def adam(lr: Hyper, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
         if has_wd and not decoupled:
             g = g + per_run(weight_decay, params) * params
         step = state["step"] + 1
-        t = step.to(params.dtype)
+        t = step.to(torch.float64)  # bias corrections in double, as torch.optim.Adam (1 - 0.999 in float32 is off by 1e-5)
         m = torch.lerp(state["exp_avg"], g, 1 - beta1)  # as torch.optim.Adam does
         v = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
         bc1 = 1 - beta1 ** t

@@ -56,7 +56,11 @@ class Task:
         return f"{self.family}/{self.split}/{self.seed}"
 
     def model(self) -> nn.Module:
-        return self.model_factory()
+        """The target model; its frozen part (outside the generated subset) is the same on every
+        call (built under a fixed seed, leaving the global RNG alone)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self.model_factory()
 
     @property
     def layout(self) -> ParamLayout:
@@ -82,7 +86,7 @@ class Task:
             state = torch.random.get_rng_state()
             try:
                 torch.manual_seed(int(seed))
-                return layout.flatten(self.model())
+                return layout.flatten(self.model_factory())
             finally:
                 torch.random.set_rng_state(state)
         raise LohpError(f"unknown init scheme {scheme!r}; choose one of standard, normal, zeros")

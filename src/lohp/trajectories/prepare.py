@@ -125,12 +125,10 @@ def _build_manifest(config: dict[str, Any], layout: dict[str, Any], records: lis
             "trajectories": trajectories}
 
 
-def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
-            progress: Callable[[int, int, str], None] | None = None) -> TrajectoryStore:
-    """Run (or resume) Stage I into ``out`` and return the opened store.
+def claim_output(out: str | Path, config: dict[str, Any], overwrite: bool = False) -> Path:
+    """Check that ``out`` may receive this store (new, same arguments, or --overwrite).
 
-    ``progress(done, total, text)`` is called with run-steps done so far.
-    """
+    Cheap and idempotent: the CLI calls it before showing a progress bar."""
     out = ensure_writable_dir(Path(out))
     if overwrite:
         for p in [*(out / SHARD_DIR).glob("shard-*"), out / MANIFEST, out / CONFIG]:
@@ -142,9 +140,20 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
             raise LohpError(f"{out} holds a store prepared with other arguments (differs in "
                             f"{', '.join(diff)}); use the same arguments to resume, another --out, "
                             "or --overwrite")
-    elif any(p.name != SHARD_DIR for p in out.iterdir()):
+    elif any(p.name != SHARD_DIR and not p.name.startswith((f".{CONFIG}.", ".write-test."))  # kill -9 leftovers
+             for p in out.iterdir()):
         raise LohpError(f"{out} is not empty and is not a lohp store; choose an empty --out "
                         "or pass --overwrite")
+    return out
+
+
+def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
+            progress: Callable[[int, int, str], None] | None = None) -> TrajectoryStore:
+    """Run (or resume) Stage I into ``out`` and return the opened store.
+
+    ``progress(done, total, text)`` is called with run-steps done so far.
+    """
+    out = claim_output(out, config, overwrite)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
         stale.unlink(missing_ok=True)

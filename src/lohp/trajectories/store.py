@@ -49,11 +49,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _new_temp(path: Path) -> str:
+    """A temporary file beside ``path`` with ordinary permissions (mkstemp gives 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _new_temp(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -71,17 +88,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
+        with open(tmp, "r+b") as fh:
+            _sort_metadata(fh)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _sort_metadata(fh) -> None:
+    """safetensors writes ``__metadata__`` from a Rust hash map, in a random key order; sort it
+    (same length, rewritten in place) so equal tensors always give equal bytes and checksums."""
+    n = int.from_bytes(fh.read(8), "little")
+    header = json.loads(fh.read(n))
+    if len(header.get("__metadata__") or {}) > 1:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:
+            fh.seek(8)
+            fh.write(text.ljust(n))
 
 
 def sha256_file(path: Path) -> str:
@@ -144,10 +174,11 @@ class TrajectoryStore:
                             f"{manifest.get('format')!r})")
         try:
             store = cls(path, manifest)
+            store.check_structure()
+            store.check_model()
         except KeyError as exc:
             raise LohpError(f"manifest {path / MANIFEST} lacks {exc}; the store is damaged, "
                             "re-run lohp prepare with the same arguments") from None
-        store.check_structure()
         if verify:
             store.verify()
         return store
@@ -192,6 +223,22 @@ class TrajectoryStore:
                 raise LohpError(f"shard {p.name} holds theta of shape {list(shape)} but the manifest "
                                 f"says {list(want)}; the manifest does not match its shards, "
                                 "re-run lohp prepare into a new folder")
+        listed = [(tr.get("shard"), tr.get("index")) for tr in self.trajectories]
+        runs = {(si, j) for si, sh in enumerate(self.shards) for j in range(sh["runs"])}
+        if len(listed) != len(set(listed)) or set(listed) != runs:
+            raise LohpError(f"the manifest lists {len(listed)} trajectories but its shards hold {len(runs)} "
+                            "runs (or they point at the wrong rows); the manifest does not match its "
+                            "shards, re-run lohp prepare into a new folder")
+
+    def check_model(self) -> None:
+        """The stored layout is checked on load against the model the store's tasks build."""
+        cfg = self.config
+        model_layout = self.family().sample(cfg.get("task_start", 0), cfg.get("split", "source")).layout
+        try:
+            self.layout.check_matches(model_layout, f"the model of its {cfg['family']} tasks")
+        except LohpError as exc:
+            raise LohpError(f"{self.path / MANIFEST}: {exc}; if the manifest is damaged, re-run lohp "
+                            "prepare into a new folder") from None
 
     def verify_shard(self, shard: int) -> None:
         if shard in self._verified:
