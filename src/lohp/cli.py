@@ -104,11 +104,12 @@ def prepare(
                          hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
                          init=init, init_sigma=init_sigma, seed=seed, shard_runs=shard_runs)
-    from lohp.trajectories.store import ensure_writable_dir
+    from lohp.trajectories.prepare import claim_output
 
-    ensure_writable_dir(out)  # fail before the progress bar appears
+    dev = _device(device)  # every check fails before the progress bar appears
+    claim_output(out, config, overwrite)
     with progress_bar("preparing") as update:
-        store = run_prepare(out, config, device=_device(device), overwrite=overwrite, progress=update)
+        store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update)
     console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
 
 
@@ -151,6 +152,175 @@ def inspect(
                   f"{summary['size_bytes'] / 1e6:.2f} MB on disk; {status}; {checks}")
 
 
+# --------------------------------------------------------------------------- train
+@app.command("train")
+def train_cmd(
+    store: Path = typer.Option(..., help="Trajectory store written by lohp prepare."),
+    out: Path = typer.Option(..., help="Policy folder (created; re-run the same command to resume)."),
+    method: str = typer.Option("lo-hp", help="lo-hp, lo-op, lo-hp-literal, lo-di, lo-di-noise, hypernetwork."),
+    k: int = typer.Option(2, help="Compression factor: N = T/k policy steps."),
+    iterations: int = typer.Option(1500, help="Training iterations."),
+    batch_size: int = typer.Option(16, help="Trajectories (tasks) per iteration."),
+    lr: float = typer.Option(1e-3, help="Learning rate of the backbone and forward head."),
+    lr_flow: float = typer.Option(0.1, help="Learning rate of log Z (learned log Z only)."),
+    lr_backward: float = typer.Option(1e-3, help="Learning rate of the backward head (learned P_B only)."),
+    beta: Optional[float] = typer.Option(None, help="Off-policy weight (method default otherwise)."),
+    lam: Optional[float] = typer.Option(None, help="SubTB(lambda) segment weight."),
+    rollouts: Optional[int] = typer.Option(None, help="On-policy rollouts per task (K)."),
+    rollout: Optional[str] = typer.Option(None, help="reparam or detached."),
+    log_z: Optional[str] = typer.Option(None, help="mean-residual or learned."),
+    off_policy: Optional[str] = typer.Option(None, help="ml or subtb."),
+    backward: Optional[str] = typer.Option(None, help="Backward policy: fixed, bridge or learned."),
+    normalize: Optional[bool] = typer.Option(None, help="Normalise each loss term by its detached value."),
+    input_noise: Optional[float] = typer.Option(None, help="lo-di-noise input noise (x RMS of theta_0)."),
+    reward_width: Optional[float] = typer.Option(None, help="Reward width per coordinate (x step scale)."),
+    sigma_f: float = typer.Option(0.25, help="Forward std (x step scale)."),
+    sigma_b: float = typer.Option(2.5, help="Backward std (x step scale)."),
+    channels: int = typer.Option(32, help="U-Net width."),
+    depth: int = typer.Option(2, help="U-Net levels."),
+    token_size: int = typer.Option(8, help="Weight values per token."),
+    optimizers: Optional[str] = typer.Option(None, help="Use only these optimizers' trajectories, e.g. sgd,adam."),
+    seed: int = typer.Option(0, help="Random seed (initialisation and batches)."),
+    checkpoint_every: int = typer.Option(100, help="Checkpoint interval (iterations)."),
+    eval_every: int = typer.Option(250, help="Held-out accuracy interval (iterations)."),
+    time_limit: Optional[float] = typer.Option(None, help="Stop after this many seconds (checkpointed)."),
+    device: str = typer.Option("cpu", help="torch device."),
+    overwrite: bool = typer.Option(False, help="Start over in --out."),
+) -> None:
+    """Stage II: train a policy on a trajectory store (resumable)."""
+    from lohp.training import train as run_train
+
+    loss_options = {"beta": beta, "lam": lam, "rollouts": rollouts, "rollout": rollout, "log_z": log_z,
+                    "off_policy": off_policy, "backward": backward, "normalize": normalize,
+                    "input_noise": input_noise, "reward_width": reward_width}
+    policy_options = {"sigma_f": sigma_f, "sigma_b": sigma_b, "channels": channels, "depth": depth,
+                      "token_size": token_size}
+    train_options = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "lr_flow": lr_flow,
+                     "lr_backward": lr_backward, "seed": seed, "checkpoint_every": checkpoint_every,
+                     "eval_every": eval_every, "time_limit": time_limit,
+                     "optimizers": _split_list(optimizers) if optimizers else None}
+    with progress_bar(f"training {method}") as update:
+        def show(i: int, n: int, m: dict[str, float]) -> None:
+            keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
+            text = " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
+            update(i, n, f"{method} {text}")
+
+        res = run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
+                        policy_options, train_options, device=_device(device), overwrite=overwrite, progress=show)
+    summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
+    console.print(f"policy in {out} after {res['iteration']} iterations ({res['seconds']:.0f} s): {summary}; "
+                  f"curves in {out / 'curves.png'}")
+
+
+# --------------------------------------------------------------------------- generate
+@app.command()
+def generate(
+    policy: Path = typer.Option(..., help="Policy folder written by lohp train."),
+    out: Path = typer.Option(..., help="Output .safetensors file for the generated weights."),
+    family: Optional[str] = typer.Option(None, help="Task family (default: the policy's)."),
+    task_seed: int = typer.Option(0, help="Task seed."),
+    split: str = typer.Option("heldout", help="source or heldout."),
+    seed: int = typer.Option(0, help="Seed of the starting weights s_0."),
+    temperature: float = typer.Option(0.0, help="0: mean path (deterministic); > 0: sample with this temperature."),
+    sample_seed: int = typer.Option(0, help="Seed of the sampling noise."),
+    latency: bool = typer.Option(True, help="Also measure the generation latency."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Generate weights for one task without computing a task gradient."""
+    from lohp.generation import Generator
+    from lohp.tasks import make_family
+
+    gen = Generator.load(policy, _device(device))
+    fam = gen.family() if family in (None, gen.meta["family"]) else make_family(family)
+    task = fam.sample(task_seed, split)
+    weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
+    weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"]})
+    metrics = task.evaluate(weights.theta)
+    text = f"wrote {out}: {task.name}, eval {task.metric_name} {metrics[task.metric_name]:.4f}"
+    if latency:
+        lat = gen.latency(task)
+        text += (f"; latency {lat['latency_ms']:.2f} ms for {lat['steps']} steps "
+                 f"({lat['latency_with_condition_ms']:.2f} ms with the condition)")
+    console.print(text)
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    work: Path = typer.Option(Path("runs/demo"), help="Working folder (store, policy, plots); resumable."),
+    iterations: int = typer.Option(300, help="Policy training iterations."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """The main job on the built-in digits default: prepare, train lo-hp, generate, compare."""
+    from lohp.bench import digits as bd
+
+    cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, seeds=1,
+                               eval_tasks=20, speedup_tasks=5, device=_device(device),
+                               variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")])
+    result = _run_digits_bench(cfg, "demo")
+    _digits_table(result, "lohp demo: digits heads, held-out tasks")
+    _write_outputs(result, work / "demo.json", None, "", None)
+    for p in bd.plots(result, work):
+        console.print(f"wrote {p}")
+
+
+def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
+    from lohp.bench import digits as bd
+
+    with progress_bar(label) as update:
+        stage = {"text": label}
+
+        def note(text: str) -> None:
+            stage["text"] = text
+            update(0, 0, text)
+
+        def show(i: int, n: int, m: dict[str, float]) -> None:
+            acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
+            update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
+
+        return bd.run(cfg, note, show)
+
+
+def _digits_table(result: dict[str, Any], title: str) -> None:
+    from lohp.bench.harness import print_table
+
+    print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
+                                        ("accuracy", "accuracy (mean ± std)", ".4f"),
+                                        ("accuracy_wide", f"acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
+                                        ("time_to_accuracy_speedup", "speedup vs Adam", ".1f")], console)
+
+
+# --------------------------------------------------------------------------- bench digits
+@bench_app.command("digits")
+def bench_digits(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    plot: Optional[Path] = typer.Option(None, help="Folder for the PNG plots."),
+    quick: bool = typer.Option(False, help="Small settings that finish in a few minutes."),
+    work: Optional[Path] = typer.Option(None, help="Working folder (store and policies; resumable)."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations per policy."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per method."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Every method on held-out digits tasks: accuracy, robustness, latency, speedup."""
+    from lohp.bench import digits as bd
+
+    _check_outputs(json_out, plot)
+    cfg = bd.DigitsBenchConfig.quick() if quick else bd.DigitsBenchConfig()
+    if work is not None:
+        cfg.work = str(work)
+    if iterations is not None:
+        cfg.iterations = iterations
+    if seeds is not None:
+        cfg.seeds = seeds
+    cfg.device = _device(device)
+    result = _run_digits_bench(cfg, "bench digits")
+    _digits_table(result, f"digits heads, {result['heldout_tasks']} held-out tasks, {cfg.seeds} seeds")
+    _write_outputs(result, json_out, None, "", None)
+    if plot is not None:
+        for p in bd.plots(result, plot):
+            console.print(f"wrote {p}")
+
+
 # --------------------------------------------------------------------------- bench
 @bench_app.command("prepare")
 def bench_prepare(
@@ -168,6 +338,7 @@ def bench_prepare(
     """Vectorised Stage I collector vs a per-run torch.optim loop (runs*steps per second)."""
     from lohp.bench import prepare as bp
 
+    _check_outputs(json_out, plot)
     if quick:
         tasks, seeds, steps, repeats = 4, 2, 16, 1
     with progress_bar("bench prepare") as update:
@@ -194,6 +365,18 @@ def bench_prepare(
     _write_outputs(result, json_out, plot, "bench_prepare.png", bp.plot)
 
 
+def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
+    """Fail on an unwritable --json/--plot before a long benchmark runs, not after."""
+    from lohp.trajectories.store import ensure_writable_dir
+
+    if json_out is not None:
+        if json_out.is_dir():
+            raise LohpError(f"--json {json_out} is a folder; give a file name")
+        ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
+    if plot is not None:
+        ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)
+
+
 def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | None, default_name: str,
                    plot_fn: Any) -> None:
     from lohp.trajectories.store import atomic_write_json, ensure_writable_dir
@@ -207,6 +390,61 @@ def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | N
         ensure_writable_dir(target.parent)
         plot_fn(result, target)
         console.print(f"wrote {target}")
+
+
+# --------------------------------------------------------------------------- bench l2o
+@bench_app.command("l2o")
+def bench_l2o(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    plot: Optional[Path] = typer.Option(None, help="Write the PNG (loss curves + accuracy) here (file or folder)."),
+    quick: bool = typer.Option(False, help="Small settings (a few minutes)."),
+    tasks: Optional[int] = typer.Option(None, help="Held-out tasks (full 30, quick 12)."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per method (3)."),
+    iterations: Optional[int] = typer.Option(None, help="Meta-updates per learned optimizer (full 400, quick 48)."),
+    horizon: Optional[int] = typer.Option(None, help="Unroll length the L2O is meta-trained on = T for Adam/SGD (32)."),
+    long_horizon: Optional[int] = typer.Option(None, help="Meta-test horizon beyond training (full 128, quick 64)."),
+    truncation: Optional[int] = typer.Option(None, help="Truncated-BPTT segment length; must divide --horizon (8)."),
+    meta_batch: Optional[int] = typer.Option(None, help="Source tasks per meta-training episode (full 8, quick 6)."),
+    target: str = typer.Option("optimizee", help="Regularize the optimizee loss, the meta-objective, or both."),
+    hessian: Optional[str] = typer.Option(None, help="Hessian regularizer settings, e.g. weight=0.05,probes=2."),
+    entropy: Optional[str] = typer.Option(None, help="Local-entropy settings, e.g. weight=1,gamma=3,steps=8."),
+    methods: str = typer.Option(",".join(("adam", "sgd", "l2o", "l2o-hessian", "l2o-entropy")), help="Rows."),
+    head: str = typer.Option("linear", help="Optimizee: linear or mlp head."),
+    workers: int = typer.Option(2, help="Processes meta-training in parallel (one torch thread each)."),
+    threads: int = typer.Option(1, help="torch threads for evaluation and latency."),
+    save: Optional[Path] = typer.Option(None, help="Keep the meta-trained optimizers here (safetensors + JSON)."),
+) -> None:
+    """Learned LSTM optimizer (L2O-DM) with/without flatness regularizers vs Adam and SGD."""
+    from lohp.bench import l2o as bl
+
+    preset = dict(bl.QUICK if quick else bl.FULL)
+    given = {"tasks": tasks, "seeds": seeds, "iterations": iterations, "horizon": horizon,
+             "long_horizon": long_horizon, "truncation": truncation, "meta_batch": meta_batch}
+    preset.update({k: v for k, v in given.items() if v is not None})
+    if long_horizon is None and preset["long_horizon"] < preset["horizon"]:
+        preset["long_horizon"] = 4 * preset["horizon"]
+    options = dict(methods=tuple(_split_list(methods)), target=target, hessian=hessian, entropy=entropy,
+                   workers=workers, threads=threads, family_config={"head": head}, **preset)
+    bl.validate(**options)  # fail before the progress bar appears
+    with progress_bar("bench l2o") as update:
+        def note(text: str) -> None:
+            update(0, 0, text)
+
+        result = bl.run(save=save, quick=quick, progress=note, **options)
+    table = Table(title=f"L2O on {result['heldout_tasks']} held-out digits tasks ({head} head, "
+                        f"d={result['parameters']}), {result['seeds']} seeds, T={result['horizon']}")
+    cols = ("method", "accuracy", "± std", f"acc@{result['long_horizon']}", "train loss", "tr H", "top eig",
+            "ms/task", "meta s")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+    for r in result["rows"]:
+        std = f"{r['accuracy_std']:.4f}" if r["accuracy_std"] is not None else ""
+        table.add_row(r["method"], f"{r['accuracy']:.4f}", std, f"{r['accuracy_long']:.4f}", f"{r['train_loss']:.4f}",
+                      f"{r['hessian_trace']:.3f}", f"{r['top_eigenvalue']:.3f}", f"{r['latency_ms']:.1f}",
+                      f"{r['meta_train_seconds']:.0f}" if "meta_train_seconds" in r else "")
+    console.print(table)
+    console.print(f"regularizers on: {result['regularizer_target']}; total {result['seconds']:.0f} s")
+    _write_outputs(result, json_out, plot, "bench_l2o.png", bl.plot)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,0 +1,43 @@
+"""Public entry points, one call per stage.
+
+    from lohp import api
+    store = api.prepare("runs/store", tasks=64, optimizers=("sgd", "adam", "sam"), steps=32)
+    api.train("runs/store", "runs/policy", method="lo-hp", k=2)
+    gen = api.load_policy("runs/policy")
+    task = gen.family().sample(0, "heldout")
+    weights = api.generate(gen, task)          # no task gradient
+    model = api.adapt(gen, task.model(), task)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lohp.generation import GeneratedWeights, Generator
+from lohp.tasks import Task
+from lohp.training import train
+from lohp.trajectories import TrajectoryStore, make_config
+from lohp.trajectories import prepare as _prepare
+
+
+def prepare(out: str | Path, device: str = "cpu", overwrite: bool = False, **config: Any) -> TrajectoryStore:
+    """Stage I into ``out`` (resumes if interrupted); ``config`` as :func:`lohp.trajectories.make_config`."""
+    return _prepare(out, make_config(**config), device=device, overwrite=overwrite)
+
+
+def load_policy(directory: str | Path, device: str = "cpu") -> Generator:
+    return Generator.load(directory, device)
+
+
+def generate(generator: Generator, task: Task, **kwargs: Any) -> GeneratedWeights:
+    return generator.generate(task, **kwargs)
+
+
+def adapt(generator: Generator, model: nn.Module, task: Task, **kwargs: Any) -> nn.Module:
+    return generator.adapt(model, task, **kwargs)
+
+
+__all__ = ["adapt", "generate", "load_policy", "prepare", "train"]

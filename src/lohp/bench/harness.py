@@ -1,0 +1,138 @@
+"""Shared benchmark machinery: gradient baselines, time-to-accuracy, rows, tables, plots.
+
+Every scenario benchmark produces ``{"benchmark": name, ..., "rows": [row, ...]}`` where a
+row has at least ``method``, ``k``, ``accuracy``, ``accuracy_std``, ``accuracy_wide``,
+``latency_ms`` (and for lo-hp ``time_to_accuracy_speedup``); statistics are over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lohp.optim import make_optimizer
+from lohp.tasks import Task
+from lohp.trajectories.collect import evaluate_checkpoints, train_runs
+
+WIDE = 10.0  # the robustness column: s_0 drawn this many times wider than in training
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = [float(x) for x in values]
+    return (float(np.mean(v)), float(np.std(v))) if v else (float("nan"), float("nan"))
+
+
+# --------------------------------------------------------------------------- gradient baselines
+def gradient_accuracy(tasks: Sequence[Task], optimizer: str, hparams: dict[str, Any], theta0: torch.Tensor,
+                      steps: int, batch_size: int, seed: int) -> list[float]:
+    """Final eval metric of each task after ``steps`` steps (the Stage I protocol, batched)."""
+    thetas, _, _ = train_runs(tasks, make_optimizer(optimizer, **hparams), theta0, steps, batch_size,
+                              record_every=steps, seed=seed)
+    return evaluate_checkpoints(tasks, thetas[:, -1:])["eval_metric"][:, 0].tolist()
+
+
+def single_run_seconds(task: Task, optimizer: str, hparams: dict[str, Any], theta0: torch.Tensor, steps: int,
+                       batch_size: int, seed: int) -> float:
+    """Wall time of ``steps`` steps of one run with torch.optim (what a user would run)."""
+    from lohp.bench.prepare import per_run_loop
+
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    per_run_loop(task, optimizer, hparams, theta0, steps, batch_size, gen)
+    return time.perf_counter() - t0
+
+
+def adam_time_to_accuracy(task: Task, theta0: torch.Tensor, target: float, hparams: dict[str, Any],
+                          max_steps: int) -> tuple[float, int | None]:
+    """Seconds of full-batch torch.optim.Adam training (steps only, evaluation off the clock)
+    until the eval metric first reaches ``target``; ``(seconds_used, None)`` if it never does."""
+    model = task.model()
+    layout = task.layout
+    layout.load_into(model, theta0)
+    params = [p for n, p in model.named_parameters() if n in layout.names]
+    opt = torch.optim.Adam(params, lr=hparams["lr"], betas=(hparams["beta1"], hparams["beta2"]), eps=hparams["eps"])
+    clock = 0.0
+    for step in range(1, max_steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        task.loss_fn(model(task.x_train), task.y_train).mean().backward()
+        opt.step()
+        clock += time.perf_counter() - t0
+        with torch.no_grad():
+            if task.metric_fn(model(task.x_eval), task.y_eval).mean().item() >= target:
+                return clock, step
+    return clock, None
+
+
+# --------------------------------------------------------------------------- output
+def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str, str, str]], console=None) -> None:
+    """``columns``: (key, header, format) with format like '.4f' or '' for str."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+    for r in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = r.get(key)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("-")
+            elif key == "accuracy" and r.get("accuracy_std") is not None:
+                cells.append(f"{v:.4f} ± {r['accuracy_std']:.4f}")
+            elif fmt:
+                cells.append(format(v, fmt))
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    (console or Console()).print(table)
+
+
+def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.get("latency_ms") is None or r.get("accuracy") is None:
+            continue
+        learned = r["method"] not in ("adam", "sgd", "sam", "adam-n")
+        ax.errorbar(r["latency_ms"], r["accuracy"], yerr=r.get("accuracy_std") or 0, fmt="o" if learned else "s",
+                    color="C0" if learned else "C3", capsize=2)
+        label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) or r["method"] == "lo-hp" else "")
+        ax.annotate(label, (r["latency_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency to produce the weights (ms, median, log scale)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(-1, 1, 41)
+    for name, values in cosines.items():
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (mean {statistics.mean(values):.3f})")
+    ax.set_xlabel("cosine(generated step, real optimizer step)")
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""Inference: generate weights for a new task with a trained policy, no task gradient.
+
+    gen = Generator.load("runs/policy")
+    task = gen.family().sample(3, "heldout")
+    w = gen.generate(task)            # GeneratedWeights: .theta (flat) and .named (tensors)
+    model = gen.adapt(task.model(), task)
+    gen.latency(task)                 # median ms, with and without computing the condition
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lohp.errors import LohpError
+from lohp.layout import ParamLayout
+from lohp.policy import LohpPolicy
+from lohp.policy.io import load_policy
+from lohp.tasks import Task, TaskFamily, make_family
+
+
+@dataclass
+class GeneratedWeights:
+    theta: torch.Tensor                 # [d]
+    named: dict[str, torch.Tensor]      # layout names -> tensors
+    layout: ParamLayout
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        from lohp.trajectories.store import atomic_save_tensors, ensure_writable_dir
+
+        path = Path(path)
+        ensure_writable_dir(path.parent)
+        meta = {"layout": json.dumps(self.layout.to_dict()), **(metadata or {})}
+        atomic_save_tensors(path, {k: v.contiguous() for k, v in self.named.items()}, metadata=meta)
+
+
+class Generator:
+    def __init__(self, policy: LohpPolicy, meta: dict[str, Any], device: str = "cpu"):
+        self.policy = policy.to(device).eval()
+        self.meta = meta
+        self.device = device
+        self.layout = ParamLayout.from_dict(meta["layout"])
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "Generator":
+        policy, meta = load_policy(directory, device)
+        return cls(policy, meta, device)
+
+    @property
+    def n_steps(self) -> int:
+        return self.policy.n_steps
+
+    def family(self, **overrides: Any) -> TaskFamily:
+        return make_family(self.meta["family"], **{**self.meta["family_config"], **overrides})
+
+    def check_task(self, task: Task) -> None:
+        st = self.policy.structure
+        if task.n_classes > st.n_classes:
+            raise LohpError(f"task {task.name} has {task.n_classes} classes but the policy was trained for "
+                            f"{st.n_classes}; train a policy on {task.n_classes}-way tasks")
+        self.layout.check_matches(task.layout, f"the policy's target model (task {task.name})")
+
+    def initial_state(self, task: Task, seed: int = 0, init_scale: float = 1.0) -> torch.Tensor:
+        """s_0 from the same distribution as the training trajectories' theta_0 (x init_scale)."""
+        return task.init_theta(seed, self.meta["init"], self.meta["init_sigma"]) * init_scale
+
+    @torch.inference_mode()
+    def generate_batch(self, tasks: list[Task], seeds: list[int] | None = None, temperature: float = 0.0,
+                       init_scale: float = 1.0, sample_seed: int = 0,
+                       s0: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat weights ``[len(tasks), d]`` for several tasks in one batched rollout."""
+        for t in tasks:
+            self.check_task(t)
+        seeds = seeds if seeds is not None else [0] * len(tasks)
+        if s0 is None:
+            s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
+        cond = torch.stack([t.condition() for t in tasks]).to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(sample_seed) if temperature > 0 else None
+        return self.policy.rollout(s0.to(self.device), cond, temperature, gen).cpu()
+
+    def generate(self, task: Task, seed: int = 0, temperature: float = 0.0, init_scale: float = 1.0,
+                 sample_seed: int = 0) -> GeneratedWeights:
+        """Mean mode (``temperature=0``): the same seed gives the same weights. Sampling mode:
+        ``temperature > 0`` adds ``temperature * sigma_F`` noise per step (``sample_seed``)."""
+        theta = self.generate_batch([task], [seed], temperature, init_scale, sample_seed)[0]
+        return GeneratedWeights(theta, {k: v.clone() for k, v in self.layout.unflatten(theta).items()}, self.layout)
+
+    def adapt(self, model: nn.Module, task: Task, **kwargs: Any) -> nn.Module:
+        """Load generated weights into the model's generated subset (in place) and return it."""
+        self.layout.load_into(model, self.generate(task, **kwargs).theta)
+        return model
+
+    @torch.inference_mode()
+    def latency(self, task: Task, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
+        """Median ms to produce the weights: policy steps only, and including the condition."""
+        self.check_task(task)
+        s0 = self.initial_state(task)[None].to(self.device)
+
+        def steps_only(cond: torch.Tensor) -> torch.Tensor:
+            return self.policy.rollout(s0, cond)
+
+        def with_condition() -> torch.Tensor:
+            return self.policy.rollout(s0, task.condition()[None].to(self.device))
+
+        cond = task.condition()[None].to(self.device)
+        for _ in range(warmup):
+            steps_only(cond)
+            with_condition()
+        a, b = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            steps_only(cond)
+            t1 = time.perf_counter()
+            with_condition()
+            t2 = time.perf_counter()
+            a.append(t1 - t0)
+            b.append(t2 - t1)
+        return {"latency_ms": 1e3 * statistics.median(a), "latency_with_condition_ms": 1e3 * statistics.median(b),
+                "steps": self.n_steps, "repeats": repeats}

@@ -1,0 +1,98 @@
+"""One loss interface, selected by method name.
+
+Every loss is called as ``loss(policy, batch) -> (scalar, diagnostics)`` on a batch of
+offline trajectories already strided by k (online time). Method presets:
+
+| method          | what it is                                                                 |
+|-----------------|----------------------------------------------------------------------------|
+| lo-hp           | hybrid: reparameterised on-policy SubTB (log-variance log Z, fixed P_B)     |
+|                 | + off-policy maximum likelihood of real steps, each normalised, mixed by beta |
+| lo-op           | lo-hp with beta = 0 (on-policy only)                                        |
+| lo-hp-literal   | METHOD.md taken literally: learned P_B, detached rollouts, learned log Z,   |
+|                 | off-policy SubTB, raw (unnormalised) mix                                    |
+| lo-di           | regression of real stride-k steps (no flow terms)                           |
+| lo-di-noise     | lo-di on noise-perturbed inputs (denoising target)                          |
+| hypernetwork    | lo-di with k = T: one step from theta_0 to theta_T                          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from lohp.errors import LohpError
+
+ROLLOUTS = ("reparam", "detached")
+LOG_Z = ("mean-residual", "learned")
+OFF_POLICY = ("ml", "subtb")
+
+
+@dataclass
+class Batch:
+    offline: torch.Tensor          # [B, N+1, d] real trajectory at online times (stride k)
+    cond: torch.Tensor             # [B, C, F] task conditions
+    generator: torch.Generator     # randomness of this iteration (rollout noise, input noise)
+
+
+@dataclass
+class LossConfig:
+    method: str = "lo-hp"
+    k: int = 2                      # compression factor: online step j <-> offline step k*j
+    beta: float = 0.5               # weight of the off-policy term
+    lam: float = 0.9                # SubTB(lambda) segment weights
+    rollouts: int = 4               # on-policy rollouts per task (K)
+    rollout: str = "reparam"        # reparam | detached
+    log_z: str = "mean-residual"    # mean-residual | learned
+    off_policy: str = "ml"          # ml | subtb
+    normalize: bool = True          # divide each term by its detached value before mixing
+    reward_width: float | None = None  # per-coordinate reward width / step_scale; None -> sigma_f
+    input_noise: float = 0.0        # lo-di-noise: input noise std in units of the theta_0 RMS
+    backward: str = "fixed"         # fixed | bridge | learned (the policy's P_B)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise LohpError(f"k must be >= 1 (got {self.k})")
+        if not 0 <= self.beta <= 1:
+            raise LohpError(f"beta must lie in [0, 1] (got {self.beta})")
+        if not 0 < self.lam:
+            raise LohpError(f"lambda must be > 0 (got {self.lam})")
+        if self.rollouts < 1:
+            raise LohpError("rollouts must be >= 1")
+        for name, value, allowed in (("rollout", self.rollout, ROLLOUTS), ("log_z", self.log_z, LOG_Z),
+                                     ("off_policy", self.off_policy, OFF_POLICY)):
+            if value not in allowed:
+                raise LohpError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
+            raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LossConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "lo-hp": {},
+    "lo-op": {"beta": 0.0},
+    "lo-hp-literal": {"backward": "learned", "rollout": "detached", "log_z": "learned", "off_policy": "subtb",
+                      "normalize": False},
+    "lo-di": {},
+    "lo-di-noise": {"input_noise": 5.0},
+    "hypernetwork": {},
+}
+METHODS = tuple(PRESETS)
+
+
+def loss_config(method: str, **overrides: Any) -> LossConfig:
+    if method not in PRESETS:
+        raise LohpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    known = {f.name for f in fields(LossConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise LohpError(f"unknown loss option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return LossConfig(method=method, **{**PRESETS[method], **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,131 @@
+"""The hybrid-policy sub-trajectory balance loss (lo-hp, lo-op, lo-hp-literal).
+
+    L = (1 - beta) * E_on[ sum_{m<n} w(n-m) Delta^2 ] + beta * E_off[ ... ]
+
+On-policy part: K rollouts of P_F per task from the trajectory's own theta_0. With
+``rollout="reparam"`` the states stay differentiable (s_{j+1} = s_j + mu + sigma * eps), so
+the reward's gradient reaches the policy through the states; with ``"detached"`` only the
+log-probabilities carry gradient (the literal reading, which does not learn well).
+Flows: log F(s_j) = log Z_j + log R_{kj}(s_j), log R = -||s - theta_{kj}||^2 / (2 width^2)
+with a per-coordinate width (default sigma_F[j]: METHOD.md's rho = sigma_F / sqrt(d)).
+``log_z="mean-residual"`` replaces log Z by its least-squares optimum for each task and
+segment (the mean residual over the task's K rollouts: the log-variance form);
+``"learned"`` uses the policy's per-step log Z.
+
+Off-policy part: the real trajectory strided by k. ``off_policy="ml"`` scores real steps
+by maximum likelihood under P_F; ``"subtb"`` computes SubTB residuals on them (log R = 0
+at matched points, learned log Z).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lohp.losses.base import Batch, LossConfig
+from lohp.losses.subtb import subtb_loss, subtb_residuals, subtb_weights
+from lohp.policy import LohpPolicy
+
+
+class HybridSubTB:
+    def __init__(self, config: LossConfig):
+        self.config = config
+
+    def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        diag: dict[str, float] = {}
+        terms = []
+        if cfg.beta < 1:
+            on = self.on_policy(policy, batch)
+            diag["loss_on"] = on.item()
+            terms.append((1 - cfg.beta, on, on))
+        if cfg.beta > 0:
+            off, off_scale = self.off_policy(policy, batch)
+            diag["loss_off"] = off.item()
+            terms.append((cfg.beta, off, off_scale))
+        if cfg.normalize:
+            total = sum(w * t / (s.detach().abs() + 1e-8) for w, t, s in terms)
+        else:
+            total = sum(w * t for w, t, _ in terms)
+        return total, diag
+
+    # ------------------------------------------------------------------ pieces
+    def log_reward(self, policy: LohpPolicy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``states/targets [B, N+1, d]`` -> log R ``[B, N+1]``."""
+        n = states.shape[1] - 1
+        width_rel = self.config.reward_width if self.config.reward_width is not None else policy.config.sigma_f
+        j = torch.arange(n + 1, device=states.device).clamp(max=n - 1)
+        width = width_rel * policy.step_scale[j]
+        return -(states - targets).square().sum(-1) / (2 * width.square())
+
+    def on_policy(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
+        cfg = self.config
+        off, k = batch.offline, cfg.rollouts
+        b, n1, d = off.shape
+        n = n1 - 1
+        learned_b = policy.config.backward == "learned"
+        detach = cfg.rollout == "detached"
+        cond = batch.cond.repeat_interleave(k, 0)
+        s0 = off[:, 0].repeat_interleave(k, 0)
+        states, log_pf, nus = [s0], [], []
+        s = s0
+        for j in range(n):
+            jj = torch.full((b * k,), j, dtype=torch.long, device=off.device)
+            mu, nu = policy.heads(s, jj, cond, backward=learned_b)
+            nus.append(nu)
+            eps = torch.randn(s.shape, generator=batch.generator, device=s.device)
+            s_next = s + mu + policy.sigma_f(jj)[:, None] * eps
+            if detach:
+                s_next = s_next.detach()
+            log_pf.append(policy.log_pf(s, s_next, jj, mu))
+            states.append(s_next)
+            s = s_next
+        if learned_b:
+            nus.append(policy.heads(s, torch.full((b * k,), n, device=off.device), cond, backward=True)[1])
+        log_pb = []
+        for j in range(n):
+            jj = torch.full((b * k,), j, dtype=torch.long, device=off.device)
+            log_pb.append(policy.log_pb(states[j], states[j + 1], jj, nus[j + 1] if learned_b else None, s0))
+        traj = torch.stack(states, 1)
+        log_f = self.log_reward(policy, traj, off.repeat_interleave(k, 0))
+        if cfg.log_z == "learned":
+            log_f = log_f + policy.log_z()
+        delta = subtb_residuals(log_f, torch.stack(log_pf, 1), torch.stack(log_pb, 1))
+        if cfg.log_z == "mean-residual":
+            delta = delta.reshape(b, k, n1, n1)
+            delta = delta - delta.mean(1, keepdim=True)
+        w = subtb_weights(n1, cfg.lam, off.device)
+        return subtb_loss(delta, w).mean()
+
+    def off_policy(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(term, its normaliser): the normaliser of ML is its non-negative quadratic part."""
+        off = batch.offline
+        b, n1, d = off.shape
+        n = n1 - 1
+        learned_b = policy.config.backward == "learned"
+        if self.config.off_policy == "ml":
+            states = off[:, :-1].reshape(b * n, d)
+            nxt = off[:, 1:].reshape(b * n, d)
+            jj = torch.arange(n, device=off.device).repeat(b)
+            mu, _ = policy.heads(states, jj, batch.cond.repeat_interleave(n, 0))
+            sig = policy.sigma_f(jj)
+            z = (nxt - states - mu) / sig[:, None]
+            quad = 0.5 * z.square().sum(-1)
+            nll = quad + d * policy.forward_head.sigma(jj).log()  # constants dropped
+            return nll.reshape(b, n).sum(1).mean(), quad.reshape(b, n).sum(1).mean()
+        # SubTB on the real trajectory: every state through the backbone once.
+        states = off.reshape(b * n1, d)
+        jj = torch.arange(n1, device=off.device).repeat(b)
+        mu, nu = policy.heads(states, jj, batch.cond.repeat_interleave(n1, 0), backward=learned_b)
+        mu = mu.reshape(b, n1, d)
+        t = torch.arange(n, device=off.device).repeat(b)
+        log_pf = policy.log_pf(off[:, :-1].reshape(-1, d), off[:, 1:].reshape(-1, d), t,
+                               mu[:, :-1].reshape(-1, d)).reshape(b, n)
+        nu_next = nu.reshape(b, n1, d)[:, 1:].reshape(-1, d) if learned_b else None
+        log_pb = policy.log_pb(off[:, :-1].reshape(-1, d), off[:, 1:].reshape(-1, d), t, nu_next,
+                               off[:, :1].expand(b, n, d).reshape(-1, d)).reshape(b, n)
+        log_f = policy.log_z().expand(b, n1)  # log R = 0 at the matched checkpoints
+        delta = subtb_residuals(log_f, log_pf, log_pb)
+        term = subtb_loss(delta, subtb_weights(n1, self.config.lam, off.device)).mean()
+        return term, term

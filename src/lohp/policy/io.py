@@ -1,0 +1,67 @@
+"""A trained policy on disk: ``policy.json`` (everything needed to rebuild it and to know
+what it may be used for) + ``policy.safetensors`` (weights and buffers). No pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from lohp.errors import LohpError
+from lohp.layout import ParamLayout
+from lohp.policy.policy import LohpPolicy, PolicyConfig
+from lohp.policy.structure import make_structure
+
+POLICY_FORMAT = "lohp-policy/1"
+META = "policy.json"
+WEIGHTS = "policy.safetensors"
+
+
+def build_policy(meta: dict[str, Any]) -> LohpPolicy:
+    layout = ParamLayout.from_dict(meta["layout"])
+    return LohpPolicy(make_structure(layout), meta["n_steps"], PolicyConfig(**meta["policy_config"]))
+
+
+def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:
+    from lohp.trajectories.store import atomic_save_tensors, atomic_write_json
+
+    directory = Path(directory)
+    atomic_save_tensors(directory / WEIGHTS, dict(policy.state_dict()), metadata={"format": POLICY_FORMAT})
+    atomic_write_json(directory / META, {**meta, "format": POLICY_FORMAT})
+
+
+def load_state(policy: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LohpError(f"{path} is truncated or corrupt ({exc}); retrain, or resume training to rewrite it") from None
+    if prefix:
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        policy.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise LohpError(f"{path} does not fit the policy described by its {META} "
+                        f"({str(exc).splitlines()[0]}); the files come from different runs") from None
+
+
+def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy, dict[str, Any]]:
+    from lohp.trajectories.store import read_json
+
+    directory = Path(directory)
+    if not (directory / META).exists():
+        raise LohpError(f"no trained policy in {directory} (missing {META}); train one with lohp train --out {directory}")
+    meta = read_json(directory / META, "policy description")
+    if meta.get("format") != POLICY_FORMAT:
+        raise LohpError(f"{directory / META} is not a {POLICY_FORMAT} file")
+    if not (directory / WEIGHTS).exists():
+        raise LohpError(f"{directory} has no {WEIGHTS} yet (training did not reach its first checkpoint); "
+                        "resume training with the same lohp train command")
+    try:
+        policy = build_policy(meta)
+    except (KeyError, TypeError) as exc:
+        raise LohpError(f"{directory / META} is incomplete ({exc!r}); retrain the policy") from None
+    load_state(policy, directory / WEIGHTS)
+    return policy.to(device).eval(), meta

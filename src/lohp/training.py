@@ -1,0 +1,379 @@
+"""Stage II: train a policy on a trajectory store with any method's loss.
+
+The trainer owns the loop and nothing else: data comes from :class:`OfflineData`, the
+loss from :mod:`lohp.losses`, the network from :mod:`lohp.policy`. It checkpoints the
+policy *and* its optimizer state to safetensors every ``checkpoint_every`` iterations
+(atomically), so ``kill -9`` loses at most one interval; re-running the same command
+resumes. Randomness of iteration i comes from a generator seeded with (seed, i), so a
+resumed run draws the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from lohp.errors import LohpError
+from lohp.losses import Batch, LossConfig, make_loss
+from lohp.policy import LohpPolicy, PolicyConfig, make_structure
+from lohp.policy.io import META, WEIGHTS, load_state, save_policy
+from lohp.trajectories import TrajectoryStore
+from lohp.trajectories.store import atomic_save_tensors, atomic_write_json, ensure_writable_dir, read_json
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+LOG = "log.csv"
+
+
+# --------------------------------------------------------------------------- data
+class OfflineData:
+    """Offline trajectories at online times (stride k), their conditions, and scales."""
+
+    def __init__(self, store: TrajectoryStore, k: int, optimizers: list[str] | None = None,
+                 device: str = "cpu"):
+        cfg = store.config
+        total = cfg["steps"]
+        if k > total:
+            raise LohpError(f"the store has T={total} steps, fewer than k={k}; prepare a store with "
+                            f"--steps of at least {k} (a multiple of k), or lower --k")
+        if total % k:
+            raise LohpError(f"T={total} steps is not divisible by k={k}, so online step j cannot be matched "
+                            f"to offline step k*j; use a k that divides {total} or prepare with --steps "
+                            f"{(total // k + 1) * k}")
+        self.k, self.n_steps, self.total_steps = k, total // k, total
+        recorded = store.steps(0) if len(store) else []
+        pos = {s: i for i, s in enumerate(recorded)}
+        missing = [s for s in range(0, total + 1, k) if s not in pos]
+        if missing:
+            raise LohpError(f"the store records every {cfg['record_every']} steps but k={k} needs step "
+                            f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
+        idx = [pos[s] for s in range(0, total + 1, k)]
+        chosen = [i for i, tr in enumerate(store) if optimizers is None or tr["optimizer"] in optimizers]
+        if not chosen:
+            have = sorted({tr["optimizer"] for tr in store})
+            raise LohpError(f"the store holds no trajectory of optimizer(s) {optimizers}; it has {', '.join(have)}")
+        self.optimizers = sorted({store.trajectories[i]["optimizer"] for i in chosen})
+        full = [store.theta(i) for i in chosen]
+        bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
+        if bad.any():
+            tid = store.trajectories[chosen[int(bad.nonzero()[0])]]["id"]
+            raise LohpError(f"trajectory {tid} of {store.path} contains NaN or inf; re-prepare the store "
+                            "with a lower learning rate for its optimizer")
+        thetas = torch.stack([t[idx] for t in full])
+        del full
+        family = store.family()
+        conds: dict[int, torch.Tensor] = {}
+        for i in chosen:
+            seed = store.trajectories[i]["task_seed"]
+            if seed not in conds:
+                conds[seed] = family.sample(seed, store.config["split"]).condition()
+        self.cond = torch.stack([conds[store.trajectories[i]["task_seed"]] for i in chosen]).to(device)
+        self.thetas = thetas.to(device)
+        self.family, self.store = family, store
+        self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
+        steps = self.thetas[:, 1:] - self.thetas[:, :-1]
+        self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
+        self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
+        self.cond_scale = self.cond.square().mean().sqrt().clamp_min(1e-8).item()
+        self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
+
+    def __len__(self) -> int:
+        return len(self.thetas)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        idx = torch.randint(len(self), (batch_size,), generator=generator).to(self.thetas.device)
+        return Batch(self.thetas[idx], self.cond[idx], generator)
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    iterations: int = 1500
+    batch_size: int = 16            # trajectories (tasks) per iteration
+    lr: float = 1e-3                # backbone + forward head
+    lr_backward: float = 1e-3       # backward head (learned P_B only)
+    lr_flow: float = 0.1            # log Z (learned log Z only): it must follow large scales
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 25
+    eval_every: int = 250
+    eval_tasks: int = 16
+    seed: int = 0
+    optimizers: list[str] | None = None   # use only these optimizers' trajectories
+    time_limit: float | None = None       # seconds; stop (and checkpoint) when reached
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("lr", "lr_backward", "lr_flow"):
+            if not getattr(self, name) > 0:
+                raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The parts of a run that must not change on resume (iterations and time limit may).
+_RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha")
+
+
+def _iteration_generator(seed: int, iteration: int, device: str) -> torch.Generator:
+    s = int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(s)
+
+
+# --------------------------------------------------------------------------- diagnostics
+@torch.no_grad()
+def diagnostics(policy: LohpPolicy, data: OfflineData, n: int = 64) -> dict[str, float]:
+    """What tells whether the policy learned, beyond its loss (fixed trajectories 0..n-1).
+
+    logpf_real: mean log P_F of a real stride-k step, per coordinate (nats);
+    cos_real: cosine between the policy's mean step and the real step at real states;
+    dist: RMS distance of the mean rollout to the matched checkpoints, relative to the
+    RMS size of the real steps; dist_final: ||s_N - theta_T|| / ||theta_T - theta_0||.
+    """
+    th, cond = data.thetas[:n], data.cond[:n]
+    b, n1, d = th.shape
+    nn_ = n1 - 1
+    states, nxt = th[:, :-1].reshape(-1, d), th[:, 1:].reshape(-1, d)
+    jj = torch.arange(nn_, device=th.device).repeat(b)
+    mu = policy(states, jj, cond.repeat_interleave(nn_, 0))
+    real = nxt - states
+    logpf = policy.log_pf(states, nxt, jj, mu).mean().item() / d
+    cos = torch.nn.functional.cosine_similarity(mu, real, dim=-1).mean().item()
+    roll = policy.rollout(th[:, 0], cond, return_states=True)
+    err = (roll - th).norm(dim=-1)  # [b, N+1]
+    step_norm = real.norm(dim=-1).mean().clamp_min(1e-12)
+    total = (th[:, -1] - th[:, 0]).norm(dim=-1).clamp_min(1e-12)
+    return {"logpf_real": logpf, "cos_real": cos, "dist": (err[:, 1:].mean() / step_norm).item(),
+            "dist_final": (err[:, -1] / total).mean().item()}
+
+
+@torch.no_grad()
+def heldout_accuracy(policy: LohpPolicy, family, n_tasks: int, init: str, init_sigma: float,
+                     device: str = "cpu", init_scale: float = 1.0, seed: int = 0) -> float:
+    tasks = family.heldout_tasks(n_tasks)
+    s0 = torch.stack([t.init_theta(10_000 + seed * 1000 + i, init, init_sigma) for i, t in enumerate(tasks)])
+    cond = torch.stack([t.condition() for t in tasks])
+    out = policy.rollout(s0.to(device) * init_scale, cond.to(device)).cpu()
+    return float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(tasks, out)]))
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, store: TrajectoryStore | str | Path, out: str | Path, loss_config: LossConfig,
+                 policy_config: PolicyConfig | None = None, train_config: TrainConfig | None = None,
+                 device: str = "cpu", overwrite: bool = False):
+        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
+        if not self.store.complete:
+            raise LohpError(f"the store {self.store.path} is incomplete; finish it by re-running lohp prepare "
+                            "with the same arguments")
+        self.out = ensure_writable_dir(Path(out))
+        self.loss_config = loss_config
+        self.train_config = train_config or TrainConfig()
+        self.device = device
+        hyper = loss_config.method == "hypernetwork"
+        k = self.store.config["steps"] if hyper else loss_config.k
+        if hyper:
+            loss_config.k = k
+        pc = policy_config or PolicyConfig()
+        pc.backward = loss_config.backward
+        self.policy_config = pc
+        self.data = OfflineData(self.store, k, self.train_config.optimizers, device)
+        structure = make_structure(self.store.layout)
+        with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
+            torch.manual_seed(self.train_config.seed)
+            self.policy = LohpPolicy(structure, self.data.n_steps, pc, self.data.step_scale.cpu(),
+                                     self.data.theta_scale, self.data.cond_scale, self.data.init_scale).to(device)
+        self.loss = make_loss(loss_config)
+        groups = self.policy.parameter_groups()
+        tc = self.train_config
+        self.optimizer = torch.optim.AdamW(
+            [{"params": groups["policy"], "lr": tc.lr, "name": "policy"},
+             {"params": groups["backward"], "lr": tc.lr_backward, "name": "backward"},
+             {"params": groups["flow"], "lr": tc.lr_flow, "name": "flow", "weight_decay": 0.0}],
+            weight_decay=tc.weight_decay)
+        self.meta = self._meta()
+        self.iteration = 0
+        self._prepare_out(overwrite)
+
+    # -- bookkeeping --------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        st = self.store
+        from lohp.trajectories.store import sha256_file
+
+        return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
+                "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
+                "k": self.data.k, "n_steps": self.data.n_steps, "total_steps": self.data.total_steps,
+                "layout": st.layout.to_dict(), "structure": self.policy.structure.to_dict(),
+                "family": st.config["family"], "family_config": st.config["family_config"],
+                "init": st.config["init"], "init_sigma": st.config["init_sigma"],
+                "store": str(st.path), "store_manifest_sha": sha256_file(st.path / "manifest.json"),
+                "store_optimizers": self.data.optimizers, "trajectories": len(self.data),
+                "parameters": sum(p.numel() for p in self.policy.parameters())}
+
+    def _prepare_out(self, overwrite: bool) -> None:
+        meta_path = self.out / META
+        if overwrite:
+            for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, "curves.png"):
+                (self.out / name).unlink(missing_ok=True)
+        elif meta_path.exists():
+            old = read_json(meta_path, "policy description")
+            diff = [k for k in _RESUME_KEYS if old.get(k) != self.meta.get(k)]
+            if diff:
+                raise LohpError(f"{self.out} holds a policy trained with other settings ({', '.join(diff)} differ); "
+                                "use the same command to resume, another --out, or --overwrite")
+            if (self.out / CHECKPOINT).exists():
+                self._load_checkpoint()
+        if not meta_path.exists() or overwrite:
+            atomic_write_json(meta_path, {**self.meta, "format": "lohp-policy/1", "iteration": 0})
+
+    def _save_checkpoint(self) -> None:
+        tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        state = self.optimizer.state_dict()
+        for pid, pstate in state["state"].items():
+            for name, value in pstate.items():
+                tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        atomic_save_tensors(self.out / CHECKPOINT, tensors)
+        atomic_write_json(self.out / CHECKPOINT_META, {"iteration": self.iteration,
+                                                       "param_groups": state["param_groups"]})
+        # The servable policy is rewritten with every checkpoint (always the last good one).
+        save_policy(self.out, self.policy, {**self.meta, "iteration": self.iteration})
+
+    def _load_checkpoint(self) -> None:
+        info = read_json(self.out / CHECKPOINT_META, "checkpoint description")
+        load_state(self.policy, self.out / CHECKPOINT, prefix="policy.")
+        try:
+            tensors = load_file(str(self.out / CHECKPOINT))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+            raise LohpError(f"{self.out / CHECKPOINT} is corrupt ({exc}); delete it to restart training") from None
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        self.iteration = int(info["iteration"])
+
+    def _log_rows(self) -> list[dict[str, str]]:
+        path = self.out / LOG
+        if not path.exists():
+            return []
+        with open(path, newline="") as fh:
+            return [r for r in csv.DictReader(fh) if int(r["iteration"]) <= self.iteration]
+
+    # -- the loop -----------------------------------------------------------------
+    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        tc = self.train_config
+        rows = self._log_rows()  # rows past the last checkpoint are dropped: they will be redone
+        fieldnames = ["iteration", "seconds", "loss", "loss_on", "loss_off", "loss_reg", "logpf_real", "cos_real",
+                      "dist", "dist_final", "heldout_accuracy"]
+        elapsed0 = float(rows[-1]["seconds"]) if rows else 0.0
+        start = time.perf_counter()
+        log_fh = open(self.out / LOG, "w", newline="")
+        writer = csv.DictWriter(log_fh, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        log_fh.flush()
+        last: dict[str, float] = {}
+        stopped_early = False
+        try:
+            self.policy.train()
+            while self.iteration < tc.iterations:
+                i = self.iteration + 1
+                gen = _iteration_generator(tc.seed, i, self.device)
+                batch = self.data.sample(tc.batch_size, gen)
+                loss, parts = self.loss(self.policy, batch)
+                if not torch.isfinite(loss):
+                    raise LohpError(f"non-finite loss at iteration {i}; the last good checkpoint (iteration "
+                                    f"{self._checkpoint_iteration()}) is kept in {self.out}; lower --lr or "
+                                    "raise --sigma-f")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), tc.clip)
+                if not torch.isfinite(gnorm):
+                    raise LohpError(f"non-finite gradient at iteration {i}; the last good checkpoint (iteration "
+                                    f"{self._checkpoint_iteration()}) is kept in {self.out}; lower --lr")
+                self.optimizer.step()
+                self.iteration = i
+                last = {"loss": loss.item(), **parts}
+                if i % tc.log_every == 0 or i == tc.iterations:
+                    self.policy.eval()
+                    last.update(diagnostics(self.policy, self.data))
+                    if i % tc.eval_every == 0 or i == tc.iterations:
+                        last["heldout_accuracy"] = heldout_accuracy(
+                            self.policy, self.data.family, tc.eval_tasks, self.meta["init"], self.meta["init_sigma"],
+                            self.device)
+                    self.policy.train()
+                    writer.writerow({"iteration": i, "seconds": elapsed0 + time.perf_counter() - start, **last})
+                    log_fh.flush()
+                if i % tc.checkpoint_every == 0 or i == tc.iterations:
+                    self._save_checkpoint()
+                if progress is not None:
+                    progress(i, tc.iterations, last)
+                if tc.time_limit is not None and time.perf_counter() - start > tc.time_limit:
+                    stopped_early = True
+                    break
+        finally:
+            log_fh.close()
+        if stopped_early:
+            self._save_checkpoint()
+        self.policy.eval()
+        self.plot_curves()
+        return {"iteration": self.iteration, "seconds": elapsed0 + time.perf_counter() - start, **last}
+
+    def _checkpoint_iteration(self) -> int:
+        path = self.out / CHECKPOINT_META
+        return int(read_json(path, "checkpoint description")["iteration"]) if path.exists() else 0
+
+    def plot_curves(self) -> Path | None:
+        rows = self._log_rows()
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = [("loss", "loss"), ("logpf_real", "log P_F of real steps / coord"), ("cos_real", "cos(generated, real step)"),
+                ("dist", "rollout distance / step"), ("heldout_accuracy", "held-out accuracy")]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+        for ax, (key, title) in zip(axes, keys):
+            pts = [(int(r["iteration"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if key == "heldout_accuracy" else None)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+            if key == "loss" and pts and min(p[1] for p in pts) > 0:
+                ax.set_yscale("log")
+        fig.suptitle(f"{self.meta['method']} (k={self.data.k})", fontsize=10)
+        fig.tight_layout()
+        path = self.out / "curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "lo-hp", k: int = 2,
+          loss_options: dict[str, Any] | None = None, policy_options: dict[str, Any] | None = None,
+          train_options: dict[str, Any] | None = None, device: str = "cpu", overwrite: bool = False,
+          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) a policy; returns the final iteration's metrics."""
+    from lohp.losses import loss_config
+
+    lc = loss_config(method, k=k, **(loss_options or {}))
+    trainer = Trainer(store, out, lc, PolicyConfig(**(policy_options or {})), TrainConfig(**(train_options or {})),
+                      device=device, overwrite=overwrite)
+    return trainer.train(progress)

@@ -1,0 +1,164 @@
+"""Stage II training, generation and their errors, on tiny stores made here."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lohp.errors import LohpError
+from lohp.generation import Generator
+from lohp.losses import METHODS
+from lohp.training import OfflineData, train
+from lohp.trajectories import TrajectoryStore, make_config, prepare
+
+FAST = {"iterations": 4, "batch_size": 4, "log_every": 2, "eval_every": 4, "eval_tasks": 2, "checkpoint_every": 2}
+POLICY = {"channels": 8, "token_size": 8, "depth": 1}
+
+
+@pytest.fixture(scope="module")
+def store8(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("s8") / "store"
+    prepare(out, make_config(family_config={"n_way": 3}, optimizers=("sgd", "adam"), tasks=4, steps=8,
+                             batch_size=16, seed=1))
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_writes_its_files(method, store8, tmp_path):
+    res = train(store8, tmp_path / "p", method, k=2, policy_options=POLICY, train_options=FAST)
+    assert res["iteration"] == 4 and torch.isfinite(torch.tensor(res["loss"]))
+    for name in ("policy.json", "policy.safetensors", "checkpoint.safetensors", "log.csv", "curves.png"):
+        assert (tmp_path / "p" / name).exists(), name
+    meta = json.loads((tmp_path / "p" / "policy.json").read_text())
+    assert meta["n_steps"] == (1 if method == "hypernetwork" else 4)
+    gen = Generator.load(tmp_path / "p")
+    task = gen.family().sample(0, "heldout")
+    assert gen.generate(task).theta.shape == (task.layout.size,)
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(store8, tmp_path):
+    opts = {**FAST, "iterations": 6}
+    train(store8, tmp_path / "a", "lo-hp", policy_options=POLICY, train_options=opts)
+    train(store8, tmp_path / "b", "lo-hp", policy_options=POLICY, train_options={**opts, "iterations": 4})
+    train(store8, tmp_path / "b", "lo-hp", policy_options=POLICY, train_options=opts)  # resumes at 4
+    a, b = load_file(str(tmp_path / "a" / "policy.safetensors")), load_file(str(tmp_path / "b" / "policy.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    iters = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert iters == sorted(set(iters))  # no duplicated log rows after resuming
+
+
+def test_kill_9_loses_at_most_one_checkpoint_interval(store8, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lohp.cli", "train", "--store", str(store8), "--out", str(out), "--iterations", "400",
+           "--batch-size", "4", "--checkpoint-every", "3", "--eval-every", "1000", "--channels", "8", "--depth", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt = out / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt.exists() and json.loads(ckpt.read_text())["iteration"] >= 6):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "training never reached a checkpoint"
+    done = json.loads(ckpt.read_text())["iteration"]
+    assert done < 400
+    Generator.load(out)  # the servable policy is intact after kill -9
+    resumed = subprocess.run(cmd[:-8] + ["--iterations", str(done + 3), "--batch-size", "4", "--checkpoint-every",
+                                         "3", "--eval-every", "1000", "--channels", "8", "--depth", "1"],
+                             capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(ckpt.read_text())["iteration"] == done + 3
+
+
+def test_changed_settings_do_not_silently_resume(store8, tmp_path):
+    train(store8, tmp_path / "p", "lo-di", policy_options=POLICY, train_options=FAST)
+    with pytest.raises(LohpError, match="other settings"):
+        train(store8, tmp_path / "p", "lo-hp", policy_options=POLICY, train_options=FAST)
+
+
+def test_k_must_fit_the_store(store8):
+    store = TrajectoryStore.open(store8)
+    with pytest.raises(LohpError, match="not divisible"):
+        OfflineData(store, 3)
+    with pytest.raises(LohpError, match="fewer than k"):
+        OfflineData(store, 16)
+    assert OfflineData(store, 4).n_steps == 2
+
+
+def test_record_every_must_divide_k(tmp_path):
+    out = tmp_path / "sparse"
+    prepare(out, make_config(family_config={"n_way": 3}, optimizers=("adam",), tasks=2, steps=8, record_every=4))
+    with pytest.raises(LohpError, match="records every 4"):
+        OfflineData(TrajectoryStore.open(out), 2)
+
+
+def test_nan_in_a_trajectory_is_refused(store8, tmp_path):
+    import shutil
+
+    from lohp.trajectories.store import atomic_save_tensors, sha256_file
+
+    dst = tmp_path / "nan"
+    shutil.copytree(store8, dst)
+    shard = dst / "shards" / "shard-00000.safetensors"
+    tensors = load_file(str(shard))
+    tensors["theta"][0, 3, 5] = float("nan")
+    atomic_save_tensors(shard, tensors)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = sha256_file(shard)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LohpError, match="NaN"):
+        OfflineData(TrajectoryStore.open(dst), 2)
+
+
+def test_generation_modes_adapt_and_save(store8, tmp_path):
+    train(store8, tmp_path / "p", "lo-di", policy_options=POLICY, train_options=FAST)
+    gen = Generator.load(tmp_path / "p")
+    task = gen.family().sample(1, "heldout")
+    a, b = gen.generate(task, seed=3), gen.generate(task, seed=3)
+    assert torch.equal(a.theta, b.theta)
+    s1 = gen.generate(task, seed=3, temperature=1.0, sample_seed=1)
+    assert not torch.equal(a.theta, s1.theta)
+    assert torch.equal(s1.theta, gen.generate(task, seed=3, temperature=1.0, sample_seed=1).theta)
+    model = gen.adapt(task.model(), task, seed=3)
+    with torch.no_grad():
+        direct = task.layout.functional(task.model())(a.theta, task.x_eval)
+        assert torch.allclose(model(task.x_eval), direct, atol=1e-6)
+    a.save(tmp_path / "w.safetensors")
+    saved = load_file(str(tmp_path / "w.safetensors"))
+    assert torch.equal(saved["weight"], a.named["weight"])
+    lat = gen.latency(task, repeats=3, warmup=1)
+    assert lat["latency_ms"] > 0 and lat["steps"] == 4
+
+
+def test_policy_errors_are_one_line(store8, tmp_path):
+    train(store8, tmp_path / "p", "lo-di", policy_options=POLICY, train_options=FAST)
+    gen = Generator.load(tmp_path / "p")
+    bigger = gen.family(n_way=4).sample(0, "heldout")
+    with pytest.raises(LohpError, match="trained for 3"):
+        gen.generate(bigger)
+    with pytest.raises(LohpError, match="does not exist|no trained policy"):
+        Generator.load(tmp_path / "nothing")
+    weights = tmp_path / "p" / "policy.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(LohpError, match="truncated or corrupt"):
+        Generator.load(tmp_path / "p")
+
+
+def test_near_zero_subtb_loss_generates_terminal_states_near_theta_T(tmp_path):
+    """Theorem 1, numerically: fit one trajectory until the loss is small; the generated
+    terminal state then lies close to theta_T (relative to how far theta_T is from theta_0)."""
+    out = tmp_path / "one"
+    prepare(out, make_config(family_config={"n_way": 3}, optimizers=("adam",), tasks=1, steps=8, seed=2))
+    res = train(out, tmp_path / "p", "lo-hp", policy_options={"channels": 16, "token_size": 8, "depth": 1},
+                train_options={"iterations": 500, "batch_size": 2, "lr": 3e-3, "log_every": 500, "eval_every": 500,
+                               "eval_tasks": 1, "checkpoint_every": 500})
+    assert res["dist_final"] < 0.25, res
