@@ -1,0 +1,327 @@
+"""Benchmark: a learned LSTM optimizer with and without flatness regularizers, vs Adam and SGD.
+
+Rows (one per method):
+
+- ``adam``, ``sgd``: the project's default hand-written optimizers (``lohp.optim.DEFAULTS``);
+- ``l2o``: the coordinate-wise LSTM optimizer (L2O-DM) meta-trained on source digits tasks,
+  no regularizer;
+- ``l2o-hessian``: the same with the Hutchinson Hessian-trace regularizer;
+- ``l2o-entropy``: the same with the local-entropy regularizer.
+
+The regularizers act on the optimizee's loss during the unroll (``target="optimizee"``,
+default), on the meta-objective (``"meta"``) or both, with the weights and estimator
+settings in :data:`HESSIAN` / :data:`ENTROPY` unless overridden.
+
+Protocol. Every method trains the family's head on the same ``tasks`` *held-out* digits
+tasks (class combinations never seen in meta-training) from the same ``theta_0`` and the
+same minibatch stream for a given seed, for ``long_horizon`` steps; the columns are read
+at ``horizon`` (the step count the learned optimizers were meta-trained on, and T for
+Adam/SGD) and at ``long_horizon`` (meta-testing beyond the trained horizon).
+``seed`` s means: optimizee init and minibatches seeded by s, and for the learned rows
+also an optimizer meta-trained with seed s (its own LSTM init and source-task stream), so
+``accuracy_std`` covers meta-training variance too. Per seed, accuracy is averaged over
+the held-out tasks; ``accuracy`` / ``accuracy_std`` are the mean and the sample standard
+deviation (ddof = 1) of the per-seed values. ``train_loss`` is the full training-split
+loss at ``horizon``; ``hessian_trace`` (Hutchinson, ``probes`` Rademacher probes) and
+``top_eigenvalue`` (power iteration) are of that loss at the weights after ``horizon``
+steps, averaged over tasks and seeds. ``latency_ms`` is the wall time of training one task
+for ``horizon`` steps (median over ``latency_tasks`` single-task runs, after a warm-up).
+
+Meta-training jobs run in ``workers`` processes (one torch thread each); evaluation runs
+in this process with ``threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lohp.errors import LohpError
+
+METHODS = ("adam", "sgd", "l2o", "l2o-hessian", "l2o-entropy")
+LEARNED = {"l2o": None, "l2o-hessian": "hessian", "l2o-entropy": "entropy"}
+TARGETS = ("optimizee", "meta", "both")
+# Default regularizer settings (digits linear head, mean cross entropy, d = 325), picked
+# from a small sweep (one meta-training seed each, 400 meta-updates): optimizee-level
+# Hessian weights 0.01 / 0.05 and local entropy (gamma, T) = (1, 1e-3) / (10, 0.05) all
+# lowered the final weights' Hessian trace; none raised held-out accuracy (see README).
+HESSIAN = {"optimizee": "hessian:weight=0.01,probes=1", "meta": "hessian:weight=0.01,probes=1"}
+ENTROPY = {"optimizee": "entropy:weight=1,gamma=1,temperature=0.001,steps=10,lr=0.05,every=2",
+           "meta": "entropy:weight=1,gamma=100,temperature=1e-5,steps=3,lr=0.001"}
+FULL = dict(tasks=30, seeds=3, horizon=32, long_horizon=128, truncation=8, iterations=400, meta_batch=8,
+            batch_size=32, probes=32, latency_tasks=10)
+QUICK = dict(tasks=12, seeds=3, horizon=32, long_horizon=64, truncation=8, iterations=48, meta_batch=6,
+             batch_size=32, probes=16, latency_tasks=5)
+
+
+def regularizers_for(method: str, target: str, hessian: str | None = None,
+                     entropy: str | None = None) -> tuple[str | None, str | None]:
+    """(optimizee regularizer, meta regularizer) specs of a learned row.
+
+    ``hessian`` / ``entropy``: extra settings ``"KEY=VALUE,..."`` applied over the
+    defaults (:data:`HESSIAN`, :data:`ENTROPY`) at every active target.
+    """
+    from lohp.l2o import make_regularizer
+
+    if target not in TARGETS:
+        raise LohpError(f"unknown regularizer target {target!r}; choose one of {', '.join(TARGETS)}")
+    kind = LEARNED[method]
+    if kind is None:
+        return None, None
+    defaults, extra = (HESSIAN, hessian) if kind == "hessian" else (ENTROPY, entropy)
+    specs = {}
+    for where in ("optimizee", "meta"):
+        spec = defaults[where] + (f",{extra}" if extra else "")
+        make_regularizer(spec)  # validate names and settings now
+        specs[where] = spec
+    return (specs["optimizee"] if target in ("optimizee", "both") else None,
+            specs["meta"] if target in ("meta", "both") else None)
+
+
+def _train_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Meta-train one learned optimizer (runs in a worker process) and save it."""
+    torch.set_num_threads(int(job.get("threads", 1)))
+    from lohp.l2o import MetaConfig, MetaTrainer
+
+    trainer = MetaTrainer(MetaConfig(**job["config"]))
+    trainer.optimizer.name = job["method"]
+    result = trainer.train()
+    trainer.optimizer.save(job["out"])
+    tail = result.history[-max(1, len(result.history) // 10):]
+    return {"method": job["method"], "seed": job["config"]["seed"], "out": job["out"], "seconds": result.seconds,
+            "final_meta_loss": float(np.mean([h["meta_loss"] for h in tail])),
+            "first_meta_loss": float(np.mean([h["meta_loss"] for h in result.history[:len(tail)]]))}
+
+
+def _run_jobs(jobs: list[dict[str, Any]], workers: int, note: Callable[[str], None]) -> list[dict[str, Any]]:
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            note(f"meta-training {job['method']} (seed {job['config']['seed']})")
+            out.append(_train_job(job))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_job, job) for job in jobs]
+        note(f"meta-training {len(jobs)} learned optimizers in {workers} processes")
+        try:
+            for fut in as_completed(futures):
+                r = fut.result()
+                results.append(r)
+                note(f"meta-trained {r['method']} (seed {r['seed']}) in {r['seconds']:.0f} s")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    order = {(j["method"], j["config"]["seed"]): i for i, j in enumerate(jobs)}
+    return sorted(results, key=lambda r: order[(r["method"], r["seed"])])
+
+
+def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> float:
+    from lohp.trajectories.collect import train_runs
+
+    times = []
+    for i, task in enumerate([tasks[0]] + list(tasks)):  # the first run is a warm-up
+        theta0 = task.init_theta(10_000 + i)[None]
+        _, _, sec = train_runs([task], optimizer, theta0, horizon, batch_size, record_every=horizon, seed=i)
+        times.append(sec)
+    return 1000 * statistics.median(times[1:])
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = float(np.mean(values))
+    return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def validate(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1, horizon: int = 32,
+             long_horizon: int = 128, truncation: int = 8, iterations: int = 1, meta_batch: int = 1,
+             batch_size: int = 1, target: str = "optimizee", hessian: str | None = None,
+             entropy: str | None = None, probes: int = 1, latency_tasks: int = 1, workers: int = 1,
+             threads: int = 1, family_config: dict[str, Any] | None = None, **_: Any) -> None:
+    """Raise a one-line :class:`LohpError` for any setting :func:`run` would reject."""
+    from lohp.l2o import check_unroll
+    from lohp.tasks import make_family
+
+    make_family("digits", **{"n_way": 5, "head": "linear", **(family_config or {})})
+
+    check_unroll(horizon, truncation)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise LohpError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+    for name, v in (("tasks", tasks), ("seeds", seeds), ("iterations", iterations), ("meta_batch", meta_batch),
+                    ("batch_size", batch_size), ("probes", probes), ("latency_tasks", latency_tasks),
+                    ("workers", workers), ("threads", threads), ("long_horizon", long_horizon)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise LohpError(f"{name} must be a positive whole number (got {v!r})")
+    if long_horizon < horizon:
+        raise LohpError(f"long horizon {long_horizon} is shorter than the trained horizon {horizon}")
+    for m in methods:
+        if m in LEARNED:
+            regularizers_for(m, target, hessian, entropy)
+    if target not in TARGETS:
+        raise LohpError(f"unknown regularizer target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = METHODS,
+        tasks: int = 30, seeds: int = 3, horizon: int = 32, long_horizon: int = 128, truncation: int = 8,
+        iterations: int = 400, meta_batch: int = 8, batch_size: int = 32, meta_lr: float = 3e-3,
+        target: str = "optimizee", hessian: str | None = None, entropy: str | None = None,
+        probes: int = 32, latency_tasks: int = 10, workers: int = 2, threads: int = 1,
+        save: str | Path | None = None, quick: bool = False,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Meta-train the learned rows, evaluate every row on held-out tasks; one JSON-able dict."""
+    from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
+    from lohp.l2o import LearnedOptimizer, MetaConfig, run_optimizee
+    from lohp.optim import make_optimizer
+    from lohp.tasks import make_family
+
+    note = progress or (lambda text: None)
+    start = time.perf_counter()
+    validate(methods=methods, tasks=tasks, seeds=seeds, horizon=horizon, long_horizon=long_horizon,
+             truncation=truncation, iterations=iterations, meta_batch=meta_batch, batch_size=batch_size,
+             target=target, hessian=hessian, entropy=entropy, probes=probes, latency_tasks=latency_tasks,
+             workers=workers, threads=threads, family_config=family_config)
+    family_config = {"n_way": 5, "head": "linear", **(family_config or {})}
+    family = make_family("digits", **family_config)
+    learned = [m for m in methods if m in LEARNED]
+    jobs, base_cfg = [], dict(family="digits", family_config=family_config, horizon=horizon, truncation=truncation,
+                              iterations=iterations, meta_batch=meta_batch, batch_size=batch_size, meta_lr=meta_lr,
+                              checkpoint_every=max(1, iterations))
+    regs = {m: regularizers_for(m, target, hessian, entropy) for m in learned}
+    for m in learned:
+        for s in range(seeds):
+            cfg = MetaConfig(**base_cfg, seed=s, optimizee_regularizer=regs[m][0], meta_regularizer=regs[m][1])
+            jobs.append({"method": m, "config": cfg.to_dict(), "threads": 1})
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tmp = None
+    try:
+        if save is not None:
+            from lohp.trajectories.store import ensure_writable_dir
+
+            root = ensure_writable_dir(Path(save))
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="lohp-l2o-")
+            root = Path(tmp.name)
+        for job in jobs:
+            job["out"] = str(root / f"{job['method']}-seed{job['config']['seed']}")
+        meta_start = time.perf_counter()
+        trained = _run_jobs(jobs, workers, note)
+        meta_wall = time.perf_counter() - meta_start
+        optimizers = {(r["method"], r["seed"]): LearnedOptimizer.load(r["out"]) for r in trained}
+        info = {(r["method"], r["seed"]): r for r in trained}
+
+        heldout = family.heldout_tasks(tasks)
+        loss_fn = task_loss_fn(heldout, "train")
+        rows = []
+        for m in methods:
+            note(f"evaluating {m} on {tasks} held-out tasks x {seeds} seeds")
+            per_seed: dict[str, list[float]] = {k: [] for k in ("acc", "acc_long", "loss", "loss_long", "eval_loss",
+                                                                "trace", "eig", "trace_long")}
+            curves, acc_curves = [], []
+            for s in range(seeds):
+                opt = optimizers[(m, s)] if m in LEARNED else make_optimizer(m)
+                res = run_optimizee(opt, heldout, long_horizon, seed=s, batch_size=batch_size)
+                em, tl = res["eval_metric"], res["train_loss"]
+                per_seed["acc"].append(float(em[:, horizon].mean()))
+                per_seed["acc_long"].append(float(em[:, long_horizon].mean()))
+                per_seed["loss"].append(float(tl[:, horizon].mean()))
+                per_seed["loss_long"].append(float(tl[:, long_horizon].mean()))
+                per_seed["eval_loss"].append(float(res["eval_loss"][:, horizon].mean()))
+                fm = flatness_metrics(heldout, res["thetas"][:, horizon], probes, seed=s)
+                per_seed["trace"].append(float(fm["hessian_trace"].mean()))
+                per_seed["eig"].append(float(fm["top_eigenvalue"].mean()))
+                tr_long = hutchinson_trace(loss_fn, res["thetas"][:, long_horizon], probes,
+                                           torch.Generator().manual_seed(s))
+                per_seed["trace_long"].append(float(tr_long.detach().mean()))
+                curves.append(tl.mean(0))
+                acc_curves.append(em.mean(0))
+            note(f"timing {m}")
+            lat_opt = optimizers[(m, 0)] if m in LEARNED else make_optimizer(m)
+            latency = _latency_ms(lat_opt, heldout[:latency_tasks], horizon, batch_size)
+            acc, acc_std = _mean_std(per_seed["acc"])
+            acc_long, acc_long_std = _mean_std(per_seed["acc_long"])
+            trace, trace_std = _mean_std(per_seed["trace"])
+            row = {"method": m, "k": None, "accuracy": acc, "accuracy_std": acc_std, "accuracy_wide": None,
+                   "latency_ms": latency, "train_loss": float(np.mean(per_seed["loss"])),
+                   "hessian_trace": trace, "hessian_trace_std": trace_std,
+                   "top_eigenvalue": float(np.mean(per_seed["eig"])),
+                   "eval_loss": float(np.mean(per_seed["eval_loss"])),
+                   "accuracy_long": acc_long, "accuracy_long_std": acc_long_std,
+                   "train_loss_long": float(np.mean(per_seed["loss_long"])),
+                   "hessian_trace_long": float(np.mean(per_seed["trace_long"])),
+                   "accuracy_per_seed": per_seed["acc"], "steps": horizon,
+                   "curve_train_loss": torch.stack(curves).mean(0).tolist(),
+                   "curve_accuracy": torch.stack(acc_curves).mean(0).tolist()}
+            if m in LEARNED:
+                row.update({"optimizee_regularizer": regs[m][0], "meta_regularizer": regs[m][1],
+                            "meta_train_seconds": float(np.mean([info[(m, s)]["seconds"] for s in range(seeds)])),
+                            "meta_loss_first": float(np.mean([info[(m, s)]["first_meta_loss"] for s in range(seeds)])),
+                            "meta_loss_final": float(np.mean([info[(m, s)]["final_meta_loss"] for s in range(seeds)]))})
+            else:
+                row.update({"hparams": make_optimizer(m).hparams})
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads_before)
+        if tmp is not None:
+            tmp.cleanup()
+    return {"benchmark": "l2o", "family": "digits", "family_config": family_config,
+            "parameters": heldout[0].layout.size, "heldout_tasks": tasks, "seeds": seeds, "horizon": horizon,
+            "long_horizon": long_horizon, "truncation": truncation, "meta_iterations": iterations,
+            "meta_batch": meta_batch, "meta_lr": meta_lr, "batch_size": batch_size, "regularizer_target": target,
+            "probes": probes, "latency_tasks": latency_tasks, "workers": workers, "threads": threads,
+            "cpu_count": os.cpu_count(), "quick": quick, "meta_train_wall_seconds": meta_wall,
+            "seconds": time.perf_counter() - start, "saved_to": str(save) if save is not None else None,
+            "rows": rows}
+
+
+def plot(result: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        curve = r["curve_train_loss"]
+        style = "--" if r["method"] in ("adam", "sgd") else "-"
+        ax1.plot(range(len(curve)), curve, label=r["method"], lw=1.5, ls=style)
+    ax1.axvline(result["horizon"], color="grey", lw=0.8, ls=":")
+    ax1.text(result["horizon"], max(rows[0]["curve_train_loss"]) * 0.9, " trained horizon", fontsize=8,
+             color="grey")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("optimizee step")
+    ax1.set_ylabel("training loss (full split, mean over tasks and seeds)")
+    ax1.set_title(f"held-out digits tasks ({result['heldout_tasks']}), {result['seeds']} seeds")
+    ax1.legend(fontsize=8)
+    names = [r["method"] for r in rows]
+    x = np.arange(len(rows))
+    acc = [r["accuracy"] for r in rows]
+    err = [r["accuracy_std"] or 0.0 for r in rows]
+    ax2.bar(x, acc, 0.6, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
+    lo = min(a - e for a, e in zip(acc, err))
+    ax2.set_ylim(max(0.0, lo - 0.03), min(1.0, max(a + e for a, e in zip(acc, err)) + 0.02))
+    ax2.set_xticks(x, names, rotation=15)
+    ax2.set_ylabel(f"test accuracy after {result['horizon']} steps")
+    for xi, r in zip(x, rows):
+        ax2.text(xi, r["accuracy"] + (r["accuracy_std"] or 0) + 0.002, f"tr H={r['hessian_trace']:.2f}",
+                 ha="center", fontsize=7)
+    ax2.set_title("test accuracy (mean ± std over seeds), tr H of final weights", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["ENTROPY", "FULL", "HESSIAN", "METHODS", "QUICK", "plot", "regularizers_for", "run", "validate"]
