@@ -65,7 +65,7 @@ def test_hybrid_mix_weights_terms_by_beta(k, beta):
     loss = HybridSubTB(cfg)
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     total, _ = loss(policy, Batch(thetas, cond, gen()))
-    on = loss.on_policy(policy, Batch(thetas, cond, gen())) if beta < 1 else torch.tensor(0.0)
+    on = loss.on_policy(policy, Batch(thetas, cond, gen()))[0] if beta < 1 else torch.tensor(0.0)
     off = loss.off_policy(policy, Batch(thetas, cond, gen()))[0] if beta > 0 else torch.tensor(0.0)
     assert total.item() == pytest.approx(((1 - beta) * on + beta * off).item(), rel=1e-5)
 
@@ -79,3 +79,34 @@ def test_bad_loss_options_are_refused():
         loss_config("lo-hp", rollout="sideways")
     with pytest.raises(LohpError):
         loss_config("lo-hp", colour="red")
+
+
+def test_flatness_regularizer_adds_weight_times_hutchinson_trace():
+    """lo-hp + flatness = lo-hp + weight * (Hutchinson trace of the task loss at s_N), and its
+    gradient reaches the policy."""
+    from lohp.flatness import exact_trace
+    from lohp.losses import Batch, HybridSubTB
+    from tests.helpers import tiny_policy
+
+    policy, thetas, cond = tiny_policy(n_steps=2)
+    target = torch.randn(thetas.shape[-1])
+
+    def task_loss(rows):
+        return lambda th: ((th - target) ** 4).sum(-1) * 0.01  # a non-quadratic per-run loss
+
+    base = HybridSubTB(LossConfig(method="lo-hp", k=2, normalize=False))
+    reg = HybridSubTB(LossConfig(method="lo-hp", k=2, normalize=False, flatness_weight=0.5, flatness_probes=64))
+    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    plain, _ = base(policy, Batch(thetas, cond, g(), task_loss))
+    total, diag = reg(policy, Batch(thetas, cond, g(), task_loss))
+    on, (s_final, rows) = base.on_policy(policy, Batch(thetas, cond, g(), task_loss))
+    exact = torch.stack([exact_trace(task_loss(None), s.detach()) for s in s_final]).mean()
+    assert diag["hessian_trace"] == pytest.approx(exact.item(), rel=0.15)
+    assert total.item() == pytest.approx(plain.item() + 0.5 * diag["hessian_trace"], rel=1e-4)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
+def test_flatness_needs_an_on_policy_method():
+    with pytest.raises(LohpError, match="on-policy"):
+        loss_config("lo-di", flatness_weight=0.1)

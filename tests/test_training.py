@@ -125,6 +125,8 @@ def test_generation_modes_adapt_and_save(store8, tmp_path):
     task = gen.family().sample(1, "heldout")
     a, b = gen.generate(task, seed=3), gen.generate(task, seed=3)
     assert torch.equal(a.theta, b.theta)
+    eager = Generator.load(tmp_path / "p", compiled=False).generate(task, seed=3)
+    assert torch.allclose(eager.theta, a.theta, atol=1e-6)  # the traced rollout is the same function
     s1 = gen.generate(task, seed=3, temperature=1.0, sample_seed=1)
     assert not torch.equal(a.theta, s1.theta)
     assert torch.equal(s1.theta, gen.generate(task, seed=3, temperature=1.0, sample_seed=1).theta)

@@ -287,7 +287,8 @@ def _digits_table(result: dict[str, Any], title: str) -> None:
     print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
                                         ("accuracy", "accuracy (mean ± std)", ".4f"),
                                         ("accuracy_wide", f"acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
-                                        ("time_to_accuracy_speedup", "speedup vs Adam", ".1f")], console)
+                                        ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                                        ("hessian_trace", "Hessian trace", ".3f")], console)
 
 
 # --------------------------------------------------------------------------- bench digits

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,68 @@ class GeneratedWeights:
         atomic_save_tensors(path, {k: v.contiguous() for k, v in self.named.items()}, metadata=meta)
 
 
+class _MeanRollout(nn.Module):
+    """The N mean steps as one module, so TorchScript can trace the whole loop."""
+
+    def __init__(self, policy: LohpPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        for j in range(self.policy.n_steps):
+            s = s + self.policy(s, torch.full((s.shape[0],), j, dtype=torch.long, device=s.device), cond)
+        return s
+
+
 class Generator:
-    def __init__(self, policy: LohpPolicy, meta: dict[str, Any], device: str = "cpu"):
+    """Loads a trained policy and generates weights for tasks.
+
+    ``compiled=True`` (default) runs single-task mean generation through a TorchScript trace
+    of the whole N-step loop (built once, about 1 s, and checked against the eager path): on
+    a CPU this policy's cost is per-operator overhead, and the trace cuts it about 2.5x.
+    """
+
+    def __init__(self, policy: LohpPolicy, meta: dict[str, Any], device: str = "cpu", compiled: bool = True):
         self.policy = policy.to(device).eval()
         self.meta = meta
         self.device = device
+        self.compiled = compiled
         self.layout = ParamLayout.from_dict(meta["layout"])
+        self._traced: dict[int, Any] = {}
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "Generator":
+    def load(cls, directory: str | Path, device: str = "cpu", compiled: bool = True) -> "Generator":
         policy, meta = load_policy(directory, device)
-        return cls(policy, meta, device)
+        return cls(policy, meta, device, compiled)
+
+    def _mean_rollout(self, s0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b = s0.shape[0]
+        if not self.compiled or b > 1:  # batches amortise the per-operator overhead anyway
+            return self.policy.rollout(s0, cond)
+        if b not in self._traced:
+            self._traced[b] = self._trace(s0, cond)
+        traced = self._traced[b]
+        if traced is None:
+            return self.policy.rollout(s0, cond)
+        # The plain interpreter: no profiling runs or re-specialisation (which cost 0.2 s
+        # calls at unpredictable times); the saving is the Python overhead alone.
+        with torch.jit.optimized_execution(False):
+            return traced(s0, cond)
+
+    def _trace(self, s0: torch.Tensor, cond: torch.Tensor) -> Any:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.freeze(torch.jit.trace(_MeanRollout(self.policy).eval(), (s0, cond),
+                                                          check_trace=False))
+                probe = s0 + 0.01 * torch.randn_like(s0)
+                with torch.jit.optimized_execution(False):
+                    out = traced(probe, cond)
+                if not torch.allclose(out, self.policy.rollout(probe, cond), atol=1e-5, rtol=1e-4):
+                    return None
+            return traced
+        except Exception:  # noqa: BLE001 - any tracing failure falls back to the eager path
+            return None
 
     @property
     def n_steps(self) -> int:
@@ -82,8 +134,11 @@ class Generator:
         if s0 is None:
             s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
         cond = torch.stack([t.condition() for t in tasks]).to(self.device)
-        gen = torch.Generator(device=self.device).manual_seed(sample_seed) if temperature > 0 else None
-        return self.policy.rollout(s0.to(self.device), cond, temperature, gen).cpu()
+        s0 = s0.to(self.device)
+        if temperature <= 0:
+            return self._mean_rollout(s0, cond).cpu()
+        gen = torch.Generator(device=self.device).manual_seed(sample_seed)
+        return self.policy.rollout(s0, cond, temperature, gen).cpu()
 
     def generate(self, task: Task, seed: int = 0, temperature: float = 0.0, init_scale: float = 1.0,
                  sample_seed: int = 0) -> GeneratedWeights:
@@ -104,10 +159,10 @@ class Generator:
         s0 = self.initial_state(task)[None].to(self.device)
 
         def steps_only(cond: torch.Tensor) -> torch.Tensor:
-            return self.policy.rollout(s0, cond)
+            return self._mean_rollout(s0, cond)
 
         def with_condition() -> torch.Tensor:
-            return self.policy.rollout(s0, task.condition()[None].to(self.device))
+            return self._mean_rollout(s0, task.condition()[None].to(self.device))
 
         cond = task.condition()[None].to(self.device)
         for _ in range(warmup):

@@ -79,6 +79,8 @@ class OfflineData:
         self.thetas = thetas.to(device)
         self.family, self.store = family, store
         self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
+        self.task_seeds = torch.tensor([store.trajectories[i]["task_seed"] for i in chosen])
+        self._tasks: dict[int, Any] = {}
         steps = self.thetas[:, 1:] - self.thetas[:, :-1]
         self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
         self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
@@ -90,7 +92,19 @@ class OfflineData:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         idx = torch.randint(len(self), (batch_size,), generator=generator).to(self.thetas.device)
-        return Batch(self.thetas[idx], self.cond[idx], generator)
+        return Batch(self.thetas[idx], self.cond[idx], generator,
+                     task_loss=lambda rows: self.task_loss(self.task_seeds[idx[rows].cpu()].tolist()))
+
+    def task_loss(self, seeds: list[int]):
+        """``f(theta [len(seeds), d]) -> [len(seeds)]``: each task's full training-split loss."""
+        from lohp.flatness import task_loss_fn
+
+        return task_loss_fn([self._task(s) for s in seeds])
+
+    def _task(self, seed: int):
+        if seed not in self._tasks:
+            self._tasks[seed] = self.family.sample(seed, self.store.config["split"])
+        return self._tasks[seed]
 
 
 # --------------------------------------------------------------------------- config
@@ -278,7 +292,8 @@ class Trainer:
     def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
         tc = self.train_config
         rows = self._log_rows()  # rows past the last checkpoint are dropped: they will be redone
-        fieldnames = ["iteration", "seconds", "loss", "loss_on", "loss_off", "loss_reg", "logpf_real", "cos_real",
+        fieldnames = ["iteration", "seconds", "loss", "loss_on", "loss_off", "loss_reg", "hessian_trace", "logpf_real",
+                      "cos_real",
                       "dist", "dist_final", "heldout_accuracy"]
         elapsed0 = float(rows[-1]["seconds"]) if rows else 0.0
         start = time.perf_counter()

@@ -21,6 +21,7 @@ import torch
 from lohp.bench.harness import (WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency,
                                 plot_cosine_histograms, single_run_seconds)
 from lohp.generation import Generator
+from lohp.optim import make_optimizer
 from lohp.tasks import make_family
 from lohp.training import train
 from lohp.trajectories import TrajectoryStore, make_config, prepare
@@ -34,11 +35,13 @@ class Variant:
     k: int = 2
     optimizers: list[str] | None = None   # store filter (optimizer-mix ablation)
     ablation: bool = False    # runs with ablation_seeds only
+    loss_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         opt = "" if self.optimizers is None else "-" + "+".join(self.optimizers)
-        return f"{self.method}-k{self.k}{opt}"
+        extra = "".join(f"-{k}{v}" for k, v in sorted(self.loss_options.items()))
+        return f"{self.method}-k{self.k}{opt}{extra}"
 
 
 @dataclass
@@ -62,12 +65,17 @@ class DigitsBenchConfig:
         Variant("lo-hp[sgd]", "lo-hp", optimizers=["sgd"], ablation=True),
         Variant("lo-hp[adam]", "lo-hp", optimizers=["adam"], ablation=True),
         Variant("lo-hp[sgd+adam]", "lo-hp", optimizers=["sgd", "adam"], ablation=True),
+        Variant("lo-hp+hessian", "lo-hp", loss_options={"flatness_weight": 0.1}, ablation=True),
     ])
+    l2o_methods: list[str] = field(default_factory=lambda: ["l2o", "l2o-entropy"])
+    l2o_seeds: dict[str, int] = field(default_factory=lambda: {"l2o": 3, "l2o-entropy": 1})
+    l2o_iterations: int = 400
 
     @classmethod
     def quick(cls, work: str = "runs/bench-digits-quick") -> "DigitsBenchConfig":
         return cls(work=work, store_tasks=24, steps=16, iterations=40, train_batch=8, seeds=2, eval_tasks=8,
-                   speedup_tasks=4, latency_repeats=10)
+                   speedup_tasks=4, latency_repeats=10, l2o_methods=["l2o"], l2o_seeds={"l2o": 1},
+                   l2o_iterations=16)
 
 
 def _policy_dir(cfg: DigitsBenchConfig, v: Variant, seed: int) -> Path:
@@ -94,28 +102,52 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
 
     rows: list[dict[str, Any]] = []
     # ------------------------------------------------------------- gradient baselines
+    single_run_seconds(tasks[0], "adam", hp["adam"], s0_for(0)[0], 2, cfg.batch_size, 0)  # warm-up (~1 s once)
     for name, opt, steps in (("adam", "adam", T), ("sgd", "sgd", T), ("sam", "sam", T), ("adam-n", "adam", T // 2)):
         note(f"baseline {name}")
-        accs, wides = [], []
+        accs, wides, traces = [], [], []
         for seed in range(cfg.seeds):
             s0 = s0_for(seed)
-            accs.append(float(np.mean(gradient_accuracy(tasks, opt, hp[opt], s0, steps, cfg.batch_size, seed))))
-            wides.append(float(np.mean(gradient_accuracy(tasks, opt, hp[opt], s0 * WIDE, steps, cfg.batch_size, seed))))
+            acc, final = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0, steps, cfg.batch_size, seed)
+            accs.append(float(np.mean(acc)))
+            traces.append(_hessian_trace(tasks, final))
+            acc_w, _ = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0 * WIDE, steps, cfg.batch_size, seed)
+            wides.append(float(np.mean(acc_w)))
         lat = statistics.median(single_run_seconds(t, opt, hp[opt], s0_for(0)[i], steps, cfg.batch_size, i)
                                 for i, t in enumerate(tasks[:5])) * 1e3
         m, s = mean_std(accs)
         rows.append({"method": name, "k": None, "steps": steps, "accuracy": m, "accuracy_std": s,
-                     "accuracy_wide": float(np.mean(wides)), "latency_ms": lat, "seeds": accs})
+                     "accuracy_wide": float(np.mean(wides)), "latency_ms": lat, "seeds": accs,
+                     "hessian_trace": float(np.mean(traces))})
+
+    # ------------------------------------------------------------- learned optimizers (L2O)
+    for name in cfg.l2o_methods:
+        accs, wides, traces, lats = [], [], [], []
+        for seed in range(cfg.l2o_seeds.get(name, cfg.seeds)):
+            note(f"learned optimizer {name} seed {seed}")
+            opt = _learned_optimizer(cfg, name, seed)
+            s0 = s0_for(seed)
+            acc, final = gradient_accuracy(tasks, opt, s0, T, cfg.batch_size, seed)
+            accs.append(float(np.mean(acc)))
+            traces.append(_hessian_trace(tasks, final))
+            acc_w, _ = gradient_accuracy(tasks, opt, s0 * WIDE, T, cfg.batch_size, seed)
+            wides.append(float(np.mean(acc_w)))
+            lats.append(statistics.median(train_runs([t], opt, s0[i:i + 1], T, cfg.batch_size, record_every=T)[2]
+                                          for i, t in enumerate(tasks[:5])) * 1e3)
+        m, s = mean_std(accs)
+        rows.append({"method": name, "k": None, "steps": T, "accuracy": m, "accuracy_std": s,
+                     "accuracy_wide": float(np.mean(wides)), "latency_ms": statistics.median(lats), "seeds": accs,
+                     "hessian_trace": float(np.mean(traces))})
 
     # ------------------------------------------------------------- learned methods
     per_task_acc: dict[str, list[float]] = {}
     for v in cfg.variants:
         seeds = range(cfg.ablation_seeds if v.ablation else cfg.seeds)
-        accs, wides, lats, diag, train_s = [], [], [], [], []
+        accs, wides, lats, diag, train_s, traces = [], [], [], [], [], []
         for seed in seeds:
             out = _policy_dir(cfg, v, seed)
             note(f"training {v.name} k={v.k} seed {seed}")
-            res = train(store, out, v.method, k=max(v.k, 1),
+            res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
                         train_options={"iterations": cfg.iterations, "batch_size": cfg.train_batch, "seed": seed,
                                        "optimizers": v.optimizers, "eval_every": max(cfg.iterations // 4, 1),
                                        "log_every": max(cfg.iterations // 8, 1),
@@ -126,6 +158,7 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
             gen = Generator.load(out, cfg.device)
             s0 = s0_for(seed)
             theta = gen.generate_batch(tasks, s0=s0)
+            traces.append(_hessian_trace(tasks, theta))
             task_acc = [t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta)]
             if seed == 0:
                 per_task_acc[f"{v.name}-k{v.k}"] = task_acc
@@ -138,7 +171,7 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
                "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
                "latency_ms": statistics.median(l["latency_ms"] for l in lats),
                "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
-               "seeds": accs, "train_seconds": float(np.mean(train_s)),
+               "seeds": accs, "train_seconds": float(np.mean(train_s)), "hessian_trace": float(np.mean(traces)),
                "optimizers": v.optimizers or ["sgd", "adam", "sam"],
                "diagnostics": {k: float(np.mean([d[k] for d in diag if d.get(k) is not None] or [np.nan]))
                                for k in ("logpf_real", "cos_real", "dist", "dist_final")}}
@@ -161,6 +194,31 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
             "family": family.config(), "heldout_tasks": len(tasks), "threads": torch.get_num_threads(),
             "rows": rows, "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
             "seconds": time.perf_counter() - t_start}
+
+
+def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
+    """Meta-train (or load the cached) coordinate-wise LSTM optimizer on the store's family."""
+    from lohp.bench.l2o import regularizers_for
+    from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
+
+    out = Path(cfg.work) / "l2o" / f"{name}-s{seed}"
+    if (out / "l2o.json").exists():
+        return LearnedOptimizer.load(out)
+    opt_reg, meta_reg = regularizers_for(name, "optimizee")
+    trainer = MetaTrainer(MetaConfig(horizon=cfg.steps, iterations=cfg.l2o_iterations, seed=seed,
+                                     optimizee_regularizer=opt_reg, meta_regularizer=meta_reg))
+    trainer.optimizer.name = name
+    trainer.train()
+    trainer.optimizer.save(out)
+    return trainer.optimizer
+
+
+def _hessian_trace(tasks, thetas: torch.Tensor) -> float:
+    """Mean Hutchinson Hessian trace of the training loss at the given weights (flatness)."""
+    from lohp.flatness import hutchinson_trace, task_loss_fn
+
+    g = torch.Generator().manual_seed(0)
+    return float(hutchinson_trace(task_loss_fn(list(tasks)), thetas.detach(), 32, g).mean())
 
 
 def _speedup(cfg: DigitsBenchConfig, tasks, s0: torch.Tensor, lohp_acc: list[float], adam_hp: dict[str, Any],

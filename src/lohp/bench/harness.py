@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lohp.optim import make_optimizer
 from lohp.tasks import Task
 from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
@@ -28,12 +27,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- gradient baselines
-def gradient_accuracy(tasks: Sequence[Task], optimizer: str, hparams: dict[str, Any], theta0: torch.Tensor,
-                      steps: int, batch_size: int, seed: int) -> list[float]:
-    """Final eval metric of each task after ``steps`` steps (the Stage I protocol, batched)."""
-    thetas, _, _ = train_runs(tasks, make_optimizer(optimizer, **hparams), theta0, steps, batch_size,
-                              record_every=steps, seed=seed)
-    return evaluate_checkpoints(tasks, thetas[:, -1:])["eval_metric"][:, 0].tolist()
+def gradient_accuracy(tasks: Sequence[Task], optimizer: Any, theta0: torch.Tensor, steps: int, batch_size: int,
+                      seed: int) -> tuple[list[float], torch.Tensor]:
+    """Final eval metric of each task after ``steps`` steps of any optimizer with the
+    Optimizer face (the Stage I protocol, batched), and the final weights ``[R, d]``."""
+    thetas, _, _ = train_runs(tasks, optimizer, theta0, steps, batch_size, record_every=steps, seed=seed)
+    return evaluate_checkpoints(tasks, thetas[:, -1:])["eval_metric"][:, 0].tolist(), thetas[:, -1]
 
 
 def single_run_seconds(task: Task, optimizer: str, hparams: dict[str, Any], theta0: torch.Tensor, steps: int,
@@ -73,6 +72,7 @@ def adam_time_to_accuracy(task: Task, theta0: torch.Tensor, target: float, hpara
 def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str, str, str]], console=None) -> None:
     """``columns``: (key, header, format) with format like '.4f' or '' for str."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
@@ -84,6 +84,8 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str,
             v = r.get(key)
             if v is None or (isinstance(v, float) and np.isnan(v)):
                 cells.append("-")
+            elif key == "method":
+                cells.append(escape(str(v)))  # names like lo-hp[sgd] are not rich markup
             elif key == "accuracy" and r.get("accuracy_std") is not None:
                 cells.append(f"{v:.4f} ± {r['accuracy_std']:.4f}")
             elif fmt:
@@ -91,7 +93,10 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str,
             else:
                 cells.append(str(v))
         table.add_row(*cells)
-    (console or Console()).print(table)
+    console = console or Console()
+    if not console.is_terminal:  # a log file or pipe: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
 
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -104,7 +109,7 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) ->
     for r in rows:
         if r.get("latency_ms") is None or r.get("accuracy") is None:
             continue
-        learned = r["method"] not in ("adam", "sgd", "sam", "adam-n")
+        learned = r["method"] not in ("adam", "sgd", "sam", "adam-n", "l2o", "l2o-entropy", "l2o-hessian")
         ax.errorbar(r["latency_ms"], r["accuracy"], yerr=r.get("accuracy_std") or 0, fmt="o" if learned else "s",
                     color="C0" if learned else "C3", capsize=2)
         label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) or r["method"] == "lo-hp" else "")

@@ -18,7 +18,7 @@ offline trajectories already strided by k (online time). Method presets:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,6 +34,9 @@ class Batch:
     offline: torch.Tensor          # [B, N+1, d] real trajectory at online times (stride k)
     cond: torch.Tensor             # [B, C, F] task conditions
     generator: torch.Generator     # randomness of this iteration (rollout noise, input noise)
+    # Training-split loss of the batch's tasks: ``task_loss(rows)(theta [len(rows), d]) -> [len(rows)]``
+    # (rows index this batch). Only the flatness regularizer needs it.
+    task_loss: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass
@@ -43,6 +46,7 @@ class LossConfig:
     beta: float = 0.5               # weight of the off-policy term
     lam: float = 0.9                # SubTB(lambda) segment weights
     rollouts: int = 4               # on-policy rollouts per task (K)
+    on_policy_tasks: int | None = 8  # roll out only the first n tasks of a batch (cost); None = all
     rollout: str = "reparam"        # reparam | detached
     log_z: str = "mean-residual"    # mean-residual | learned
     off_policy: str = "ml"          # ml | subtb
@@ -50,6 +54,8 @@ class LossConfig:
     reward_width: float | None = None  # per-coordinate reward width / step_scale; None -> sigma_f
     input_noise: float = 0.0        # lo-di-noise: input noise std in units of the theta_0 RMS
     backward: str = "fixed"         # fixed | bridge | learned (the policy's P_B)
+    flatness_weight: float = 0.0    # L2O-Entropy regularizer: weight * Hessian trace of the task's
+    flatness_probes: int = 1        # training loss at the generated s_N (Hutchinson, on-policy)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -64,6 +70,11 @@ class LossConfig:
                                      ("off_policy", self.off_policy, OFF_POLICY)):
             if value not in allowed:
                 raise LohpError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.flatness_weight < 0 or self.flatness_probes < 1:
+            raise LohpError("flatness_weight must be >= 0 and flatness_probes >= 1")
+        if self.flatness_weight > 0 and (self.beta >= 1 or self.method in ("lo-di", "lo-di-noise", "hypernetwork")):
+            raise LohpError("the flatness regularizer acts on generated weights of on-policy rollouts; use it "
+                            "with lo-hp, lo-op or lo-hp-literal (beta < 1)")
         if self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
             raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
 

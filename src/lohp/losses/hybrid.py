@@ -36,8 +36,9 @@ class HybridSubTB:
         cfg = self.config
         diag: dict[str, float] = {}
         terms = []
+        final = None
         if cfg.beta < 1:
-            on = self.on_policy(policy, batch)
+            on, final = self.on_policy(policy, batch)
             diag["loss_on"] = on.item()
             terms.append((1 - cfg.beta, on, on))
         if cfg.beta > 0:
@@ -48,7 +49,21 @@ class HybridSubTB:
             total = sum(w * t / (s.detach().abs() + 1e-8) for w, t, s in terms)
         else:
             total = sum(w * t for w, t, _ in terms)
+        if cfg.flatness_weight > 0 and final is not None:
+            trace = self.flatness(batch, *final)
+            diag["hessian_trace"] = trace.item()
+            total = total + cfg.flatness_weight * trace
         return total, diag
+
+    def flatness(self, batch: Batch, s_final: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mean Hutchinson Hessian trace of each task's training loss at the generated s_N;
+        differentiable, so the policy learns to generate flatter weights (L2O-Entropy)."""
+        from lohp.flatness import hutchinson_trace
+
+        if batch.task_loss is None:
+            raise ValueError("the flatness regularizer needs Batch.task_loss")
+        return hutchinson_trace(batch.task_loss(rows), s_final, self.config.flatness_probes,
+                                batch.generator).mean()
 
     # ------------------------------------------------------------------ pieces
     def log_reward(self, policy: LohpPolicy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -61,12 +76,14 @@ class HybridSubTB:
 
     def on_policy(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        off, k = batch.offline, cfg.rollouts
+        off, k, cond = batch.offline, cfg.rollouts, batch.cond
+        if cfg.on_policy_tasks is not None:  # rollouts cost N sequential passes: cap the tasks
+            off, cond = off[:cfg.on_policy_tasks], cond[:cfg.on_policy_tasks]
         b, n1, d = off.shape
         n = n1 - 1
         learned_b = policy.config.backward == "learned"
         detach = cfg.rollout == "detached"
-        cond = batch.cond.repeat_interleave(k, 0)
+        cond = cond.repeat_interleave(k, 0)
         s0 = off[:, 0].repeat_interleave(k, 0)
         states, log_pf, nus = [s0], [], []
         s = s0
@@ -96,7 +113,8 @@ class HybridSubTB:
             delta = delta.reshape(b, k, n1, n1)
             delta = delta - delta.mean(1, keepdim=True)
         w = subtb_weights(n1, cfg.lam, off.device)
-        return subtb_loss(delta, w).mean()
+        rows = torch.arange(b, device=off.device).repeat_interleave(k)
+        return subtb_loss(delta, w).mean(), (states[-1], rows)
 
     def off_policy(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(term, its normaliser): the normaliser of ML is its non-negative quadratic part."""

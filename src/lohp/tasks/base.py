@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import torch
@@ -62,7 +63,7 @@ class Task:
             torch.manual_seed(0)
             return self.model_factory()
 
-    @property
+    @cached_property
     def layout(self) -> ParamLayout:
         return ParamLayout.from_module(self.model(), self.patterns)
 

@@ -76,9 +76,10 @@ def train_runs(tasks: Sequence[Task], optimizer: Optimizer, theta0: torch.Tensor
         xb, yb = x_train[rows, idx], y_train[rows, idx]
 
         def loss_and_grad(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            p = p.detach().requires_grad_(True)
-            loss = loss_fn(f(p, xb), yb).mean(-1)
-            (g,) = torch.autograd.grad(loss.sum(), p)
+            with torch.enable_grad():  # callers may sit in a no_grad block
+                p = p.detach().requires_grad_(True)
+                loss = loss_fn(f(p, xb), yb).mean(-1)
+                (g,) = torch.autograd.grad(loss.sum(), p)
             return loss.detach(), g
 
         params, state, _ = optimizer.step(params, state, loss_and_grad)
