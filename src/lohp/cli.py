@@ -256,7 +256,7 @@ def demo(
 
     cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, seeds=1,
                                eval_tasks=20, speedup_tasks=5, device=_device(device),
-                               variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")])
+                               variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")], l2o_methods=[])
     result = _run_digits_bench(cfg, "demo")
     _digits_table(result, "lohp demo: digits heads, held-out tasks")
     _write_outputs(result, work / "demo.json", None, "", None)
