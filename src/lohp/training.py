@@ -347,6 +347,9 @@ class Trainer:
             self._save_checkpoint()
         self.policy.eval()
         self.plot_curves()
+        if not last and rows:  # nothing left to train (a finished run re-opened): report its last log row
+            last = {k: float(v) for k, v in rows[-1].items() if k not in ("iteration", "seconds") and v not in ("", None)}
+            return {"iteration": self.iteration, "seconds": elapsed0, **last}
         return {"iteration": self.iteration, "seconds": elapsed0 + time.perf_counter() - start, **last}
 
     def _checkpoint_iteration(self) -> int:
