@@ -10,3 +10,14 @@ class LohpError(Exception):
     """A user-facing error: one line, what is wrong and how to fix it."""
 
     exit_code = 2
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """Build the dataclass ``cls`` from ``d``, refusing unknown keys with one line."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise LohpError(f"unknown {what} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return cls(**d)

@@ -23,7 +23,7 @@ Saved as two files in a folder: ``l2o.safetensors`` (the LSTM weights, no pickle
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 
-from lohp.errors import LohpError
+from lohp.errors import LohpError, config_from_dict
 from lohp.optim.optimizer import LossAndGrad
 
 WEIGHTS_FILE = "l2o.safetensors"
@@ -64,11 +64,7 @@ class L2OConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "L2OConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise LohpError(f"unknown L2O setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "L2O")
 
 
 def preprocess(grads: torch.Tensor, p: float = 10.0) -> torch.Tensor:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from lohp.errors import LohpError
+from lohp.errors import LohpError, config_from_dict
 from lohp.flatness import task_loss_fn
 from lohp.l2o.lstm import L2OConfig, LearnedOptimizer
 from lohp.l2o.regularizers import Regularizer, make_regularizer
@@ -97,11 +97,7 @@ class MetaConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MetaConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise LohpError(f"unknown meta-training setting(s) {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "meta-training")
 
 
 @dataclass
