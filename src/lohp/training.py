@@ -360,10 +360,9 @@ class Trainer:
         rows = self._log_rows()
         if not rows:
             return None
-        import matplotlib
+        from lohp.plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         keys = [("loss", "loss"), ("logpf_real", "log P_F of real steps / coord"), ("cos_real", "cos(generated, real step)"),
                 ("dist", "rollout distance / step"), ("heldout_accuracy", "held-out accuracy")]
@@ -377,10 +376,8 @@ class Trainer:
             if key == "loss" and pts and min(p[1] for p in pts) > 0:
                 ax.set_yscale("log")
         fig.suptitle(f"{self.meta['method']} (k={self.data.k})", fontsize=10)
-        fig.tight_layout()
         path = self.out / "curves.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path, dpi=100)
         return path
 
 

@@ -100,10 +100,9 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str,
 
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    from lohp.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
@@ -119,16 +118,13 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) ->
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: str) -> None:
-    import matplotlib
+    from lohp.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(-1, 1, 41)
@@ -138,6 +134,4 @@ def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: s
     ax.set_ylabel("count")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -287,10 +287,9 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
 
 
 def plot(result: dict[str, Any], path) -> None:
-    import matplotlib
+    from lohp.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -319,9 +318,7 @@ def plot(result: dict[str, Any], path) -> None:
         ax2.text(xi, r["accuracy"] + (r["accuracy_std"] or 0) + 0.002, f"tr H={r['hessian_trace']:.2f}",
                  ha="center", fontsize=7)
     ax2.set_title("test accuracy (mean ± std over seeds), tr H of final weights", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["ENTROPY", "FULL", "HESSIAN", "METHODS", "QUICK", "plot", "regularizers_for", "run", "validate"]

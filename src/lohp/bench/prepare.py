@@ -98,10 +98,9 @@ def run(family: str = "digits", family_config: dict[str, Any] | None = None,
 
 
 def plot(result: dict[str, Any], path) -> None:
-    import matplotlib
+    from lohp.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rows"]
     names = [r["optimizer"] for r in rows] + ["all"]
@@ -118,6 +117,4 @@ def plot(result: dict[str, Any], path) -> None:
     for xi, v, l in zip(x.tolist(), vec, loop):
         ax.text(xi, max(v, l) * 1.1, f"{v / l:.1f}x", ha="center", fontsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
