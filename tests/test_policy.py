@@ -23,10 +23,13 @@ def test_rows_and_flat_are_inverse_and_follow_the_layout():
     assert torch.equal(st.flat(rows), theta)
 
 
-def test_structure_refuses_a_non_head_layout():
-    fam = make_family("digits", head="mlp")
+def test_structure_refuses_a_layout_no_structure_fits():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 3))
+    with pytest.raises(LohpError, match="no policy structure fits"):
+        make_structure(ParamLayout.from_module(net, ("*",)))
     with pytest.raises(LohpError, match="classifier head"):
-        make_structure(fam.sample(0).layout)
+        ClassRowStructure.from_layout(make_family("digits", head="mlp").sample(0).layout)
 
 
 def _permute_rows(st: ClassRowStructure, theta: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

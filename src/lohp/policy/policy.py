@@ -22,7 +22,6 @@ from torch import nn
 from lohp.errors import LohpError
 from lohp.policy.flows import LogZ
 from lohp.policy.heads import GaussianHead
-from lohp.policy.structure import ClassRowStructure
 from lohp.policy.unet import UNet1d, sinusoidal
 
 BACKWARD_KINDS = ("fixed", "bridge", "learned")
@@ -62,7 +61,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 class LohpPolicy(nn.Module):
-    def __init__(self, structure: ClassRowStructure, n_steps: int, config: PolicyConfig | None = None,
+    def __init__(self, structure: Any, n_steps: int, config: PolicyConfig | None = None,
                  step_scale: torch.Tensor | None = None, theta_scale: float = 1.0, cond_scale: float = 1.0,
                  init_scale: float = 1.0):
         super().__init__()
@@ -119,8 +118,10 @@ class LohpPolicy(nn.Module):
 
     def _tokens(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         st = self.structure
-        rows = st.rows(s) / self.theta_scale                        # [B, C, R]
-        crow = st.condition_rows(cond) / self.cond_scale            # [B, C, R]
+        rows = st.rows(s) / self.theta_scale                        # [B, G, R]
+        crow = st.condition_rows(cond, s)                           # [B, G, R]
+        if st.scale_condition:
+            crow = crow / self.cond_scale
         feats = torch.stack([rows, crow, rows.mean(1, keepdim=True).expand_as(rows),
                              crow.mean(1, keepdim=True).expand_as(crow)], dim=-1)  # [B, C, R, 4]
         pad = self.row_len - feats.shape[2]
@@ -128,10 +129,10 @@ class LohpPolicy(nn.Module):
             feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
         b, c = feats.shape[:2]
         p = self.config.token_size
-        return feats.reshape(b * c, self.n_tokens, p * 4)  # [B*C, tokens, p*4]
+        return feats.reshape(b * c, self.n_tokens, p * 4)  # [B*G, tokens, p*4]
 
     def _untoken(self, out: torch.Tensor, batch: int) -> torch.Tensor:
-        c, r = self.structure.n_classes, self.structure.row_size
+        c, r = self.structure.n_groups, self.structure.row_size
         rows = out.reshape(batch, c, self.row_len)[..., :r]
         return self.structure.flat(rows)
 
@@ -144,8 +145,8 @@ class LohpPolicy(nn.Module):
         """
         b = s.shape[0]
         j = j.to(s.device).long().expand(b) if j.dim() == 0 else j.to(s.device).long()
-        film = self._film_table()[j].repeat_interleave(self.structure.n_classes, 0)
-        h = self.backbone(self._tokens(s, cond), film, self.structure.n_classes)
+        film = self._film_table()[j].repeat_interleave(self.structure.n_groups, 0)
+        h = self.backbone(self._tokens(s, cond), film, self.structure.n_groups)
         mu = self._untoken(self.forward_head(h), b) * self.step_scale[j.clamp(max=self.n_steps - 1)][:, None]
         nu = None
         if backward:

@@ -1,5 +1,20 @@
 """How a flat weight vector is cut into groups the policy can share weights across.
 
+A *structure* cuts ``theta [..., d]`` into G groups ("rows") of equal length R that the
+policy processes with one shared network, exchanging information only through a
+symmetric pooling over groups. The protocol (duck-typed, see :class:`ClassRowStructure`):
+
+- ``kind`` (str), ``n_groups`` (G), ``row_size`` (R)
+- ``rows(theta [..., d]) -> [..., G, R]`` and its exact inverse ``flat(rows) -> [..., d]``
+- ``condition_rows(cond, theta) -> [..., G, R]``: per-position condition features aligned
+  with the rows; they may depend on the current weights (a network's own function)
+- ``scale_condition`` (bool): whether the policy divides those features by the RMS of
+  the training conditions (False when the structure normalises them itself)
+- ``to_dict()`` (JSON with ``kind``) and ``from_layout(layout)``, which raises
+  :class:`LohpError` when the layout does not fit.
+
+:func:`make_structure` picks the first registered structure that fits a layout.
+
 For a classifier head (``weight [C, F]`` and ``bias [C]``) each output class is one
 group: its row of weights plus its bias, paired position by position with that class's
 row of the task condition (the class mean of the features). The policy processes every
@@ -31,6 +46,7 @@ class ClassRowStructure:
     size: int
 
     kind = "class-rows"
+    scale_condition = True
 
     @classmethod
     def from_layout(cls, layout: ParamLayout) -> "ClassRowStructure":
@@ -47,6 +63,10 @@ class ClassRowStructure:
             raise LohpError(f"bias {b.name}{list(b.shape)} does not match weight {w.name}{list(w.shape)}")
         return cls(w.name, b.name if b else None, w.shape[0], w.shape[1], w.offset,
                    b.offset if b else None, layout.size)
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_classes
 
     @property
     def row_size(self) -> int:
@@ -76,7 +96,7 @@ class ClassRowStructure:
         parts = sorted([(self.w_offset, w), (self.b_offset, b)], key=lambda p: p[0])
         return torch.cat([p[1] for p in parts], dim=-1)
 
-    def condition_rows(self, cond: torch.Tensor) -> torch.Tensor:
+    def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Per-class condition ``[..., C, F]`` aligned with :meth:`rows` (0 at the bias)."""
         if cond.shape[-2:] != (self.n_classes, self.n_features):
             raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained "
@@ -87,5 +107,21 @@ class ClassRowStructure:
         return torch.cat([cond, torch.zeros_like(cond[..., :1])], dim=-1)
 
 
-def make_structure(layout: ParamLayout) -> ClassRowStructure:
-    return ClassRowStructure.from_layout(layout)
+def _registry() -> list[Any]:
+    from lohp.policy.mlp_structure import MlpUnitStructure
+
+    # Tried in order; the first whose from_layout accepts the layout wins.
+    return [ClassRowStructure, MlpUnitStructure]
+
+
+def make_structure(layout: ParamLayout):
+    """The structure for a generated subset: the first registered one that fits it."""
+    reasons = []
+    for cls in _registry():
+        try:
+            return cls.from_layout(layout)
+        except LohpError as exc:
+            reasons.append(str(exc))
+    shapes = ", ".join(f"{e.name}{list(e.shape)}" for e in layout.entries)
+    raise LohpError(f"no policy structure fits the generated subset ({shapes}): generate a linear head, "
+                    "a one-hidden-layer MLP or LoRA matrices plus a head")
