@@ -111,6 +111,7 @@ def _registry() -> list[Any]:
     from lohp.policy.mlp_structure import MlpUnitStructure
 
     # Tried in order; the first whose from_layout accepts the layout wins.
+    # (The registry of structures: add new ones, e.g. the LoRA structure, to this list.)
     return [ClassRowStructure, MlpUnitStructure]
 
 
