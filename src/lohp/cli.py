@@ -216,7 +216,7 @@ def train_cmd(
 @app.command()
 def generate(
     policy: Path = typer.Option(..., help="Policy folder written by lohp train."),
-    out: Path = typer.Option(..., help="Output .safetensors file for the generated weights."),
+    out: Path = typer.Option(..., help="Output .safetensors file (LoRA policies: an adapter folder)."),
     family: Optional[str] = typer.Option(None, help="Task family (default: the policy's)."),
     task_seed: int = typer.Option(0, help="Task seed."),
     split: str = typer.Option("heldout", help="source or heldout."),
@@ -225,16 +225,43 @@ def generate(
     sample_seed: int = typer.Option(0, help="Seed of the sampling noise."),
     latency: bool = typer.Option(True, help="Also measure the generation latency."),
     device: str = typer.Option("cpu", help="torch device."),
+    overwrite: bool = typer.Option(False, help="LoRA policies: replace an adapter already in --out."),
+    rank: Optional[int] = typer.Option(None, help="LoRA policies: LoRA rank (default: the policy's)."),
+    targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
 ) -> None:
-    """Generate weights for one task without computing a task gradient."""
+    """Generate weights for one task without computing a task gradient.
+
+    For a LoRA policy (family wordnet or fortunes) --out is a folder that receives a
+    standard PEFT adapter (adapter_config.json + adapter_model.safetensors, loadable by
+    peft.PeftModel.from_pretrained) plus the head (classifier.safetensors)."""
     from lohp.generation import Generator
     from lohp.tasks import make_family
 
     gen = Generator.load(policy, _device(device))
-    fam = gen.family() if family in (None, gen.meta["family"]) else make_family(family)
+    lora_target = gen.policy.structure.kind == "lora-dims"
+    overrides = {k: v for k, v in (("rank", rank), ("targets", _split_list(targets) if targets else None))
+                 if v is not None}
+    if overrides and not lora_target:
+        raise LohpError("--rank and --targets apply to LoRA policies only; drop them for this policy")
+    fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
+    if lora_target:
+        from lohp.lora import check_adapter_dir
+
+        if not hasattr(fam, "check_policy"):
+            raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
+        fam.check_policy(gen.meta["family_config"])
+        check_adapter_dir(out, overwrite)  # before any work
     task = fam.sample(task_seed, split)
     weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
-    weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"]})
+    if lora_target:
+        from lohp.lora import export_adapter
+
+        model = gen.layout.load_into(task.model(), weights.theta)
+        export_adapter(model, out, overwrite, {"task": task.name, "classes": task.info.get("classes"),
+                                               "policy": str(policy), "method": gen.meta["method"],
+                                               "max_length": fam.config().get("max_length")})
+    else:
+        weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"]})
     metrics = task.evaluate(weights.theta)
     text = f"wrote {out}: {task.name}, eval {task.metric_name} {metrics[task.metric_name]:.4f}"
     if latency:

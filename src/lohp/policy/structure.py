@@ -112,7 +112,9 @@ def _registry() -> list[Any]:
 
     # Tried in order; the first whose from_layout accepts the layout wins.
     # (The registry of structures: add new ones, e.g. the LoRA structure, to this list.)
-    return [ClassRowStructure, MlpUnitStructure]
+    from lohp.policy.lora_structure import LoraStructure
+
+    return [ClassRowStructure, MlpUnitStructure, LoraStructure]
 
 
 def make_structure(layout: ParamLayout):

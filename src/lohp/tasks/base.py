@@ -51,6 +51,9 @@ class Task:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     metric_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = accuracy
     metric_name: str = "accuracy"
+    # c = condition_fn(task) when set (e.g. text tasks: class means of frozen embeddings of
+    # the token ids); otherwise the class means of x_train.
+    condition_fn: Callable[["Task"], torch.Tensor] | None = None
 
     @property
     def name(self) -> str:
@@ -73,6 +76,8 @@ class Task:
         Per-class mean input features in label order, shape [n_classes, features]: a
         policy can pair each output class with its own row (METHOD.md, 'ours').
         """
+        if self.condition_fn is not None:
+            return self.condition_fn(self)
         return class_means(self.x_train, self.y_train, self.n_classes)
 
     def init_theta(self, seed: int, scheme: str = "standard", sigma: float = 0.01) -> torch.Tensor:

@@ -31,6 +31,25 @@ class RunResult:
     train_seconds: float        # wall time of the training loop alone
 
 
+def vmappable(model: torch.nn.Module) -> bool:
+    """False for targets whose forward pass cannot run under vmap (a model sets
+    ``lohp_vmap = False``, e.g. a transformer that trims padding per batch)."""
+    return bool(getattr(model, "lohp_vmap", True))
+
+
+def batched_runs(layout, model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(thetas [R, d], xs [R, n, ...]) -> [R, n, ...]``: vmapped, or a loop over runs for
+    targets that cannot be vmapped (same results; one run's forward pass at a time)."""
+    if vmappable(model):
+        return layout.batched(model)
+    single = layout.functional(model)
+
+    def f(thetas: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([single(thetas[r], xs[r]) for r in range(len(thetas))])
+
+    return f
+
+
 def recorded_steps(steps: int, record_every: int) -> list[int]:
     """0, s, 2s, ... and always the final step T."""
     if steps <= 0:
@@ -59,7 +78,7 @@ def train_runs(tasks: Sequence[Task], optimizer: Optimizer, theta0: torch.Tensor
     n_train = batch.n_train.to(device)
     model = tasks[0].model().to(device)
     layout = tasks[0].layout
-    f = layout.batched(model)
+    f = batched_runs(layout, model)
     loss_fn = tasks[0].loss_fn
     gen = torch.Generator(device=device).manual_seed(int(seed))
     rows = torch.arange(len(tasks), device=device)[:, None]
@@ -100,8 +119,14 @@ def evaluate_checkpoints(tasks: Sequence[Task], thetas: torch.Tensor, device: st
     batch = TaskBatch.stack(tasks)
     model = tasks[0].model().to(device)
     # vmap over runs (own data), then over a run's checkpoints (shared data).
-    inner = torch.vmap(tasks[0].layout.functional(model), in_dims=(0, None))
-    f = torch.vmap(inner, in_dims=(0, 0))
+    if vmappable(model):
+        inner = torch.vmap(tasks[0].layout.functional(model), in_dims=(0, None))
+        f = torch.vmap(inner, in_dims=(0, 0))
+    else:
+        single = tasks[0].layout.functional(model)
+
+        def f(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.stack([single(t, x[r]) for t in th[r]]) for r in range(len(th))])
     loss_fn, metric_fn = tasks[0].loss_fn, tasks[0].metric_fn
     result = {"train_loss": [], "eval_loss": [], "eval_metric": []}
     for lo in range(0, thetas.shape[1], chunk):

@@ -70,8 +70,9 @@ def make_config(family: str = "digits", family_config: dict[str, Any] | None = N
         raise LohpError(f"hyper-parameters given for {', '.join(sorted(unknown))}, which is not in the "
                         "optimizer list")
     opts = []
+    family_defaults = getattr(fam, "optimizer_defaults", {})  # e.g. LoRA needs smaller learning rates
     for name in optimizers:
-        opt = make_optimizer(name, **hparams.get(name, {}))  # validates name and values
+        opt = make_optimizer(name, **{**family_defaults.get(name, {}), **hparams.get(name, {})})  # validates
         opts.append({"name": opt.name, "hparams": opt.hparams})
     if len({o["name"] for o in opts}) != len(opts):
         raise LohpError("an optimizer is listed twice; list each once")
