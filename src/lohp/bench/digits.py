@@ -18,30 +18,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import (WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency,
-                                plot_cosine_histograms, single_run_seconds)
+from lohp.bench.harness import WIDE, gradient_accuracy, mean_std, plot_accuracy_latency, plot_cosine_histograms
+from lohp.bench.scenario import (Variant, gradient_rows, hessian_trace, learned_row, policy_dir, public,
+                                 s0_sampler, speedup, stage_one)
 from lohp.generation import Generator
-from lohp.optim import make_optimizer
-from lohp.tasks import make_family
-from lohp.training import train
-from lohp.trajectories import TrajectoryStore, make_config, prepare
 from lohp.trajectories.collect import train_runs
-
-
-@dataclass
-class Variant:
-    name: str                 # row label
-    method: str
-    k: int = 2
-    optimizers: list[str] | None = None   # store filter (optimizer-mix ablation)
-    ablation: bool = False    # runs with ablation_seeds only
-    loss_options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def slug(self) -> str:
-        opt = "" if self.optimizers is None else "-" + "+".join(self.optimizers)
-        extra = "".join(f"-{k}{v}" for k, v in sorted(self.loss_options.items()))
-        return f"{self.method}-k{self.k}{opt}{extra}"
 
 
 @dataclass
@@ -78,47 +59,22 @@ class DigitsBenchConfig:
                    l2o_iterations=16)
 
 
-def _policy_dir(cfg: DigitsBenchConfig, v: Variant, seed: int) -> Path:
-    return Path(cfg.work) / "policies" / f"{v.slug}-s{seed}"
-
-
 def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
         train_progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     note = note or (lambda s: None)
     t_start = time.perf_counter()
     work = Path(cfg.work)
     note("Stage I: preparing the store")
-    store_cfg = make_config(family="digits", optimizers=("sgd", "adam", "sam"), tasks=cfg.store_tasks,
-                            steps=cfg.steps, batch_size=cfg.batch_size)
-    store = prepare(work / "store", store_cfg, device=cfg.device)
+    store = stage_one(work, "digits", {}, cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
     family = store.family()
     hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
     tasks = family.heldout_tasks(cfg.eval_tasks)
     T = cfg.steps
+    s0_for = s0_sampler(tasks, store)
 
-    def s0_for(seed: int) -> torch.Tensor:
-        return torch.stack([t.init_theta(50_000 + 1000 * seed + i, store.config["init"], store.config["init_sigma"])
-                            for i, t in enumerate(tasks)])
-
-    rows: list[dict[str, Any]] = []
-    # ------------------------------------------------------------- gradient baselines
-    single_run_seconds(tasks[0], "adam", hp["adam"], s0_for(0)[0], 2, cfg.batch_size, 0)  # warm-up (~1 s once)
-    for name, opt, steps in (("adam", "adam", T), ("sgd", "sgd", T), ("sam", "sam", T), ("adam-n", "adam", T // 2)):
-        note(f"baseline {name}")
-        accs, wides, traces = [], [], []
-        for seed in range(cfg.seeds):
-            s0 = s0_for(seed)
-            acc, final = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0, steps, cfg.batch_size, seed)
-            accs.append(float(np.mean(acc)))
-            traces.append(_hessian_trace(tasks, final))
-            acc_w, _ = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0 * WIDE, steps, cfg.batch_size, seed)
-            wides.append(float(np.mean(acc_w)))
-        lat = statistics.median(single_run_seconds(t, opt, hp[opt], s0_for(0)[i], steps, cfg.batch_size, i)
-                                for i, t in enumerate(tasks[:5])) * 1e3
-        m, s = mean_std(accs)
-        rows.append({"method": name, "k": None, "steps": steps, "accuracy": m, "accuracy_std": s,
-                     "accuracy_wide": float(np.mean(wides)), "latency_ms": lat, "seeds": accs,
-                     "hessian_trace": float(np.mean(traces))})
+    rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size,
+                         [("adam", "adam", T), ("sgd", "sgd", T), ("sam", "sam", T), ("adam-n", "adam", T // 2)],
+                         note, hessian=True)
 
     # ------------------------------------------------------------- learned optimizers (L2O)
     for name in cfg.l2o_methods:
@@ -129,7 +85,7 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
             s0 = s0_for(seed)
             acc, final = gradient_accuracy(tasks, opt, s0, T, cfg.batch_size, seed)
             accs.append(float(np.mean(acc)))
-            traces.append(_hessian_trace(tasks, final))
+            traces.append(hessian_trace(tasks, final))
             acc_w, _ = gradient_accuracy(tasks, opt, s0 * WIDE, T, cfg.batch_size, seed)
             wides.append(float(np.mean(acc_w)))
             lats.append(statistics.median(train_runs([t], opt, s0[i:i + 1], T, cfg.batch_size, record_every=T)[2]
@@ -140,45 +96,14 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
                      "hessian_trace": float(np.mean(traces))})
 
     # ------------------------------------------------------------- learned methods
-    per_task_acc: dict[str, list[float]] = {}
     for v in cfg.variants:
-        seeds = range(cfg.ablation_seeds if v.ablation else cfg.seeds)
-        accs, wides, lats, diag, train_s, traces = [], [], [], [], [], []
-        for seed in seeds:
-            out = _policy_dir(cfg, v, seed)
-            note(f"training {v.name} k={v.k} seed {seed}")
-            res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
-                        train_options={"iterations": cfg.iterations, "batch_size": cfg.train_batch, "seed": seed,
-                                       "optimizers": v.optimizers, "eval_every": max(cfg.iterations // 4, 1),
-                                       "log_every": max(cfg.iterations // 8, 1),
-                                       "checkpoint_every": max(cfg.iterations // 8, 1)},
-                        device=cfg.device, progress=train_progress)
-            train_s.append(res.get("seconds", float("nan")))
-            diag.append({k: res.get(k) for k in ("logpf_real", "cos_real", "dist", "dist_final")})
-            gen = Generator.load(out, cfg.device)
-            s0 = s0_for(seed)
-            theta = gen.generate_batch(tasks, s0=s0)
-            traces.append(_hessian_trace(tasks, theta))
-            task_acc = [t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta)]
-            if seed == 0:
-                per_task_acc[f"{v.name}-k{v.k}"] = task_acc
-            accs.append(float(np.mean(task_acc)))
-            theta_w = gen.generate_batch(tasks, s0=s0 * WIDE)
-            wides.append(float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta_w)])))
-            lats.append(gen.latency(tasks[0], repeats=cfg.latency_repeats))
-        m, s = mean_std(accs)
-        row = {"method": v.name, "k": None if v.method == "hypernetwork" else v.k,
-               "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
-               "latency_ms": statistics.median(l["latency_ms"] for l in lats),
-               "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
-               "seeds": accs, "train_seconds": float(np.mean(train_s)), "hessian_trace": float(np.mean(traces)),
-               "optimizers": v.optimizers or ["sgd", "adam", "sam"],
-               "diagnostics": {k: float(np.mean([d[k] for d in diag if d.get(k) is not None] or [np.nan]))
-                               for k in ("logpf_real", "cos_real", "dist", "dist_final")}}
+        row, _ = learned_row(work, store, v, tasks, s0_for, cfg.ablation_seeds if v.ablation else cfg.seeds,
+                             cfg.iterations, cfg.train_batch, note, cfg.device, cfg.latency_repeats, hessian=True,
+                             progress=train_progress)
         if v.method == "lo-hp" and v.optimizers is None:
             note(f"time-to-accuracy of Adam vs lo-hp k={v.k}")
-            row.update(_speedup(cfg, tasks, s0_for(0), per_task_acc[f"{v.name}-k{v.k}"], hp["adam"],
-                                row["latency_ms"], T))
+            row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
+                               cfg.speedup_tasks))
         rows.append(row)
 
     # ------------------------------------------------------------- figure 3: step cosines
@@ -188,11 +113,11 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
         v = next((x for x in cfg.variants if x.name == name and x.k == 2), None)
         if v is None:
             continue
-        cosines[name] = _step_cosines(cfg, Generator.load(_policy_dir(cfg, v, 0), cfg.device), tasks, s0_for(0),
+        cosines[name] = _step_cosines(cfg, Generator.load(policy_dir(work, v, 0), cfg.device), tasks, s0_for(0),
                                       hp["adam"])
     return {"benchmark": "digits", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
             "family": family.config(), "heldout_tasks": len(tasks), "threads": torch.get_num_threads(),
-            "rows": rows, "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
+            "rows": public(rows), "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
             "seconds": time.perf_counter() - t_start}
 
 
@@ -211,26 +136,6 @@ def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
     trainer.train()
     trainer.optimizer.save(out)
     return trainer.optimizer
-
-
-def _hessian_trace(tasks, thetas: torch.Tensor) -> float:
-    """Mean Hutchinson Hessian trace of the training loss at the given weights (flatness)."""
-    from lohp.flatness import hutchinson_trace, task_loss_fn
-
-    g = torch.Generator().manual_seed(0)
-    return float(hutchinson_trace(task_loss_fn(list(tasks)), thetas.detach(), 32, g).mean())
-
-
-def _speedup(cfg: DigitsBenchConfig, tasks, s0: torch.Tensor, lohp_acc: list[float], adam_hp: dict[str, Any],
-             latency_ms: float, T: int) -> dict[str, Any]:
-    """Adam's full-batch wall time to first reach lo-hp's accuracy on each task / lo-hp latency."""
-    ratios, reached = [], 0
-    for i, t in enumerate(tasks[:cfg.speedup_tasks]):
-        seconds, step = adam_time_to_accuracy(t, s0[i], lohp_acc[i], adam_hp, max_steps=10 * T)
-        reached += step is not None
-        ratios.append(seconds * 1e3 / latency_ms)  # a lower bound where Adam never reached it
-    return {"time_to_accuracy_speedup": float(np.median(ratios)), "speedup_tasks": len(ratios),
-            "speedup_adam_reached": reached}
 
 
 @torch.no_grad()

@@ -7,8 +7,14 @@ from typing import Any, Callable
 from lohp.errors import LohpError
 from lohp.tasks.base import SPLITS, Task, TaskBatch, TaskFamily, accuracy, class_means, cross_entropy
 from lohp.tasks.digits import DigitsFamily
+from lohp.tasks.images import FashionFeatureFamily, OpenclipartFamily, RotatedFashionFamily, RotatedMnistFamily
+from lohp.tasks.text import FortunesFamily, WordNetFamily
 
-FAMILIES: dict[str, Callable[..., TaskFamily]] = {"digits": DigitsFamily}
+FAMILIES: dict[str, Callable[..., TaskFamily]] = {
+    "digits": DigitsFamily, "openclipart": OpenclipartFamily, "fashion": FashionFeatureFamily,
+    "rotated-mnist": RotatedMnistFamily, "rotated-fashion": RotatedFashionFamily,
+    "wordnet": WordNetFamily, "fortunes": FortunesFamily,
+}
 
 
 def make_family(name: str, **config: Any) -> TaskFamily:

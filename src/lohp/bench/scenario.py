@@ -1,0 +1,225 @@
+"""The pieces every scenario benchmark is made of, so a scenario adds a family and a table only.
+
+    store = stage_one(work, family, family_config, ...)          # Stage I (resumable)
+    rows  = gradient_rows(tasks, hp, s0_for, ...)                # adam, sgd, sam, adam-n
+    rows += [learned_row(work, store, v, tasks, s0_for, ...)]    # every learned variant
+    rows += [probe_row(tasks), prototype_row(tasks)]             # closed-form baselines
+
+Statistics are over seeds: each seed trains every learned method anew (initialisation and
+batches) and draws new starting weights s_0 for every evaluation task; gradient
+baselines start from the same s_0. Rows share one schema (see :mod:`lohp.bench.harness`);
+a row's ``per_task`` list (seed 0) feeds confidence intervals and is dropped from JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, single_run_seconds
+from lohp.generation import Generator
+from lohp.optim import make_optimizer
+from lohp.tasks import Task
+from lohp.training import train
+from lohp.trajectories import TrajectoryStore, make_config, prepare
+
+Note = Callable[[str], None]
+S0For = Callable[[int], torch.Tensor]
+
+
+@dataclass
+class Variant:
+    name: str                 # row label
+    method: str
+    k: int = 2
+    optimizers: list[str] | None = None   # store filter (optimizer-mix ablation)
+    ablation: bool = False    # runs with ablation_seeds only
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        opt = "" if self.optimizers is None else "-" + "+".join(self.optimizers)
+        extra = "".join(f"-{k}{v}" for k, v in sorted({**self.loss_options, **self.policy_options,
+                                                          **self.train_options}.items()))
+        return f"{self.method}-k{self.k}{opt}{extra}"
+
+
+def stage_one(work: Path, family: str, family_config: dict[str, Any], tasks: int, steps: int, batch_size: int,
+              optimizers: Sequence[str] = ("sgd", "adam", "sam"), hparams: dict[str, dict[str, Any]] | None = None,
+              device: str = "cpu") -> TrajectoryStore:
+    cfg = make_config(family=family, family_config=family_config, optimizers=tuple(optimizers), hparams=hparams,
+                      tasks=tasks, steps=steps, batch_size=batch_size)
+    return prepare(Path(work) / "store", cfg, device=device)
+
+
+def s0_sampler(tasks: Sequence[Task], store: TrajectoryStore, offset: int = 50_000) -> S0For:
+    """Starting weights per seed, from the store's theta_0 distribution (never its seeds)."""
+    init, sigma = store.config["init"], store.config["init_sigma"]
+
+    def s0_for(seed: int) -> torch.Tensor:
+        return torch.stack([t.init_theta(offset + 1000 * seed + i, init, sigma) for i, t in enumerate(tasks)])
+    return s0_for
+
+
+def hessian_trace(tasks: Sequence[Task], thetas: torch.Tensor) -> float:
+    """Mean Hutchinson Hessian trace of the training loss at the given weights (flatness)."""
+    from lohp.flatness import hutchinson_trace, task_loss_fn
+
+    g = torch.Generator().manual_seed(0)
+    return float(hutchinson_trace(task_loss_fn(list(tasks)), thetas.detach(), 32, g).mean())
+
+
+def gradient_rows(tasks: Sequence[Task], hp: dict[str, dict[str, Any]], s0_for: S0For, seeds: int, steps: int,
+                  batch_size: int, baselines: Sequence[tuple[str, str, int]], note: Note,
+                  hessian: bool = False, latency_tasks: int = 5) -> list[dict[str, Any]]:
+    """``baselines``: (row name, optimizer, steps) run from every seed's s_0 (and 10x wider)."""
+    single_run_seconds(tasks[0], "adam", hp["adam"], s0_for(0)[0], 2, batch_size, 0)  # warm-up (~1 s once)
+    rows = []
+    for name, opt, n in baselines:
+        note(f"baseline {name}")
+        accs, wides, traces, per_task = [], [], [], []
+        for seed in range(seeds):
+            s0 = s0_for(seed)
+            acc, final = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0, n, batch_size, seed)
+            accs.append(float(np.mean(acc)))
+            per_task = per_task or acc
+            if hessian:
+                traces.append(hessian_trace(tasks, final))
+            acc_w, _ = gradient_accuracy(tasks, make_optimizer(opt, **hp[opt]), s0 * WIDE, n, batch_size, seed)
+            wides.append(float(np.mean(acc_w)))
+        lat = statistics.median(single_run_seconds(t, opt, hp[opt], s0_for(0)[i], n, batch_size, i)
+                                for i, t in enumerate(tasks[:latency_tasks])) * 1e3
+        m, s = mean_std(accs)
+        row = {"method": name, "k": None, "steps": n, "accuracy": m, "accuracy_std": s,
+               "accuracy_wide": float(np.mean(wides)), "latency_ms": lat, "seeds": accs, "per_task": per_task}
+        if hessian:
+            row["hessian_trace"] = float(np.mean(traces))
+        rows.append(row)
+    return rows
+
+
+def policy_dir(work: Path, v: Variant, seed: int) -> Path:
+    return Path(work) / "policies" / f"{v.slug}-s{seed}"
+
+
+def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[Task], s0_for: S0For, seeds: int,
+                iterations: int, train_batch: int, note: Note, device: str = "cpu", latency_repeats: int = 30,
+                hessian: bool = False, progress=None, extra_tasks: dict[str, tuple[Sequence[Task], S0For]] | None = None
+                ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Train ``v`` once per seed (resumable), generate for ``tasks``, and summarise.
+
+    ``extra_tasks`` (name -> (tasks, s0_for)) are evaluated with the same policies (e.g. a
+    cross-dataset set); their rows come back in the second return value.
+    """
+    accs, wides, lats, diag, train_s, traces, per_task = [], [], [], [], [], [], []
+    extra_accs: dict[str, list[list[float]]] = {name: [] for name in extra_tasks or {}}
+    gen = None
+    for seed in range(seeds):
+        out = policy_dir(work, v, seed)
+        note(f"training {v.name} k={v.k} seed {seed}")
+        options = {"iterations": iterations, "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
+                   "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
+                   "checkpoint_every": max(iterations // 8, 1), **v.train_options}
+        res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
+                    policy_options=v.policy_options, train_options=options, device=device, progress=progress)
+        train_s.append(res.get("seconds", float("nan")))
+        diag.append({k: res.get(k) for k in ("logpf_real", "cos_real", "dist", "dist_final")})
+        gen = Generator.load(out, device)
+        s0 = s0_for(seed)
+        theta = gen.generate_batch(tasks, s0=s0)
+        if hessian:
+            traces.append(hessian_trace(tasks, theta))
+        task_acc = [t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta)]
+        per_task = per_task or task_acc
+        accs.append(float(np.mean(task_acc)))
+        theta_w = gen.generate_batch(tasks, s0=s0 * WIDE)
+        wides.append(float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta_w)])))
+        lats.append(gen.latency(tasks[0], repeats=latency_repeats))
+        for name, (xt, xs0) in (extra_tasks or {}).items():
+            th = gen.generate_batch(xt, s0=xs0(seed))
+            extra_accs[name].append([t.evaluate(w)[t.metric_name] for t, w in zip(xt, th)])
+    m, s = mean_std(accs)
+    row = {"method": v.name, "k": None if v.method == "hypernetwork" else v.k,
+           "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
+           "latency_ms": statistics.median(l["latency_ms"] for l in lats),
+           "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
+           "seeds": accs, "per_task": per_task, "train_seconds": float(np.mean(train_s)),
+           "optimizers": v.optimizers or [o["name"] for o in store.config["optimizers"]],
+           "diagnostics": {k: float(np.mean([d[k] for d in diag if d.get(k) is not None] or [np.nan]))
+                           for k in ("logpf_real", "cos_real", "dist", "dist_final")}}
+    if hessian:
+        row["hessian_trace"] = float(np.mean(traces))
+    extra = {}
+    for name, per_seed in extra_accs.items():
+        em, es = mean_std([float(np.mean(a)) for a in per_seed])
+        extra[name] = {**{k: row[k] for k in ("method", "k", "steps", "latency_ms")}, "accuracy": em,
+                       "accuracy_std": es, "seeds": [float(np.mean(a)) for a in per_seed], "per_task": per_seed[0]}
+    return row, extra
+
+
+def speedup(tasks: Sequence[Task], s0: torch.Tensor, lohp_acc: Sequence[float], adam_hp: dict[str, Any],
+            latency_ms: float, T: int, n_tasks: int) -> dict[str, Any]:
+    """Adam's full-batch wall time to first reach lo-hp's accuracy on each task / lo-hp latency."""
+    ratios, reached = [], 0
+    for i, t in enumerate(tasks[:n_tasks]):
+        seconds, step = adam_time_to_accuracy(t, s0[i], lohp_acc[i], adam_hp, max_steps=10 * T)
+        reached += step is not None
+        ratios.append(seconds * 1e3 / latency_ms)  # a lower bound where Adam never reached it
+    return {"time_to_accuracy_speedup": float(np.median(ratios)), "speedup_tasks": len(ratios),
+            "speedup_adam_reached": reached}
+
+
+# --------------------------------------------------------------------------- closed-form baselines
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    import time
+
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def prototype_accuracy(task: Task) -> tuple[float, float]:
+    """Nearest class mean (Euclidean) on the task's own features; (accuracy, ms)."""
+    def fit():
+        return task.condition()
+    means, ms = _timed(fit)
+    pred = torch.cdist(task.x_eval.reshape(len(task.x_eval), -1), means).argmin(-1)
+    return float((pred == task.y_eval).float().mean()), ms
+
+
+def probe_accuracy(task: Task, max_iter: int = 1000) -> tuple[float, float]:
+    """scikit-learn logistic regression on the task's features (the linear probe); (accuracy, ms)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.pipeline import make_pipeline
+
+    x = task.x_train.reshape(len(task.x_train), -1).numpy()
+    clf, ms = _timed(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter)).fit(
+        x, task.y_train.numpy()))
+    return float(clf.score(task.x_eval.reshape(len(task.x_eval), -1).numpy(), task.y_eval.numpy())), ms
+
+
+def closed_form_row(name: str, tasks: Sequence[Task], fn: Callable[[Task], tuple[float, float]]) -> dict[str, Any]:
+    res = [fn(t) for t in tasks]
+    acc = [a for a, _ in res]
+    return {"method": name, "k": None, "steps": None, "accuracy": float(np.mean(acc)), "accuracy_std": 0.0,
+            "accuracy_wide": None, "latency_ms": statistics.median(ms for _, ms in res), "seeds": [float(np.mean(acc))],
+            "per_task": acc}
+
+
+def ci95(values: Sequence[float]) -> float:
+    """Half-width of the normal 95 % confidence interval of the mean."""
+    v = np.asarray(values, dtype=float)
+    return float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for JSON: without the per-task lists."""
+    return [{k: v for k, v in r.items() if k != "per_task"} for r in rows]

@@ -1,0 +1,263 @@
+"""Task families on real images from packages (Openclipart, Fashion-MNIST, MNIST).
+
+- :class:`FeatureFamily` (``openclipart``, ``fashion``): n-way classification on frozen
+  EfficientNet-Lite0 features; the generated subset is the linear head. Classes are split
+  once into disjoint source and held-out sets; images once, per class, into a training
+  pool and an evaluation pool. ``shots`` turns a task into a few-shot episode: the
+  training split is ``shots`` images per class (the support set), the evaluation split
+  ``queries`` other images per class (episodes draw both from all of a class's images).
+- :class:`RotatedFamily` (``rotated-mnist``, ``rotated-fashion``): DomainBed-style
+  rotated domains (0, 15, ..., 75 degrees), each made of its own images; the generated
+  subset is a whole one-hidden-layer MLP on the 784 pixels. Source tasks come from every
+  domain but ``heldout_domain``, held-out tasks from that domain only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lohp.errors import LohpError
+from lohp.tasks.base import Task, TaskFamily
+
+FEATURE_DATASETS = ("openclipart", "fashion-mnist")
+
+
+# --------------------------------------------------------------------------- data (cached per process)
+@lru_cache(maxsize=4)
+def feature_data(dataset: str, size: int = 64, per_class: int = 60) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
+    """Frozen features ``[n, 1280]``, labels and class names of a dataset (disk-cached)."""
+    from lohp.data import features as feats
+    from lohp.data import images
+
+    bar = _progress()
+    if dataset == "openclipart":
+        x, y, names = images.openclipart(size=size, max_per_class=per_class, progress=bar)
+        key = {"data": "openclipart", "size": size, "max_per_class": per_class, "n": len(y)}
+    elif dataset == "fashion-mnist":
+        x_all, y_all, names = images.fashion_mnist()
+        idx = _per_class(y_all, per_class, seed=0)  # a fixed subset: features cost ~5 ms an image
+        x, y = x_all[idx], y_all[idx]
+        key = {"data": "fashion-mnist", "per_class": per_class, "seed": 0}
+    else:
+        raise LohpError(f"unknown feature dataset {dataset!r}; choose one of {', '.join(FEATURE_DATASETS)}")
+    with contextlib.redirect_stdout(io.StringIO()):  # the model package prints on load
+        f = feats.features(key, x, size=size, progress=bar)
+    return f, np.asarray(y), tuple(names)
+
+
+def _per_class(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n] for c in np.unique(y)]))
+
+
+def _progress():
+    """A tqdm bar on stderr for long cache builds (silent when nothing needs building)."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int, text: str) -> None:
+        from tqdm.auto import tqdm
+
+        if state.get("text") != text:
+            if "bar" in state:
+                state["bar"].close()
+            state["bar"], state["text"] = tqdm(total=total, desc=text, leave=False), text
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+def _split_pools(y: np.ndarray, classes: list[int], train_fraction: float, rng: np.random.Generator
+                 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    train, evals = {}, {}
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        cut = int(round(train_fraction * len(idx)))
+        train[c], evals[c] = idx[:cut], idx[cut:]
+    return train, evals
+
+
+def _build_task(family: str, seed: int, split: str, x: torch.Tensor, classes: list[int],
+                train_idx: dict[int, np.ndarray], eval_idx: dict[int, np.ndarray], model_factory,
+                patterns, info: dict[str, Any]) -> Task:
+    xs, ys = {"train": [], "eval": []}, {"train": [], "eval": []}
+    for label, c in enumerate(classes):
+        for part, idx in (("train", train_idx[c]), ("eval", eval_idx[c])):
+            xs[part].append(x[torch.as_tensor(idx, dtype=torch.long)])
+            ys[part].append(torch.full((len(idx),), label, dtype=torch.long))
+    return Task(family=family, seed=int(seed), split=split, x_train=torch.cat(xs["train"]),
+                y_train=torch.cat(ys["train"]), x_eval=torch.cat(xs["eval"]), y_eval=torch.cat(ys["eval"]),
+                n_classes=len(classes), model_factory=model_factory, patterns=tuple(patterns), info=info)
+
+
+# --------------------------------------------------------------------------- frozen features
+class FeatureFamily(TaskFamily):
+    """n-way tasks on frozen EfficientNet-Lite0 features; a linear head is generated."""
+
+    dataset = "openclipart"
+
+    def __init__(self, n_way: int = 5, shots: int | None = None, queries: int = 15, heldout_fraction: float = 0.35,
+                 train_fraction: float = 0.6, split_seed: int = 0, size: int = 64, per_class: int = 60,
+                 patterns: tuple[str, ...] | list[str] = ("*",)):
+        if n_way < 2:
+            raise LohpError(f"n_way must be >= 2 (got {n_way})")
+        if shots is not None and shots < 1:
+            raise LohpError(f"shots must be >= 1 (got {shots})")
+        if not 0 < heldout_fraction < 1 or not 0 < train_fraction < 1:
+            raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
+        self.n_way, self.shots, self.queries = n_way, shots, queries
+        self.heldout_fraction, self.train_fraction, self.split_seed = heldout_fraction, train_fraction, split_seed
+        self.size, self.per_class, self.patterns = size, per_class, tuple(patterns)
+        self._x, y, self.class_names = feature_data(self.dataset, size, per_class)
+        self._y = y
+        rng = np.random.default_rng(split_seed)
+        order = rng.permutation(len(self.class_names))
+        n_held = max(1, int(round(heldout_fraction * len(order))))
+        self.heldout_classes = sorted(int(c) for c in order[:n_held])
+        self.source_classes = sorted(int(c) for c in order[n_held:])
+        for split, cls in (("source", self.source_classes), ("held-out", self.heldout_classes)):
+            if len(cls) < n_way:
+                raise LohpError(f"{self.dataset} has {len(cls)} {split} classes, fewer than n_way={n_way}; "
+                                "ask for fewer ways or change heldout_fraction")
+        self._train_idx, self._eval_idx = _split_pools(y, list(range(len(self.class_names))), train_fraction, rng)
+        if shots is not None:
+            smallest = min(len(self._train_idx[c]) + len(self._eval_idx[c]) for c in self._train_idx)
+            if shots + queries > smallest:
+                raise LohpError(f"{self.dataset} classes hold too few images for {shots} shots and {queries} "
+                                f"queries (the smallest class has {smallest}); ask for fewer shots or queries")
+
+    def config(self) -> dict[str, Any]:
+        return {"n_way": self.n_way, "shots": self.shots, "queries": self.queries,
+                "heldout_fraction": self.heldout_fraction, "train_fraction": self.train_fraction,
+                "split_seed": self.split_seed, "size": self.size, "per_class": self.per_class,
+                "patterns": list(self.patterns)}
+
+    def model_factory(self) -> nn.Module:
+        return nn.Linear(self._x.shape[1], self.n_way)
+
+    def sample(self, seed: int, split: str = "source") -> Task:
+        self.check_split(split)
+        pool = self.source_classes if split == "source" else self.heldout_classes
+        rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed, 7])
+        classes = [int(c) for c in rng.choice(pool, self.n_way, replace=False)]
+        train, evals = self._train_idx, self._eval_idx
+        if self.shots is not None:  # an episode: disjoint support and queries from the class's images
+            train, evals = {}, {}
+            for c in classes:
+                pick = rng.permutation(np.concatenate([self._train_idx[c], self._eval_idx[c]]))
+                train[c], evals[c] = pick[:self.shots], pick[self.shots:self.shots + self.queries]
+        return _build_task(self.name, seed, split, self._x, classes, train, evals, self.model_factory,
+                           self.patterns, {"classes": [self.class_names[c] for c in classes], "shots": self.shots})
+
+
+class OpenclipartFamily(FeatureFamily):
+    name = "openclipart"
+    dataset = "openclipart"
+
+
+class FashionFeatureFamily(FeatureFamily):
+    """Fashion-MNIST through the same frozen backbone (the cross-dataset row)."""
+
+    name = "fashion"
+    dataset = "fashion-mnist"
+
+    def __init__(self, n_way: int = 5, per_class: int = 400, heldout_fraction: float = 0.5, **kw: Any):
+        super().__init__(n_way=n_way, per_class=per_class, heldout_fraction=heldout_fraction, **kw)
+
+
+# --------------------------------------------------------------------------- rotated domains
+ANGLES = (0, 15, 30, 45, 60, 75)
+
+
+def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate ``[n, H, W]`` images counter-clockwise about their centre (bilinear, zero fill)."""
+    if degrees % 360 == 0:
+        return images
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=images.dtype)
+    grid = F.affine_grid(theta.expand(len(images), 2, 3), (len(images), 1, *images.shape[1:]), align_corners=False)
+    return F.grid_sample(images[:, None], grid, align_corners=False)[:, 0]
+
+
+@lru_cache(maxsize=2)
+def rotated_domains(dataset: str, per_domain: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DomainBed-style: shuffle, cut into one disjoint image set per angle, rotate each.
+    Returns pixels ``[n, 784]`` in [0, 1], labels, domain index."""
+    from lohp.data import images
+
+    x, y, _ = images.mnist() if dataset == "mnist" else images.fashion_mnist()
+    idx = np.random.default_rng(seed).permutation(len(y))[:per_domain * len(ANGLES)]
+    xs, ds = [], []
+    for d, angle in enumerate(ANGLES):
+        part = idx[d * per_domain:(d + 1) * per_domain]
+        xs.append(rotate(torch.from_numpy(x[part]).float() / 255.0, angle).reshape(len(part), -1))
+        ds.append(torch.full((len(part),), d))
+    return torch.cat(xs), torch.from_numpy(y[idx]), torch.cat(ds)
+
+
+class RotatedFamily(TaskFamily):
+    """n-way tasks in rotated domains; a whole MLP (784 -> hidden -> n_way) is generated."""
+
+    dataset = "mnist"
+
+    def __init__(self, heldout_domain: int = 0, n_way: int = 5, hidden: int = 32, per_domain: int = 1600,
+                 train_fraction: float = 0.6, split_seed: int = 0, patterns: tuple[str, ...] | list[str] = ("*",)):
+        if heldout_domain not in ANGLES:
+            raise LohpError(f"unknown domain {heldout_domain!r}; the domains are the angles "
+                            f"{', '.join(map(str, ANGLES))}")
+        if not 2 <= n_way <= 10:
+            raise LohpError(f"n_way must be between 2 and 10 (got {n_way})")
+        if hidden < 1:
+            raise LohpError("hidden must be >= 1")
+        self.heldout_domain, self.n_way, self.hidden = int(heldout_domain), n_way, hidden
+        self.per_domain, self.train_fraction, self.split_seed = per_domain, train_fraction, split_seed
+        self.patterns = tuple(patterns)
+        self._x, y, dom = rotated_domains(self.dataset, per_domain, split_seed)
+        rng = np.random.default_rng(split_seed)
+        # Pools per (domain, class): one key space so every domain keeps its own images.
+        keys = (dom * 10 + y).numpy()
+        self._train_idx, self._eval_idx = _split_pools(keys, sorted(set(keys.tolist())), train_fraction, rng)
+        self.source_domains = [a for a in ANGLES if a != self.heldout_domain]
+
+    @property
+    def domains(self) -> tuple[int, ...]:
+        return ANGLES
+
+    def config(self) -> dict[str, Any]:
+        return {"heldout_domain": self.heldout_domain, "n_way": self.n_way, "hidden": self.hidden,
+                "per_domain": self.per_domain, "train_fraction": self.train_fraction,
+                "split_seed": self.split_seed, "patterns": list(self.patterns)}
+
+    def model_factory(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(784, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.n_way))
+
+    def sample(self, seed: int, split: str = "source") -> Task:
+        self.check_split(split)
+        rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed, 11])
+        angle = int(rng.choice(self.source_domains)) if split == "source" else self.heldout_domain
+        d = ANGLES.index(angle)
+        classes = [int(c) for c in rng.choice(10, self.n_way, replace=False)]
+        train = {c: self._train_idx[d * 10 + c] for c in classes}
+        evals = {c: self._eval_idx[d * 10 + c] for c in classes}
+        return _build_task(self.name, seed, split, self._x, classes, train, evals, self.model_factory,
+                           self.patterns, {"classes": classes, "domain": angle})
+
+
+class RotatedMnistFamily(RotatedFamily):
+    name = "rotated-mnist"
+    dataset = "mnist"
+
+
+class RotatedFashionFamily(RotatedFamily):
+    name = "rotated-fashion"
+    dataset = "fashion-mnist"
