@@ -41,6 +41,8 @@ class TextFamily(TaskFamily):
                  layers: Sequence[int] | None = None, pool: int = 64, split_seed: int = 0):
         from lohp.lora import LoraSpec
 
+        targets = [targets] if isinstance(targets, str) else targets
+        layers = [layers] if isinstance(layers, int) else layers
         self.n_way = int(n_way if n_way is not None else self.default_n_way)
         self.heldout = int(heldout if heldout is not None else self.default_heldout)
         self.shots, self.eval_shots, self.pool = int(shots), int(eval_shots), int(pool)

@@ -1,0 +1,202 @@
+"""``lohp bench lora``: LoRA for MiniLM-L6 on held-out text classification tasks, one table.
+
+The paper's fourth scenario (LoRA for RoBERTa-base on GLUE) scaled to 2 CPU cores:
+MiniLM-L6 with rank-8 LoRA on query/value plus a linear head (73,728 + 384 C generated
+values), tasks = C-way classification of WordNet noun definitions (categories disjoint
+between source and held-out tasks) or fortune topics. Rows:
+
+- ``adam`` / ``sgd``: LoRA + head fine-tuning for T minibatch steps from the same s_0;
+- ``linear-probe``: logistic regression on frozen MiniLM embeddings (no LoRA);
+- ``hypernetwork``, ``lo-di``, ``lo-di-noise``, ``lo-op``, ``lo-hp``: learned generators
+  trained on the Stage I store (Adam + SGD trajectories), N = T/k policy steps.
+
+Stage I and every policy resume (``WORK/store``, ``WORK/policies``). Latency is the
+median time to produce the weights from the condition; the condition itself (frozen
+MiniLM over the training texts) is timed separately (``condition_ms``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lohp.bench.harness import adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency
+from lohp.bench.scenario import Variant, learned_row, public, s0_sampler
+from lohp.optim import make_optimizer
+from lohp.trajectories import make_config, prepare
+
+POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
+
+
+def _variants() -> list[Variant]:
+    return [Variant("hypernetwork", "hypernetwork", k=0, policy_options=dict(POLICY)),
+            Variant("lo-di", "lo-di", policy_options=dict(POLICY)),
+            Variant("lo-di-noise", "lo-di-noise", policy_options=dict(POLICY)),
+            Variant("lo-op", "lo-op", policy_options=dict(POLICY), loss_options={"on_policy_tasks": 4}),
+            Variant("lo-hp", "lo-hp", policy_options=dict(POLICY), loss_options={"on_policy_tasks": 4})]
+
+
+@dataclass
+class LoraBenchConfig:
+    work: str = "runs/bench-lora"
+    family: str = "wordnet"
+    family_config: dict[str, Any] = field(default_factory=dict)
+    optimizers: list[str] = field(default_factory=lambda: ["adam", "sgd"])
+    store_tasks: int = 24
+    seeds_per_task: int = 1
+    steps: int = 32              # T
+    batch_size: int = 16
+    record_every: int = 2        # = k: the policies only need the stride-k checkpoints
+    iterations: int = 200
+    train_batch: int = 8
+    seeds: int = 1
+    eval_tasks: int = 16
+    speedup_tasks: int = 4
+    latency_repeats: int = 20
+    device: str = "cpu"
+    variants: list[Variant] = field(default_factory=_variants)
+
+    @classmethod
+    def quick(cls, work: str = "runs/bench-lora-quick") -> "LoraBenchConfig":
+        return cls(work=work, store_tasks=4, steps=8, iterations=16, train_batch=4, eval_tasks=4, speedup_tasks=2,
+                   latency_repeats=5)
+
+
+def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
+        train_progress: Callable[[int, int, dict[str, float]], None] | None = None,
+        stage_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    note = note or (lambda s: None)
+    t_start = time.perf_counter()
+    work = Path(cfg.work)
+    note("Stage I: LoRA trajectories (resumable)")
+    store_cfg = make_config(family=cfg.family, family_config=cfg.family_config, optimizers=tuple(cfg.optimizers),
+                            tasks=cfg.store_tasks, seeds=cfg.seeds_per_task, steps=cfg.steps,
+                            batch_size=cfg.batch_size, record_every=cfg.record_every, shard_runs=4)
+    store = prepare(work / "store", store_cfg, device=cfg.device, progress=stage_progress)
+    stage_seconds = sum(s["train_seconds"] for s in store.manifest["shards"])
+    family = store.family()
+    hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
+    note("sampling held-out tasks")
+    tasks = family.heldout_tasks(cfg.eval_tasks)
+    T = cfg.steps
+    s0_for = s0_sampler(tasks, store)
+    rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------- gradient baselines
+    for name in cfg.optimizers:
+        note(f"baseline {name} ({T} steps)")
+        accs, per_task = [], []
+        for seed in range(cfg.seeds):
+            acc, _ = gradient_accuracy(tasks, make_optimizer(name, **hp[name]), s0_for(seed), T, cfg.batch_size, seed)
+            accs.append(float(np.mean(acc)))
+            per_task = per_task or acc
+        lat = _run_ms(tasks[:2], name, hp[name], s0_for(0), T, cfg.batch_size)
+        m, s = mean_std(accs)
+        rows.append({"method": name, "k": None, "steps": T, "accuracy": m, "accuracy_std": s, "accuracy_wide": None,
+                     "latency_ms": lat, "seeds": accs, "per_task": per_task})
+
+    note("linear probe on frozen embeddings")
+    rows.append(_probe_row(family, tasks))
+
+    # ------------------------------------------------------------- learned methods
+    cond_ms = _condition_ms(family, tasks[0], cfg.latency_repeats)
+    for v in cfg.variants:
+        v.train_options = {"eval_tasks": min(cfg.eval_tasks, 4), **v.train_options}
+        row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
+                             cfg.device, cfg.latency_repeats, progress=train_progress)
+        row["latency_with_condition_ms"] = row["latency_ms"] + cond_ms
+        row["condition_ms"] = cond_ms
+        if v.method == "lo-hp":
+            note("time-to-accuracy: full-batch Adam until it reaches lo-hp's accuracy")
+            row.update(_speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], cond_ms, T,
+                                cfg.speedup_tasks))
+        rows.append(row)
+
+    targets = _targets(rows)
+    return {"benchmark": "lora", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
+            "family": store.config["family"], "family_config": family.config(), "heldout_tasks": len(tasks),
+            "parameters": store.layout.size, "threads": torch.get_num_threads(), "rows": public(rows),
+            "targets": targets, "stage_one_train_seconds": stage_seconds,
+            "stage_one_runs": len(store), "seconds": time.perf_counter() - t_start}
+
+
+def _run_ms(tasks, name: str, hparams: dict[str, Any], s0: torch.Tensor, steps: int, batch_size: int) -> float:
+    """Median wall time (ms) of one run of ``steps`` minibatch steps with torch.optim."""
+    from lohp.bench.harness import single_run_seconds
+
+    return statistics.median(single_run_seconds(t, name, hparams, s0[i], steps, batch_size, i)
+                             for i, t in enumerate(tasks)) * 1e3
+
+
+def _probe_row(family, tasks) -> dict[str, Any]:
+    """Logistic regression on the frozen MiniLM embeddings (latency: the fit, embeddings cached)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    accs, ms = [], []
+    for t in tasks:
+        ftr, fev = family.frozen_features(t)
+        t0 = time.perf_counter()
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr.numpy(), t.y_train.numpy())
+        ms.append((time.perf_counter() - t0) * 1e3)
+        accs.append(float(clf.score(fev.numpy(), t.y_eval.numpy())))
+    return {"method": "linear-probe", "k": None, "steps": None, "accuracy": float(np.mean(accs)), "accuracy_std": 0.0,
+            "accuracy_wide": None, "latency_ms": statistics.median(ms), "seeds": [float(np.mean(accs))],
+            "per_task": accs}
+
+
+@torch.no_grad()
+def _condition_ms(family, task, repeats: int) -> float:
+    """Median ms of computing c from scratch: frozen MiniLM over the training texts, class means."""
+    from lohp import lora
+    from lohp.tasks import class_means
+
+    x = task.x_train
+    times = []
+    for _ in range(max(3, repeats // 4)):
+        t0 = time.perf_counter()
+        class_means(lora.frozen_embeddings(x), task.y_train, task.n_classes)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _speedup(tasks, s0: torch.Tensor, lohp_acc, adam_hp: dict[str, Any], latency_ms: float, cond_ms: float, T: int,
+             n_tasks: int) -> dict[str, Any]:
+    """Full-batch Adam's wall time to first reach lo-hp's accuracy on each task / lo-hp's latency."""
+    secs, reached = [], 0
+    for i, t in enumerate(tasks[:n_tasks]):
+        seconds, step = adam_time_to_accuracy(t, s0[i], lohp_acc[i], adam_hp, max_steps=2 * T)
+        reached += step is not None
+        secs.append(seconds * 1e3)  # a lower bound where Adam never reached it within 2T steps
+    return {"time_to_accuracy_speedup": float(np.median([s / latency_ms for s in secs])),
+            "time_to_accuracy_speedup_with_condition": float(np.median([s / (latency_ms + cond_ms) for s in secs])),
+            "adam_time_to_accuracy_ms": float(np.median(secs)), "speedup_tasks": len(secs),
+            "speedup_adam_reached": reached}
+
+
+def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {r["method"]: r for r in rows}
+    lohp, adam = by.get("lo-hp"), by.get("adam")
+    if lohp is None or adam is None:
+        return {}
+    out = {"latency_ms<=50": lohp["latency_ms"] <= 50,
+           "accuracy>=0.95*adam": lohp["accuracy"] >= 0.95 * adam["accuracy"],
+           "accuracy>linear-probe": lohp["accuracy"] > by["linear-probe"]["accuracy"] if "linear-probe" in by else None,
+           "accuracy>=lo-di": lohp["accuracy"] >= by["lo-di"]["accuracy"] if "lo-di" in by else None,
+           "accuracy>=lo-di-noise": lohp["accuracy"] >= by["lo-di-noise"]["accuracy"] if "lo-di-noise" in by else None,
+           "speedup>=100": (lohp.get("time_to_accuracy_speedup") or 0) >= 100}
+    return out
+
+
+def plots(result: dict[str, Any], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    a = directory / "lora_accuracy_latency.png"
+    plot_accuracy_latency(result["rows"], a, f"MiniLM-L6 LoRA, held-out {result['family']} tasks: accuracy vs latency")
+    return [a]
