@@ -72,6 +72,25 @@ def parse_hparams(lr: str | None, hparam: list[str] | None) -> dict[str, dict[st
     return out
 
 
+def parse_family_options(items: list[str] | None) -> dict[str, Any]:
+    """``["rank=4", "targets=query,value", "layers=none"]`` -> {"rank": 4, "targets": [...], "layers": None}."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not (sep and key.strip()):
+            raise LohpError(f"--family-option takes KEY=VALUE, e.g. rank=4 (got {item!r})")
+
+        def one(text: str) -> Any:
+            if text.lower() == "none":
+                return None
+            try:
+                return _parse_number(text)
+            except LohpError:
+                return text
+        out[key.strip()] = [one(v) for v in _split_list(value)] if "," in value else one(value.strip())
+    return out
+
+
 # --------------------------------------------------------------------------- prepare
 @app.command()
 def prepare(
@@ -95,11 +114,14 @@ def prepare(
     shard_runs: int = typer.Option(64, help="Runs per shard (the unit of resume)."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Replace an existing store in --out."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE (repeatable), e.g. rank=4 or targets=query,value."),
 ) -> None:
     """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
     from lohp.trajectories import make_config, prepare as run_prepare
 
     family_config = {"n_way": n_way, "head": head} if family == "digits" else {}
+    family_config.update(parse_family_options(family_option))
     config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
                          hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
@@ -418,6 +440,72 @@ def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | N
         ensure_writable_dir(target.parent)
         plot_fn(result, target)
         console.print(f"wrote {target}")
+
+
+# --------------------------------------------------------------------------- bench lora
+@bench_app.command("lora")
+def bench_lora(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    plot: Optional[Path] = typer.Option(None, help="Folder for the PNG plot."),
+    quick: bool = typer.Option(False, help="Small settings (under 5 minutes on 2 cores)."),
+    family: str = typer.Option("wordnet", help="Text family: wordnet or fortunes."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE (repeatable), e.g. rank=4 or n_way=4."),
+    work: Optional[Path] = typer.Option(None, help="Working folder (store and policies; resumable)."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations per policy."),
+    store_tasks: Optional[int] = typer.Option(None, help="Source tasks in Stage I."),
+    eval_tasks: Optional[int] = typer.Option(None, help="Held-out tasks."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per method."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; 1 on a busy machine)."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """LoRA for MiniLM-L6 on held-out text tasks: fine-tuning, linear probe and every generator."""
+    import torch
+
+    from lohp.bench import lora as bl
+    from lohp.bench.harness import print_table
+
+    _check_outputs(json_out, plot)
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    cfg = bl.LoraBenchConfig.quick() if quick else bl.LoraBenchConfig()
+    cfg.family, cfg.family_config = family, parse_family_options(family_option)
+    if work is not None:
+        cfg.work = str(work)
+    for key, value in (("iterations", iterations), ("store_tasks", store_tasks), ("eval_tasks", eval_tasks),
+                       ("seeds", seeds)):
+        if value is not None:
+            if value <= 0:
+                raise LohpError(f"--{key.replace('_', '-')} must be > 0 (got {value})")
+            setattr(cfg, key, value)
+    cfg.device = _device(device)
+    from lohp.tasks import make_family
+
+    make_family(family, **cfg.family_config)  # a missing package or bad option fails before the progress bar
+    with progress_bar("bench lora") as update:
+        stage = {"text": "bench lora"}
+
+        def note(text: str) -> None:
+            stage["text"] = text
+            update(0, 0, text)
+
+        def show(i: int, n: int, m: dict[str, float]) -> None:
+            acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
+            update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
+
+        result = bl.run(cfg, note, show, update)
+    print_table(result["rows"], f"MiniLM-L6 LoRA ({result['parameters']} values), {result['heldout_tasks']} held-out "
+                                f"{family} tasks, T={cfg.steps}, {cfg.seeds} seed(s)",
+                [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
+                 ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
+                 ("latency_ms", "latency ms", ".1f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".0f")],
+                console)
+    console.print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets"].items()
+                                          if v is not None) + f"; total {result['seconds']:.0f} s")
+    _write_outputs(result, json_out, None, "", None)
+    if plot is not None:
+        for p in bl.plots(result, plot):
+            console.print(f"wrote {p}")
 
 
 # --------------------------------------------------------------------------- bench l2o
