@@ -12,6 +12,15 @@ FAMILY = ["--family-option", "shots=4", "--family-option", "eval_shots=4", "--fa
           "--family-option", "pool=8"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """MiniLM forward passes oversubscribe a busy 2-core machine badly with 2 threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     from lohp.cli import main

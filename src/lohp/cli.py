@@ -111,7 +111,8 @@ def prepare(
     init: str = typer.Option("standard", help="theta_0: standard (layer init), normal, zeros."),
     init_sigma: float = typer.Option(0.01, help="Std of theta_0 for --init normal."),
     seed: int = typer.Option(0, help="Base random seed."),
-    shard_runs: int = typer.Option(64, help="Runs per shard (the unit of resume)."),
+    shard_runs: Optional[int] = typer.Option(None, help="Runs per shard, the unit of resume (default 64; 4 for "
+                                             "the LoRA families, whose runs are slow)."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Replace an existing store in --out."),
     family_option: Optional[list[str]] = typer.Option(
@@ -122,6 +123,10 @@ def prepare(
 
     family_config = {"n_way": n_way, "head": head} if family == "digits" else {}
     family_config.update(parse_family_options(family_option))
+    if shard_runs is None:
+        from lohp.tasks import FAMILIES
+
+        shard_runs = getattr(FAMILIES.get(family), "default_shard_runs", 64)
     config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
                          hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,

@@ -33,6 +33,7 @@ class TextFamily(TaskFamily):
     default_n_way = 5
     # Stage I learning rates for LoRA + head (the digits defaults diverge here); measured on
     # 3 wordnet tasks, T = 32, batch 16: Adam 2e-3 / 5e-3 -> 0.84 / 0.85, SGD 0.1 -> 0.77, 0.2 diverges.
+    default_shard_runs = 4  # a LoRA run is slow: resume in units of 4 runs
     optimizer_defaults = {"adam": {"lr": 5e-3}, "adamw": {"lr": 5e-3}, "sam-adam": {"lr": 5e-3},
                           "sgd": {"lr": 0.1}, "sam": {"lr": 0.1}}
 
