@@ -19,6 +19,7 @@ from lohp.data import cache, images, packages
 from lohp.errors import LohpError
 from lohp.tasks import make_family
 from lohp.tasks import images as timg
+from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -172,17 +173,6 @@ def test_backbone_features_are_cached_and_grey_images_work(home):
 
 
 # --------------------------------------------------------------------------- families on made-up features
-@pytest.fixture
-def fake_features(monkeypatch):
-    """12 classes x 25 images of 16-d features, class c centred at c."""
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(12), 25)
-    x = torch.from_numpy(rng.normal(size=(len(y), 16)).astype(np.float32)) + torch.from_numpy(y)[:, None].float()
-    names = tuple(f"class{c}" for c in range(12))
-    monkeypatch.setattr(timg, "feature_data", lambda dataset, size=64, per_class=60: (x, y, names))
-    return x, y
-
-
 def test_feature_tasks_use_disjoint_classes_and_images(fake_features):
     fam = make_family("openclipart", n_way=3)
     assert not set(fam.source_classes) & set(fam.heldout_classes)
@@ -213,17 +203,6 @@ def test_rotation_matches_rot90():
     img = torch.rand(2, 8, 8)
     assert torch.allclose(timg.rotate(img, 90), torch.rot90(img, 1, dims=(1, 2)), atol=1e-5)
     assert torch.equal(timg.rotate(img, 0), img)
-
-
-@pytest.fixture
-def fake_domains(monkeypatch):
-    rng = np.random.default_rng(0)
-    n = 6 * 10 * 6  # 6 domains x 10 classes x 6 images
-    x = torch.from_numpy(rng.random((n, 784)).astype(np.float32))
-    dom = torch.arange(6).repeat_interleave(60)
-    y = torch.arange(10).repeat_interleave(6).repeat(6)
-    x[:, 0] = dom.float()  # pixel 0 tells the domain, so the test can check where images come from
-    monkeypatch.setattr(timg, "rotated_domains", lambda dataset, per_domain, seed=0: (x, y, dom))
 
 
 def test_held_out_domain_tasks_never_appear_in_source_tasks(fake_domains):

@@ -388,7 +388,7 @@ SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps",
 
 
 def _scenario_bench(module: str, config_cls: str, label: str, json_out: Optional[Path], plot: Optional[Path],
-                    quick: bool, work: Optional[Path], iterations: Optional[int], seeds: Optional[int], device: str,
+                    quick: bool, work: Optional[Path], budget: Optional[float], seeds: Optional[int], device: str,
                     **overrides: Any) -> tuple[dict[str, Any], Any]:
     import importlib
 
@@ -396,8 +396,11 @@ def _scenario_bench(module: str, config_cls: str, label: str, json_out: Optional
     _check_outputs(json_out, plot)
     cls = getattr(mod, config_cls)
     cfg = cls.quick() if quick else cls()
-    for key, value in (("work", str(work) if work else None), ("iterations", iterations), ("seeds", seeds),
-                       *overrides.items()):
+    if budget is not None:
+        if budget <= 0:
+            raise LohpError(f"--budget must be > 0 seconds (got {budget})")
+        cfg.variants = mod.default_variants(budget)
+    for key, value in (("work", str(work) if work else None), ("seeds", seeds), *overrides.items()):
         if value is None:
             continue
         if isinstance(value, int) and value <= 0:
@@ -422,7 +425,7 @@ _BENCH_OPTIONS = dict(
     plot=typer.Option(None, help="Folder for the PNG plots."),
     quick=typer.Option(False, help="Small settings (under 5 minutes on 2 cores)."),
     work=typer.Option(None, help="Working folder (stores and policies; resumable)."),
-    iterations=typer.Option(None, help="Training iterations per policy."),
+    budget=typer.Option(None, help="Training budget per learned policy and seed, in seconds (same for every method)."),
     seeds=typer.Option(None, help="Seeds per learned method."),
     device=typer.Option("cpu", help="torch device."),
 )
@@ -432,14 +435,14 @@ _BENCH_OPTIONS = dict(
 def bench_transfer(
     json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
-    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
 ) -> None:
     """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
     from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("transfer", "TransferBenchConfig", "bench transfer", json_out, plot, quick, work,
-                                  iterations, seeds, device)
+                                  budget, seeds, device)
     for ds, what in (("openclipart", f"{result['heldout_tasks']} held-out Openclipart tasks"),
                      ("fashion", f"cross-dataset: {result['cross_tasks']} Fashion-MNIST tasks, same policies")):
         print_table([r for r in result["rows"] if r["dataset"] == ds], f"transfer, {what}", SCENARIO_COLUMNS, console)
@@ -450,7 +453,7 @@ def bench_transfer(
 def bench_few_shot(
     json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
-    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
     episodes: Optional[int] = typer.Option(None, help="Held-out test episodes per shot count."),
 ) -> None:
@@ -458,7 +461,7 @@ def bench_few_shot(
     from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("fewshot", "FewShotBenchConfig", "bench few-shot", json_out, plot, quick, work,
-                                  iterations, seeds, device, episodes=episodes)
+                                  budget, seeds, device, episodes=episodes)
     cols = SCENARIO_COLUMNS[:4] + [("ci95", "95% CI ±", ".4f")] + SCENARIO_COLUMNS[5:]
     for shots in sorted({r["shots"] for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["shots"] == shots]
@@ -470,7 +473,7 @@ def bench_few_shot(
 def bench_domain(
     json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
-    iterations: Optional[int] = _BENCH_OPTIONS["iterations"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
+    budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
     datasets: Optional[str] = typer.Option(None, help="Comma-separated: mnist, fashion."),
     domains: Optional[str] = typer.Option(None, help="Held-out angles, comma-separated, from 0,15,30,45,60,75."),
@@ -485,7 +488,7 @@ def bench_domain(
         except ValueError:
             raise LohpError(f"--domains takes angles like 0,75 (got {domains!r})") from None
     result, mod = _scenario_bench("domain", "DomainBenchConfig", "bench domain", json_out, plot, quick, work,
-                                  iterations, seeds, device, datasets=_split_list(datasets) if datasets else None,
+                                  budget, seeds, device, datasets=_split_list(datasets) if datasets else None,
                                   domains=angles)
     for ds in dict.fromkeys(r["dataset"] for r in result["rows"]):
         for dom in dict.fromkeys(r["domain"] for r in result["rows"] if r["dataset"] == ds):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import mean_std, plot_accuracy_latency
-from lohp.bench.scenario import Variant, gradient_rows, learned_row, public, s0_sampler, speedup, stage_one
+from lohp.bench.scenario import (Variant, budgeted, gradient_rows, learned_row, public, s0_sampler, speedup,
+                                 stage_one)
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
@@ -28,9 +29,10 @@ MLP_POLICY = {"condition_skip": True, "token_size": 32}
 MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole-MLP rollouts are costly
 
 
-def default_variants() -> list[Variant]:
+def default_variants(budget: float = 150) -> list[Variant]:
+    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
     return [Variant(name, name, k=0 if name == "hypernetwork" else 2, policy_options=dict(MLP_POLICY),
-                    train_options=dict(MLP_TRAIN))
+                    train_options=budgeted(budget, **MLP_TRAIN))
             for name in ("hypernetwork", "lo-di", "lo-di-noise", "lo-op", "lo-hp")]
 
 
@@ -44,7 +46,6 @@ class DomainBenchConfig:
     store_tasks: int = 64
     steps: int = 32
     batch_size: int = 32
-    iterations: int = 150
     train_batch: int = 8
     seeds: int = 2
     eval_tasks: int = 20
@@ -64,8 +65,9 @@ class DomainBenchConfig:
 
     @classmethod
     def quick(cls, work: str = "runs/bench-domain-quick") -> "DomainBenchConfig":
-        return cls(work=work, datasets=["mnist"], domains=[0], store_tasks=16, steps=16, iterations=6,
-                   train_batch=4, seeds=1, eval_tasks=6, speedup_tasks=2, latency_repeats=5)
+        return cls(work=work, datasets=["mnist"], domains=[0], store_tasks=16, steps=16, 
+                   train_batch=4, seeds=1, eval_tasks=6, speedup_tasks=2, latency_repeats=5,
+                   variants=default_variants(15))
 
 
 def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
             part = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size,
                                  [("adam", "adam", T), ("sgd", "sgd", T), ("adam-n", "adam", T // 2)], note)
             for v in cfg.variants:
-                row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
+                row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                      cfg.device, cfg.latency_repeats, progress=train_progress)
                 if v.method == "lo-hp":
                     note("time-to-accuracy of Adam vs lo-hp")

@@ -17,12 +17,19 @@ from typing import Any, Callable
 import torch
 
 from lohp.bench.harness import plot_accuracy_latency
-from lohp.bench.scenario import (Variant, ci95, closed_form_row, gradient_rows, learned_row, prototype_accuracy, public,
+from lohp.bench.scenario import (Variant, budgeted, ci95, closed_form_row, gradient_rows, learned_row,
+                                 prototype_accuracy, public,
                                  s0_sampler, speedup, stage_one)
 
 
-def default_variants() -> list[Variant]:
-    return [Variant("hypernetwork", "hypernetwork", k=0), Variant("lo-op", "lo-op"), Variant("lo-hp", "lo-hp")]
+# Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class).
+HEAD_POLICY = {"token_size": 64}
+
+
+def default_variants(budget: float = 100) -> list[Variant]:
+    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
+    opts = dict(policy_options=HEAD_POLICY, train_options=budgeted(budget))
+    return [Variant("hypernetwork", "hypernetwork", k=0, **opts), Variant("lo-op", "lo-op", **opts), Variant("lo-hp", "lo-hp", **opts)]
 
 
 @dataclass
@@ -34,7 +41,6 @@ class FewShotBenchConfig:
     store_tasks: int = 96
     steps: int = 32
     batch_size: int = 16
-    iterations: int = 600
     train_batch: int = 16
     seeds: int = 2
     episodes: int = 600
@@ -45,8 +51,9 @@ class FewShotBenchConfig:
 
     @classmethod
     def quick(cls, work: str = "runs/bench-few-shot-quick") -> "FewShotBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, iterations=40, train_batch=8, seeds=1, episodes=40,
-                   speedup_tasks=3, latency_repeats=10)
+        return cls(work=work, store_tasks=24, steps=16, train_batch=8, seeds=1, episodes=40,
+                   speedup_tasks=3, latency_repeats=10,
+                   variants=default_variants(15))
 
 
 def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
         part = gradient_rows(episodes, hp, s0_for, cfg.seeds, T, cfg.batch_size, [("adam", "adam", T)], note)
         part.append(closed_form_row("prototype", episodes, prototype_accuracy))
         for v in cfg.variants:
-            row, _ = learned_row(work, store, v, episodes, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
+            row, _ = learned_row(work, store, v, episodes, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                  cfg.device, cfg.latency_repeats, progress=train_progress)
             if v.method == "lo-hp":
                 note(f"{shots}-shot: time-to-accuracy of Adam vs lo-hp")

@@ -124,11 +124,14 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
     for seed in range(seeds):
         out = policy_dir(work, v, seed)
         note(f"training {v.name} k={v.k} seed {seed}")
-        options = {"iterations": iterations, "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
+        options = {"iterations": max(iterations, 1), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
                    "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
                    "checkpoint_every": max(iterations // 8, 1), **v.train_options}
-        res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
-                    policy_options=v.policy_options, train_options=options, device=device, progress=progress)
+        if options.get("time_limit") and (out / "policy.json").exists():
+            res = _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
+        else:
+            res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
+                        policy_options=v.policy_options, train_options=options, device=device, progress=progress)
         train_s.append(res.get("seconds", float("nan")))
         diag.append({k: res.get(k) for k in ("logpf_real", "cos_real", "dist", "dist_final")})
         gen = Generator.load(out, device)
@@ -162,6 +165,21 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         extra[name] = {**{k: row[k] for k in ("method", "k", "steps", "latency_ms")}, "accuracy": em,
                        "accuracy_std": es, "seeds": [float(np.mean(a)) for a in per_seed], "per_task": per_seed[0]}
     return row, extra
+
+
+def _last_log_row(out: Path) -> dict[str, float]:
+    import csv
+
+    with open(out / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: float(v) for k, v in (rows[-1] if rows else {}).items() if v not in ("", None)}
+
+
+def budgeted(seconds: float, **train_options: Any) -> dict[str, Any]:
+    """Train options for a wall-clock budget per policy (compute-matched methods): a large
+    iteration cap, and logs, evaluations and checkpoints at fixed iteration intervals."""
+    return {"iterations": 100_000, "time_limit": float(seconds), "log_every": 20, "eval_every": 100,
+            "checkpoint_every": 20, **train_options}
 
 
 def speedup(tasks: Sequence[Task], s0: torch.Tensor, lohp_acc: Sequence[float], adam_hp: dict[str, Any],

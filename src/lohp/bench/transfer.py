@@ -15,14 +15,21 @@ from typing import Any, Callable
 import torch
 
 from lohp.bench.harness import plot_accuracy_latency
-from lohp.bench.scenario import (Variant, closed_form_row, gradient_rows, learned_row, probe_accuracy, prototype_accuracy,
+from lohp.bench.scenario import (Variant, budgeted, closed_form_row, gradient_rows, learned_row, probe_accuracy,
+                                 prototype_accuracy,
                                  public, s0_sampler, speedup, stage_one)
 from lohp.tasks import make_family
 
 
-def default_variants() -> list[Variant]:
-    return [Variant("hypernetwork", "hypernetwork", k=0), Variant("lo-di", "lo-di"),
-            Variant("lo-di-noise", "lo-di-noise"), Variant("lo-op", "lo-op"), Variant("lo-hp", "lo-hp")]
+# Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class).
+HEAD_POLICY = {"token_size": 64}
+
+
+def default_variants(budget: float = 150) -> list[Variant]:
+    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
+    opts = dict(policy_options=HEAD_POLICY, train_options=budgeted(budget))
+    return [Variant("hypernetwork", "hypernetwork", k=0, **opts), Variant("lo-di", "lo-di", **opts),
+            Variant("lo-di-noise", "lo-di-noise", **opts), Variant("lo-op", "lo-op", **opts), Variant("lo-hp", "lo-hp", **opts)]
 
 
 @dataclass
@@ -32,7 +39,6 @@ class TransferBenchConfig:
     store_tasks: int = 96
     steps: int = 32
     batch_size: int = 32
-    iterations: int = 600
     train_batch: int = 16
     seeds: int = 3
     eval_tasks: int = 40
@@ -44,8 +50,9 @@ class TransferBenchConfig:
 
     @classmethod
     def quick(cls, work: str = "runs/bench-transfer-quick") -> "TransferBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, iterations=40, train_batch=8, seeds=1, eval_tasks=10,
-                   cross_tasks=10, speedup_tasks=3, latency_repeats=10)
+        return cls(work=work, store_tasks=24, steps=16, train_batch=8, seeds=1, eval_tasks=10,
+                   cross_tasks=10, speedup_tasks=3, latency_repeats=10,
+                   variants=default_variants(15))
 
 
 def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
@@ -69,7 +76,7 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
     cross_rows += [closed_form_row("linear-probe", cross, probe_accuracy),
                    closed_form_row("prototype", cross, prototype_accuracy)]
     for v in cfg.variants:
-        row, extra = learned_row(work, store, v, tasks, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
+        row, extra = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                  cfg.device, cfg.latency_repeats, progress=train_progress,
                                  extra_tasks={"fashion": (cross, s0_cross)})
         if v.method == "lo-hp":

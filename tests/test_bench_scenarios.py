@@ -1,0 +1,91 @@
+"""The image scenario benchmarks end to end on made-up data and tiny budgets: rows and schema."""
+
+import json
+
+import pytest
+
+from lohp.bench import domain as bdom
+from lohp.bench import fewshot as bfs
+from lohp.bench import transfer as btr
+from lohp.bench.scenario import Variant, ci95
+from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
+
+TINY = {"iterations": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 1, "eval_tasks": 2,
+        "diagnostic_trajectories": 2}
+
+
+def _variants(names, **policy):
+    return [Variant(n, n, k=0 if n == "hypernetwork" else 2, train_options=dict(TINY), policy_options=policy)
+            for n in names]
+
+
+def _schema(rows):
+    for r in rows:
+        for key in ("method", "k", "accuracy", "accuracy_std", "latency_ms", "seeds"):
+            assert key in r, (r["method"], key)
+        assert 0 <= r["accuracy"] <= 1
+        assert "per_task" not in r
+
+
+def test_transfer_rows_cover_every_method_and_the_cross_dataset(fake_features, tmp_path):
+    cfg = btr.TransferBenchConfig(work=str(tmp_path), n_way=3, store_tasks=3, steps=4, batch_size=8, train_batch=2,
+                                  seeds=1, eval_tasks=2, cross_tasks=2, speedup_tasks=1, latency_repeats=2,
+                                  variants=_variants(["hypernetwork", "lo-di", "lo-hp"], token_size=4))
+    result = btr.run(cfg)
+    rows = result["rows"]
+    _schema(rows)
+    clip = [r["method"] for r in rows if r["dataset"] == "openclipart"]
+    assert clip == ["adam", "sgd", "adam-n", "linear-probe", "prototype", "hypernetwork", "lo-di", "lo-hp"]
+    assert [r["method"] for r in rows if r["dataset"] == "fashion"] == ["adam", "linear-probe", "prototype",
+                                                                        "hypernetwork", "lo-di", "lo-hp"]
+    assert "time_to_accuracy_speedup" in next(r for r in rows if r["method"] == "lo-hp")
+    json.dumps(result)
+    assert btr.plots(result, tmp_path / "plots")[0].stat().st_size > 0
+
+
+def test_prototype_and_probe_are_near_perfect_on_separated_classes(fake_features, tmp_path):
+    from lohp.bench.scenario import probe_accuracy, prototype_accuracy
+    from lohp.tasks import make_family
+
+    task = make_family("openclipart", n_way=3).sample(0, "heldout")  # class centres 1 apart, unit noise in 16-d
+    assert prototype_accuracy(task)[0] > 0.9 and probe_accuracy(task)[0] > 0.8
+
+
+def test_few_shot_rows_carry_shots_and_a_confidence_interval(fake_features, tmp_path):
+    cfg = bfs.FewShotBenchConfig(work=str(tmp_path), n_way=3, shots=[1, 2], queries=5, store_tasks=3, steps=4,
+                                 batch_size=4, train_batch=2, seeds=1, episodes=6, speedup_tasks=1,
+                                 latency_repeats=2, variants=_variants(["hypernetwork", "lo-hp"], token_size=4))
+    rows = bfs.run(cfg)["rows"]
+    _schema(rows)
+    assert [(r["method"], r["shots"]) for r in rows] == [(m, s) for s in (1, 2)
+                                                         for m in ("adam", "prototype", "hypernetwork", "lo-hp")]
+    assert all(r["episodes"] == 6 and r["ci95"] >= 0 for r in rows)
+
+
+def test_ci95_is_the_normal_interval():
+    assert ci95([0.0, 1.0]) == pytest.approx(1.96 * (0.5 ** 0.5) / (2 ** 0.5))
+
+
+def test_domain_rows_per_held_out_domain_and_their_mean(fake_domains, tmp_path):
+    cfg = bdom.DomainBenchConfig(work=str(tmp_path), datasets=["mnist"], domains=[0, 30], n_way=3, hidden=4,
+                                 store_tasks=3, steps=4, batch_size=8, train_batch=2, seeds=1, eval_tasks=2,
+                                 speedup_tasks=1, latency_repeats=2,
+                                 variants=_variants(["lo-di", "lo-hp"], token_size=32, condition_skip=True))
+    rows = bdom.run(cfg)["rows"]
+    _schema(rows)
+    assert [(r["method"], r["domain"]) for r in rows] == (
+        [(m, d) for d in ("0", "30") for m in ("adam", "sgd", "adam-n", "lo-di", "lo-hp")]
+        + [(m, "mean") for m in ("adam", "sgd", "adam-n", "lo-di", "lo-hp")])
+    for m in ("adam", "lo-hp"):
+        per = [r["accuracy"] for r in rows if r["method"] == m and r["domain"] != "mean"]
+        mean = next(r for r in rows if r["method"] == m and r["domain"] == "mean")
+        assert mean["accuracy"] == pytest.approx(sum(per) / 2)
+
+
+def test_unknown_domains_and_datasets_are_refused():
+    from lohp.errors import LohpError
+
+    with pytest.raises(LohpError, match="unknown domain 10"):
+        bdom.DomainBenchConfig(domains=[10])
+    with pytest.raises(LohpError, match="unknown dataset"):
+        bdom.DomainBenchConfig(datasets=["svhn"])
