@@ -206,6 +206,8 @@ def train_cmd(
     channels: int = typer.Option(32, help="U-Net width."),
     depth: int = typer.Option(2, help="U-Net levels."),
     token_size: int = typer.Option(8, help="Weight values per token."),
+    condition_skip: bool = typer.Option(False, help="Add a learned per-step gain on the condition features "
+                                                    "(whole-network and image-scenario policies)."),
     optimizers: Optional[str] = typer.Option(None, help="Use only these optimizers' trajectories, e.g. sgd,adam."),
     seed: int = typer.Option(0, help="Random seed (initialisation and batches)."),
     checkpoint_every: int = typer.Option(100, help="Checkpoint interval (iterations)."),
@@ -221,7 +223,7 @@ def train_cmd(
                     "off_policy": off_policy, "backward": backward, "normalize": normalize,
                     "input_noise": input_noise, "reward_width": reward_width}
     policy_options = {"sigma_f": sigma_f, "sigma_b": sigma_b, "channels": channels, "depth": depth,
-                      "token_size": token_size}
+                      "token_size": token_size, "condition_skip": condition_skip}
     train_options = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "lr_flow": lr_flow,
                      "lr_backward": lr_backward, "seed": seed, "checkpoint_every": checkpoint_every,
                      "eval_every": eval_every, "time_limit": time_limit,
