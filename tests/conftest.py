@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# LOHP_TEST_THREADS=1 leaves the other core to a benchmark running beside the tests.
+torch.set_num_threads(int(os.environ.get("LOHP_TEST_THREADS", "2")))
 
 # A tiny Stage I run: 3 tasks x 2 seeds x 2 optimizers, 6 steps, shards of 4 runs (so each
 # optimizer has two shards, the second one short).
