@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from lohp.errors import LohpError
+from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_TEXT = dict(shots=4, eval_shots=4, max_length=16, pool=8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MiniLM forward passes oversubscribe a busy 2-core machine badly with 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

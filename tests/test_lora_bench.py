@@ -7,17 +7,9 @@ import pytest
 import torch
 
 from lohp.bench import lora as bl
+from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 TINY_FAMILY = {"shots": 4, "eval_shots": 4, "max_length": 16, "pool": 8}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MiniLM forward passes oversubscribe a busy 2-core machine badly with 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,10 @@ import json
 
 import pytest
 import torch
+from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 FAMILY = ["--family-option", "shots=4", "--family-option", "eval_shots=4", "--family-option", "max_length=16",
           "--family-option", "pool=8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MiniLM forward passes oversubscribe a busy 2-core machine badly with 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
