@@ -25,7 +25,7 @@ def test_rows_follow_the_shared_schema(tiny):
     cfg, result = tiny
     rows = result["rows"]
     assert [r["method"] for r in rows] == ["adam", "sgd", "linear-probe", "hypernetwork", "lo-di", "lo-di-noise",
-                                          "lo-op", "lo-hp"]
+                                          "lo-op", "lo-hp-v1", "lo-hp"]
     for r in rows:
         for key in ("method", "k", "accuracy", "accuracy_std", "accuracy_wide", "latency_ms"):
             assert key in r, (r["method"], key)

@@ -61,7 +61,7 @@ def test_hybrid_mix_weights_terms_by_beta(k, beta):
     from tests.helpers import tiny_policy
 
     policy, thetas, cond = tiny_policy(n_steps=8 // k)
-    cfg = LossConfig(method="lo-hp", k=k, beta=beta, normalize=False)
+    cfg = LossConfig(method="lo-hp-v1", formulation="subtb", k=k, beta=beta, normalize=False)
     loss = HybridSubTB(cfg)
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     total, _ = loss(policy, Batch(thetas, cond, gen()))
@@ -94,8 +94,8 @@ def test_flatness_regularizer_adds_weight_times_hutchinson_trace():
     def task_loss(rows):
         return lambda th: ((th - target) ** 4).sum(-1) * 0.01  # a non-quadratic per-run loss
 
-    base = HybridSubTB(LossConfig(method="lo-hp", k=2, normalize=False))
-    reg = HybridSubTB(LossConfig(method="lo-hp", k=2, normalize=False, flatness_weight=0.5, flatness_probes=64))
+    base = HybridSubTB(LossConfig(method="lo-hp-v1", formulation="subtb", k=2, normalize=False))
+    reg = HybridSubTB(LossConfig(method="lo-hp-v1", formulation="subtb", k=2, normalize=False, flatness_weight=0.5, flatness_probes=64))
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     plain, _ = base(policy, Batch(thetas, cond, g(), task_loss))
     total, diag = reg(policy, Batch(thetas, cond, g(), task_loss))

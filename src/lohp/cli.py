@@ -310,7 +310,7 @@ def demo(
     """The main job on the built-in digits default: prepare, train lo-hp, generate, compare."""
     from lohp.bench import digits as bd
 
-    cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, seeds=1,
+    cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, budget=None, seeds=1,
                                eval_tasks=20, speedup_tasks=5, device=_device(device),
                                variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")], l2o_methods=[])
     result = _run_digits_bench(cfg, "demo")
@@ -349,7 +349,8 @@ def _digits_table(result: dict[str, Any], title: str) -> None:
                                         ("accuracy", "accuracy (mean ± std)", ".4f"),
                                         ("accuracy_wide", f"acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
                                         ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
-                                        ("hessian_trace", "Hessian trace", ".3f")], console)
+                                        ("hessian_trace", "Hessian trace", ".3f"),
+                                        ("iterations_per_second", "train it/s", ".1f")], console)
 
 
 # --------------------------------------------------------------------------- bench digits
@@ -359,7 +360,9 @@ def bench_digits(
     plot: Optional[Path] = typer.Option(None, help="Folder for the PNG plots."),
     quick: bool = typer.Option(False, help="Small settings that finish in a few minutes."),
     work: Optional[Path] = typer.Option(None, help="Working folder (store and policies; resumable)."),
-    iterations: Optional[int] = typer.Option(None, help="Training iterations per policy."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations per policy (instead of --budget)."),
+    budget: Optional[float] = typer.Option(None, help="Training seconds per policy and seed, the same for every "
+                                                      "method (default 60; --quick uses 40 iterations)."),
     seeds: Optional[int] = typer.Option(None, help="Seeds per method."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -367,11 +370,17 @@ def bench_digits(
     from lohp.bench import digits as bd
 
     _check_outputs(json_out, plot)
+    if iterations is not None and budget is not None:
+        raise LohpError("give either --iterations or --budget, not both")
+    if budget is not None and not budget > 0:
+        raise LohpError(f"--budget must be > 0 seconds (got {budget})")
     cfg = bd.DigitsBenchConfig.quick() if quick else bd.DigitsBenchConfig()
     if work is not None:
         cfg.work = str(work)
     if iterations is not None:
-        cfg.iterations = iterations
+        cfg.iterations, cfg.budget = iterations, None
+    if budget is not None:
+        cfg.budget = budget
     if seeds is not None:
         cfg.seeds = seeds
     cfg.device = _device(device)
@@ -386,7 +395,8 @@ def bench_digits(
 # --------------------------------------------------------------------------- image scenarios
 SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
                     ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
-                    ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f")]
+                    ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                    ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]
 
 
 def _scenario_bench(module: str, config_cls: str, label: str, json_out: Optional[Path], plot: Optional[Path],
@@ -660,7 +670,8 @@ def bench_lora(
                                 f"{family} tasks, T={cfg.steps}, {cfg.seeds} seed(s)",
                 [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
                  ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
-                 ("latency_ms", "latency ms", ".1f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".0f")],
+                 ("latency_ms", "latency ms", ".1f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".0f"),
+                 ("iterations_per_second", "train it/s", ".2f")],
                 console)
     console.print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets"].items()
                                           if v is not None) + f"; total {result['seconds']:.0f} s")

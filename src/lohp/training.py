@@ -124,7 +124,10 @@ class TrainConfig:
     diagnostic_trajectories: int = 64     # trajectories the logged diagnostics are computed on
     seed: int = 0
     optimizers: list[str] | None = None   # use only these optimizers' trajectories
-    time_limit: float | None = None       # seconds; stop (and checkpoint) when reached
+    time_limit: float | None = None       # seconds of training (evaluation off the clock); stop when reached
+    # Also evaluate held-out accuracy whenever this many more training seconds have passed
+    # (learning curves against time that compare methods of different iteration costs).
+    eval_every_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "eval_every", "eval_tasks",
@@ -134,6 +137,10 @@ class TrainConfig:
         for name in ("lr", "lr_backward", "lr_flow"):
             if not getattr(self, name) > 0:
                 raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("time_limit", "eval_every_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise LohpError(f"{name} must be > 0 seconds (got {value})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -208,7 +215,7 @@ class Trainer:
         pc.backward = loss_config.backward
         self.policy_config = pc
         self.data = OfflineData(self.store, k, self.train_config.optimizers, device)
-        structure = make_structure(self.store.layout)
+        structure = make_structure(self.store.layout, {"features": pc.features})
         with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
             torch.manual_seed(self.train_config.seed)
             self.policy = LohpPolicy(structure, self.data.n_steps, pc, self.data.step_scale.cpu(),
@@ -292,13 +299,19 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------
     def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) the loop. ``seconds`` in the log is wall time; ``train_seconds`` counts
+        only the training steps (diagnostics, evaluation and checkpoints are off that clock),
+        and is what ``time_limit`` and ``eval_every_seconds`` measure."""
         tc = self.train_config
         rows = self._log_rows()  # rows past the last checkpoint are dropped: they will be redone
-        fieldnames = ["iteration", "seconds", "loss", "loss_on", "loss_off", "loss_reg", "hessian_trace", "logpf_real",
-                      "cos_real",
-                      "dist", "dist_final", "heldout_accuracy"]
+        fieldnames = ["iteration", "seconds", "train_seconds", "loss", "loss_on", "loss_off", "loss_reg",
+                      "hessian_trace", "logpf_real", "cos_real", "dist", "dist_final", "heldout_accuracy"]
         elapsed0 = float(rows[-1]["seconds"]) if rows else 0.0
+        train0 = float(rows[-1].get("train_seconds") or rows[-1]["seconds"]) if rows else 0.0
         start = time.perf_counter()
+        clock = train0  # training seconds so far
+        next_eval = (math.floor(clock / tc.eval_every_seconds) + 1) * tc.eval_every_seconds \
+            if tc.eval_every_seconds else math.inf
         log_fh = open(self.out / LOG, "w", newline="")
         writer = csv.DictWriter(log_fh, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
@@ -310,37 +323,45 @@ class Trainer:
             self.policy.train()
             while self.iteration < tc.iterations:
                 i = self.iteration + 1
+                t0 = time.perf_counter()
                 gen = _iteration_generator(tc.seed, i, self.device)
                 batch = self.data.sample(tc.batch_size, gen)
                 loss, parts = self.loss(self.policy, batch)
                 if not torch.isfinite(loss):
-                    raise LohpError(f"non-finite loss at iteration {i}; the last good checkpoint (iteration "
-                                    f"{self._checkpoint_iteration()}) is kept in {self.out}; lower --lr or "
-                                    "raise --sigma-f")
+                    bad = [k for k, v in parts.items() if not math.isfinite(v)]
+                    raise LohpError(f"non-finite loss{' term ' + ', '.join(bad) if bad else ''} at iteration {i}; "
+                                    f"the last good checkpoint (iteration {self._checkpoint_iteration()}) is kept "
+                                    f"in {self.out}; lower --lr or raise --sigma-f, then resume")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), tc.clip)
                 if not torch.isfinite(gnorm):
                     raise LohpError(f"non-finite gradient at iteration {i}; the last good checkpoint (iteration "
-                                    f"{self._checkpoint_iteration()}) is kept in {self.out}; lower --lr")
+                                    f"{self._checkpoint_iteration()}) is kept in {self.out}; lower --lr, then resume")
                 self.optimizer.step()
+                clock += time.perf_counter() - t0
                 self.iteration = i
                 last = {"loss": loss.item(), **parts}
-                if i % tc.log_every == 0 or i == tc.iterations:
+                out_of_time = tc.time_limit is not None and clock >= tc.time_limit
+                timed_eval = clock >= next_eval or (out_of_time and tc.eval_every_seconds is not None)
+                if i % tc.log_every == 0 or i == tc.iterations or timed_eval or out_of_time:
                     self.policy.eval()
                     last.update(diagnostics(self.policy, self.data, tc.diagnostic_trajectories))
-                    if i % tc.eval_every == 0 or i == tc.iterations:
+                    if i % tc.eval_every == 0 or i == tc.iterations or timed_eval:
                         last["heldout_accuracy"] = heldout_accuracy(
                             self.policy, self.data.family, tc.eval_tasks, self.meta["init"], self.meta["init_sigma"],
                             self.device)
+                        while next_eval <= clock:
+                            next_eval += tc.eval_every_seconds
                     self.policy.train()
-                    writer.writerow({"iteration": i, "seconds": elapsed0 + time.perf_counter() - start, **last})
+                    writer.writerow({"iteration": i, "seconds": elapsed0 + time.perf_counter() - start,
+                                     "train_seconds": clock, **last})
                     log_fh.flush()
                 if i % tc.checkpoint_every == 0 or i == tc.iterations:
                     self._save_checkpoint()
                 if progress is not None:
                     progress(i, tc.iterations, last)
-                if tc.time_limit is not None and time.perf_counter() - start > tc.time_limit:
+                if out_of_time:
                     stopped_early = True
                     break
         finally:
@@ -350,9 +371,11 @@ class Trainer:
         self.policy.eval()
         self.plot_curves()
         if not last and rows:  # nothing left to train (a finished run re-opened): report its last log row
-            last = {k: float(v) for k, v in rows[-1].items() if k not in ("iteration", "seconds") and v not in ("", None)}
-            return {"iteration": self.iteration, "seconds": elapsed0, **last}
-        return {"iteration": self.iteration, "seconds": elapsed0 + time.perf_counter() - start, **last}
+            last = {k: float(v) for k, v in rows[-1].items()
+                    if k not in ("iteration", "seconds", "train_seconds") and v not in ("", None)}
+            return {"iteration": self.iteration, "seconds": elapsed0, "train_seconds": train0, **last}
+        return {"iteration": self.iteration, "seconds": elapsed0 + time.perf_counter() - start,
+                "train_seconds": clock, **last}
 
     def _checkpoint_iteration(self) -> int:
         path = self.out / CHECKPOINT_META

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from lohp.bench.harness import WIDE, gradient_accuracy, mean_std, plot_accuracy_latency, plot_cosine_histograms
-from lohp.bench.scenario import (Variant, gradient_rows, hessian_trace, learned_row, policy_dir, public,
-                                 s0_sampler, speedup, stage_one)
+from lohp.bench.harness import (WIDE, gradient_accuracy, mean_std, plot_accuracy_latency, plot_cosine_histograms,
+                                plot_learning_curves)
+from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budgeted, gradient_rows, hessian_trace,
+                                 learned_row, policy_dir, public, s0_sampler, speedup, stage_one)
 from lohp.generation import Generator
 from lohp.trajectories.collect import train_runs
 
@@ -31,7 +32,8 @@ class DigitsBenchConfig:
     store_tasks: int = 96
     steps: int = 32
     batch_size: int = 32
-    iterations: int = 800
+    iterations: int = 800          # per policy when budget is None
+    budget: float | None = 60.0    # training seconds per policy and seed (same for every method)
     train_batch: int = 16
     seeds: int = 3
     ablation_seeds: int = 1
@@ -41,12 +43,13 @@ class DigitsBenchConfig:
     device: str = "cpu"
     variants: list[Variant] = field(default_factory=lambda: [
         Variant("hypernetwork", "hypernetwork", k=0), Variant("lo-di", "lo-di"), Variant("lo-di-noise", "lo-di-noise"),
-        Variant("lo-op", "lo-op"), Variant("lo-hp-literal", "lo-hp-literal"), Variant("lo-hp", "lo-hp"),
-        Variant("lo-hp", "lo-hp", k=1), Variant("lo-hp", "lo-hp", k=4),
+        Variant("lo-op", "lo-op"), Variant("lo-hp-literal", "lo-hp-literal"), Variant("lo-hp-v1", "lo-hp-v1"),
+        Variant("lo-hp", "lo-hp"),
+        Variant("lo-hp", "lo-hp", k=1, ablation=True), Variant("lo-hp", "lo-hp", k=4, ablation=True),
         Variant("lo-hp[sgd]", "lo-hp", optimizers=["sgd"], ablation=True),
         Variant("lo-hp[adam]", "lo-hp", optimizers=["adam"], ablation=True),
         Variant("lo-hp[sgd+adam]", "lo-hp", optimizers=["sgd", "adam"], ablation=True),
-        Variant("lo-hp+hessian", "lo-hp", loss_options={"flatness_weight": 0.1}, ablation=True),
+        Variant("lo-hp-v1+hessian", "lo-hp-v1", loss_options={"flatness_weight": 0.1}, ablation=True),
     ])
     l2o_methods: list[str] = field(default_factory=lambda: ["l2o", "l2o-entropy"])
     l2o_seeds: dict[str, int] = field(default_factory=lambda: {"l2o": 3, "l2o-entropy": 1})
@@ -54,7 +57,7 @@ class DigitsBenchConfig:
 
     @classmethod
     def quick(cls, work: str = "runs/bench-digits-quick") -> "DigitsBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, iterations=40, train_batch=8, seeds=2, eval_tasks=8,
+        return cls(work=work, store_tasks=24, steps=16, iterations=40, budget=None, train_batch=8, seeds=2, eval_tasks=8,
                    speedup_tasks=4, latency_repeats=10, l2o_methods=["l2o"], l2o_seeds={"l2o": 1},
                    l2o_iterations=16)
 
@@ -67,9 +70,9 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
     note("Stage I: preparing the store")
     store = stage_one(work, "digits", {}, cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
     family = store.family()
-    hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
     tasks = family.heldout_tasks(cfg.eval_tasks)
     T = cfg.steps
+    hp, tuning = baseline_hparams(store, T, cfg.batch_size, note)
     s0_for = s0_sampler(tasks, store)
 
     rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size,
@@ -96,7 +99,9 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
                      "hessian_trace": float(np.mean(traces))})
 
     # ------------------------------------------------------------- learned methods
-    for v in cfg.variants:
+    variants = [v if cfg.budget is None else replace(v, train_options=budgeted(cfg.budget, **v.train_options))
+                for v in cfg.variants]
+    for v in variants:
         row, _ = learned_row(work, store, v, tasks, s0_for, cfg.ablation_seeds if v.ablation else cfg.seeds,
                              cfg.iterations, cfg.train_batch, note, cfg.device, cfg.latency_repeats, hessian=True,
                              progress=train_progress)
@@ -110,14 +115,14 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
     note("cosine between generated and real steps (lo-hp vs lo-op)")
     cosines = {}
     for name in ("lo-hp", "lo-op"):
-        v = next((x for x in cfg.variants if x.name == name and x.k == 2), None)
+        v = next((x for x in variants if x.name == name and x.k == 2), None)
         if v is None:
             continue
         cosines[name] = _step_cosines(cfg, Generator.load(policy_dir(work, v, 0), cfg.device), tasks, s0_for(0),
                                       hp["adam"])
     return {"benchmark": "digits", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
             "family": family.config(), "heldout_tasks": len(tasks), "threads": torch.get_num_threads(),
-            "rows": public(rows), "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
+            "rows": public(rows), "adam_tuning": tuning, "ablation_order": ablation_order(rows), "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
             "seconds": time.perf_counter() - t_start}
 
 
@@ -159,9 +164,14 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     a = directory / "digits_accuracy_latency.png"
     plot_accuracy_latency(result["rows"], a, "digits heads, held-out tasks: accuracy vs latency")
-    if not result["cosines"]:
-        return [a]
-    c = directory / "digits_step_cosine.png"
-    plot_cosine_histograms({k: v["values"] for k, v in result["cosines"].items()}, c,
-                           "generated vs real Adam steps on held-out tasks (paper Fig. 3)")
-    return [a, c]
+    paths = [a]
+    curves = directory / "digits_learning_curves.png"
+    if plot_learning_curves([r for r in result["rows"] if not r.get("ablation")], curves,
+                            "digits heads: held-out accuracy vs training seconds"):
+        paths.append(curves)
+    if result["cosines"]:
+        c = directory / "digits_step_cosine.png"
+        plot_cosine_histograms({k: v["values"] for k, v in result["cosines"].items()}, c,
+                               "generated vs real Adam steps on held-out tasks (paper Fig. 3)")
+        paths.append(c)
+    return paths

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import mean_std, plot_accuracy_latency
-from lohp.bench.scenario import (Variant, budgeted, gradient_rows, learned_row, public, s0_sampler, speedup,
-                                 stage_one)
+from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
+from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budget_variants, gradient_rows,
+                                 learned_row, closed_form_row, probe_accuracy, public, s0_sampler, speedup, stage_one)
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
@@ -29,16 +29,14 @@ MLP_POLICY = {"condition_skip": True, "token_size": 32}
 MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole-MLP rollouts are costly
 
 
-# The hybrid at d = 25,285: mostly off-policy (beta 0.9) with K = 2 rollouts; at the default
-# 0.5 / K = 4 the on-policy term's early gradients kept it at chance within a short budget.
-HYBRID = {"lo-hp": {"beta": 0.9, "rollouts": 2}, "lo-op": {"rollouts": 2}}
+# The earlier SubTB hybrid at d = 25,285 needs to be mostly off-policy (beta 0.9) with K = 2
+# rollouts to learn at all (METHOD.md, fourth prototype); the default lo-hp needs nothing.
+HYBRID = {"lo-hp-v1": {"beta": 0.9, "rollouts": 2}}
 
 
 def default_variants(budget: float = 150) -> list[Variant]:
-    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
-    return [Variant(name, name, k=0 if name == "hypernetwork" else 2, policy_options=dict(MLP_POLICY),
-                    train_options=budgeted(budget, **MLP_TRAIN), loss_options=dict(HYBRID.get(name, {})))
-            for name in ("hypernetwork", "lo-di", "lo-di-noise", "lo-op", "lo-hp")]
+    """Every learned method gets the same training-time budget (seconds, per seed)."""
+    return budget_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN, loss_options=HYBRID)
 
 
 @dataclass
@@ -87,12 +85,13 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
             store = stage_one(work, DATASETS[ds], {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden},
                               cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
             families[ds] = store.family().config()
-            hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
             T = cfg.steps
+            hp, _ = baseline_hparams(store, T, cfg.batch_size, note)
             tasks = store.family().heldout_tasks(cfg.eval_tasks)
             s0_for = s0_sampler(tasks, store)
             part = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size,
                                  [("adam", "adam", T), ("sgd", "sgd", T), ("adam-n", "adam", T // 2)], note)
+            part.append(closed_form_row("linear-probe", tasks, probe_accuracy))
             for v in cfg.variants:
                 row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                      cfg.device, cfg.latency_repeats, progress=train_progress)
@@ -101,8 +100,11 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
                     row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
                                        cfg.speedup_tasks))
                 part.append(row)
+            order = ablation_order(part)
             for r in part:
                 r.update({"dataset": ds, "domain": str(angle)})
+                if r["method"] == "lo-hp":
+                    r["ablation_order_held"] = order["held"]
             rows += part
     rows += mean_rows(rows)
     return {"benchmark": "domain", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
@@ -120,9 +122,12 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         per_seed = np.mean([r["seeds"] for r in group], axis=0)
         m, s = mean_std(per_seed)
         row = {"method": method, "k": k, "steps": group[0]["steps"], "accuracy": m, "accuracy_std": s,
-               "accuracy_wide": float(np.mean([r["accuracy_wide"] for r in group])),
+               "accuracy_wide": (float(np.mean([r["accuracy_wide"] for r in group]))
+                                 if all(r.get("accuracy_wide") is not None for r in group) else None),
                "latency_ms": float(np.median([r["latency_ms"] for r in group])), "seeds": per_seed.tolist(),
                "dataset": ds, "domain": "mean", "domains": [r["domain"] for r in group]}
+        if all(r.get("iterations_per_second") is not None for r in group):
+            row["iterations_per_second"] = float(np.mean([r["iterations_per_second"] for r in group]))
         if all("time_to_accuracy_speedup" in r for r in group):
             row["time_to_accuracy_speedup"] = float(np.median([r["time_to_accuracy_speedup"] for r in group]))
         out.append(row)
@@ -137,4 +142,9 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
         plot_accuracy_latency([r for r in result["rows"] if r["dataset"] == ds and r["domain"] == "mean"], path,
                               f"domain generalization: rotated {ds}, mean over held-out angles (whole MLP generated)")
         paths.append(path)
+        for angle in dict.fromkeys(r["domain"] for r in result["rows"] if r["dataset"] == ds and r["domain"] != "mean"):
+            curves = directory / f"domain_{ds}_{angle}_learning_curves.png"
+            if plot_learning_curves([r for r in result["rows"] if r["dataset"] == ds and r["domain"] == angle], curves,
+                                    f"domain {ds}, held-out {angle} deg: held-out accuracy vs training seconds"):
+                paths.append(curves)
     return paths

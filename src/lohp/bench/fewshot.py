@@ -16,21 +16,20 @@ from typing import Any, Callable
 
 import torch
 
-from lohp.bench.harness import plot_accuracy_latency
-from lohp.bench.scenario import (Variant, budgeted, ci95, closed_form_row, gradient_rows, learned_row,
-                                 prototype_accuracy, public,
-                                 s0_sampler, speedup, stage_one)
+from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
+from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budget_variants, ci95, closed_form_row,
+                                 gradient_rows, learned_row, probe_accuracy, prototype_rows, public, s0_sampler, speedup,
+                                 stage_one)
 
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
-# a learned gain on the class-mean condition lets a short budget reach prototype-like heads.
-HEAD_POLICY = {"token_size": 64, "condition_skip": True}
+# the policy steps on the surrogate gradient of the support-set class means.
+HEAD_POLICY = {"token_size": 64}
 
 
-def default_variants(budget: float = 100) -> list[Variant]:
-    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
-    opts = dict(policy_options=HEAD_POLICY, train_options=budgeted(budget))
-    return [Variant("hypernetwork", "hypernetwork", k=0, **opts), Variant("lo-op", "lo-op", **opts), Variant("lo-hp", "lo-hp", **opts)]
+def default_variants(budget: float = 90) -> list[Variant]:
+    """Every learned method gets the same training-time budget (seconds, per seed)."""
+    return budget_variants(budget, policy_options=HEAD_POLICY)
 
 
 @dataclass
@@ -68,12 +67,13 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
         store = stage_one(work, "openclipart", {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries},
                           cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
         family = store.family()
-        hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
         T = cfg.steps
+        hp, _ = baseline_hparams(store, T, cfg.batch_size, note)
         episodes = family.heldout_tasks(cfg.episodes)
         s0_for = s0_sampler(episodes, store)
-        part = gradient_rows(episodes, hp, s0_for, cfg.seeds, T, cfg.batch_size, [("adam", "adam", T)], note)
-        part.append(closed_form_row("prototype", episodes, prototype_accuracy))
+        part = gradient_rows(episodes, hp, s0_for, cfg.seeds, T, cfg.batch_size,
+                             [("adam", "adam", T), ("adam-n", "adam", T // 2)], note)
+        part += [closed_form_row("linear-probe", episodes, probe_accuracy), *prototype_rows(episodes)]
         for v in cfg.variants:
             row, _ = learned_row(work, store, v, episodes, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                  cfg.device, cfg.latency_repeats, progress=train_progress)
@@ -82,8 +82,11 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
                 row.update(speedup(episodes, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
                                    cfg.speedup_tasks))
             part.append(row)
+        order = ablation_order(part)
         for r in part:
             r.update({"shots": shots, "episodes": len(episodes), "ci95": ci95(r["per_task"])})
+            if r["method"] == "lo-hp":
+                r["ablation_order_held"] = order["held"]
         rows += part
     return {"benchmark": "few-shot", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
             "family": family.config() if family else None, "heldout_classes": len(family.heldout_classes),
@@ -98,4 +101,8 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
         plot_accuracy_latency([r for r in result["rows"] if r["shots"] == shots], path,
                               f"few-shot: 5-way {shots}-shot held-out Openclipart episodes")
         paths.append(path)
+        curves = directory / f"few_shot_{shots}shot_learning_curves.png"
+        if plot_learning_curves([r for r in result["rows"] if r["shots"] == shots], curves,
+                                f"few-shot {shots}-shot: held-out accuracy vs training seconds"):
+            paths.append(curves)
     return paths

@@ -135,3 +135,36 @@ def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Held-out accuracy against training seconds, a line per learned method (mean over
+    seeds at each evaluation, thin lines per seed); False when no row has a curve."""
+    curved = [r for r in rows if r.get("curves")]
+    if not curved:
+        return False
+    from lohp.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(curved):
+        color = f"C{i % 10}"
+        for curve in r["curves"]:
+            if curve:
+                ax.plot(*zip(*curve), color=color, alpha=0.25, lw=0.8)
+        n = min(len(c) for c in r["curves"])
+        if n:
+            pts = np.asarray([c[:n] for c in r["curves"]], dtype=float).mean(0)
+            label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) else "")
+            ax.plot(pts[:, 0], pts[:, 1], color=color, marker=".", label=label)
+    for r in rows:  # gradient and closed-form baselines as horizontal references
+        if r.get("method") in ("adam", "prototype", "prototype-l2", "linear-probe") and r.get("accuracy") is not None:
+            ax.axhline(r["accuracy"], ls="--", lw=0.8, color="grey")
+            ax.annotate(r["method"], (0, r["accuracy"]), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("training seconds (evaluation off the clock)")
+    ax.set_ylabel("held-out accuracy (training-time evaluation tasks)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return True

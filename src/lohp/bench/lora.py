@@ -26,26 +26,26 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency
-from lohp.bench.scenario import Variant, learned_row, policy_dir, public, s0_sampler
+from lohp.bench.harness import plot_learning_curves, adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency
+from lohp.bench.scenario import CURVE_POINTS, Variant, learned_row, policy_dir, public, s0_sampler
 from lohp.optim import make_optimizer
 from lohp.policy.io import META
 from lohp.trajectories import make_config, prepare
 from lohp.trajectories.store import read_json
 
 POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
-# Rollouts are N sequential passes over 384 groups: 4 of the 8 tasks, K = 2 each. With the default
-# beta = 0.5 the on-policy term swamped the regression signal at this budget (cos(generated, real
-# step) stayed at 0.00 after 60 iterations); beta = 0.9, K = 2, lambda = 0.5 reached 0.38 after 140.
-ON_POLICY = {"on_policy_tasks": 4, "rollouts": 2, "lam": 0.5}
+# The earlier SubTB hybrid (lo-hp-v1): rollouts are N sequential passes over 384 groups, so 4 of
+# the 8 tasks, K = 2 each; at beta = 0.5 its on-policy term swamped the regression signal, so 0.9.
+ON_POLICY_V1 = {"on_policy_tasks": 4, "rollouts": 2, "lam": 0.5, "beta": 0.9}
 
 
 def _variants() -> list[Variant]:
     return [Variant("hypernetwork", "hypernetwork", k=0, policy_options=dict(POLICY)),
             Variant("lo-di", "lo-di", policy_options=dict(POLICY)),
             Variant("lo-di-noise", "lo-di-noise", policy_options=dict(POLICY)),
-            Variant("lo-op", "lo-op", policy_options=dict(POLICY), loss_options=dict(ON_POLICY)),
-            Variant("lo-hp", "lo-hp", policy_options=dict(POLICY), loss_options={**ON_POLICY, "beta": 0.9})]
+            Variant("lo-op", "lo-op", policy_options=dict(POLICY)),
+            Variant("lo-hp-v1", "lo-hp-v1", policy_options=dict(POLICY), loss_options=dict(ON_POLICY_V1)),
+            Variant("lo-hp", "lo-hp", policy_options=dict(POLICY))]
 
 
 @dataclass
@@ -118,7 +118,9 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
     cond_ms = _condition_ms(family, tasks[0], cfg.latency_repeats)
     for v in cfg.variants:
         v.train_options = {"eval_tasks": min(cfg.eval_tasks, 4), "lr": cfg.policy_lr, "time_limit": cfg.policy_seconds,
-                           "log_every": cfg.log_every, "eval_every": cfg.eval_every, **v.train_options}
+                           "log_every": cfg.log_every, "eval_every": cfg.eval_every,
+                           "eval_every_seconds": cfg.policy_seconds / CURVE_POINTS if cfg.policy_seconds else None,
+                           **v.train_options}
         row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
                              cfg.device, cfg.latency_repeats, progress=train_progress)
         row["latency_with_condition_ms"] = row["latency_ms"] + cond_ms
@@ -211,4 +213,7 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     a = directory / "lora_accuracy_latency.png"
     plot_accuracy_latency(result["rows"], a, f"MiniLM-L6 LoRA, held-out {result['family']} tasks: accuracy vs latency")
+    curves = directory / "lora_learning_curves.png"
+    if plot_learning_curves(result["rows"], curves, "MiniLM-L6 LoRA: held-out accuracy vs training seconds"):
+        return [a, curves]
     return [a]

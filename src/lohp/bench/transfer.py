@@ -14,23 +14,21 @@ from typing import Any, Callable
 
 import torch
 
-from lohp.bench.harness import plot_accuracy_latency
-from lohp.bench.scenario import (Variant, budgeted, closed_form_row, gradient_rows, learned_row, probe_accuracy,
-                                 prototype_accuracy,
-                                 public, s0_sampler, speedup, stage_one)
+from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
+from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budget_variants, closed_form_row,
+                                 gradient_rows, learned_row, probe_accuracy, prototype_rows, public, s0_sampler,
+                                 speedup, stage_one)
 from lohp.tasks import make_family
 
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
-# a learned gain on the class-mean condition lets a short budget reach prototype-like heads.
-HEAD_POLICY = {"token_size": 64, "condition_skip": True}
+# the policy steps on the surrogate gradient of the class means (the default head features).
+HEAD_POLICY = {"token_size": 64}
 
 
-def default_variants(budget: float = 150) -> list[Variant]:
-    """Every learned method gets the same wall-clock training budget (seconds, per seed)."""
-    opts = dict(policy_options=HEAD_POLICY, train_options=budgeted(budget))
-    return [Variant("hypernetwork", "hypernetwork", k=0, **opts), Variant("lo-di", "lo-di", **opts),
-            Variant("lo-di-noise", "lo-di-noise", **opts), Variant("lo-op", "lo-op", **opts), Variant("lo-hp", "lo-hp", **opts)]
+def default_variants(budget: float = 120) -> list[Variant]:
+    """Every learned method gets the same training-time budget (seconds, per seed)."""
+    return budget_variants(budget, policy_options=HEAD_POLICY)
 
 
 @dataclass
@@ -63,8 +61,8 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
     note("Stage I: preparing the store (features are computed once and cached)")
     store = stage_one(work, "openclipart", {"n_way": cfg.n_way}, cfg.store_tasks, cfg.steps, cfg.batch_size,
                       device=cfg.device)
-    hp = {o["name"]: o["hparams"] for o in store.config["optimizers"]}
     T = cfg.steps
+    hp, tuning = baseline_hparams(store, T, cfg.batch_size, note)
     tasks = store.family().heldout_tasks(cfg.eval_tasks)
     cross = make_family("fashion", n_way=cfg.n_way).heldout_tasks(cfg.cross_tasks)
     s0_for, s0_cross = s0_sampler(tasks, store), s0_sampler(cross, store)
@@ -72,10 +70,9 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
 
     rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size, baselines, note)
     note("linear probe and prototype classifier")
-    rows += [closed_form_row("linear-probe", tasks, probe_accuracy), closed_form_row("prototype", tasks, prototype_accuracy)]
+    rows += [closed_form_row("linear-probe", tasks, probe_accuracy), *prototype_rows(tasks)]
     cross_rows = gradient_rows(cross, hp, s0_cross, cfg.seeds, T, cfg.batch_size, baselines[:1], note)
-    cross_rows += [closed_form_row("linear-probe", cross, probe_accuracy),
-                   closed_form_row("prototype", cross, prototype_accuracy)]
+    cross_rows += [closed_form_row("linear-probe", cross, probe_accuracy), *prototype_rows(cross)]
     for v in cfg.variants:
         row, extra = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
                                  cfg.device, cfg.latency_repeats, progress=train_progress,
@@ -91,7 +88,8 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
         r["dataset"] = "fashion"
     return {"benchmark": "transfer", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
             "family": store.family().config(), "heldout_tasks": len(tasks), "cross_tasks": len(cross),
-            "threads": torch.get_num_threads(), "rows": public(rows + cross_rows),
+            "threads": torch.get_num_threads(), "rows": public(rows + cross_rows), "adam_tuning": tuning,
+            "ablation_order": ablation_order(rows),
             "seconds": time.perf_counter() - t_start}
 
 
@@ -100,4 +98,9 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     path = directory / "transfer_accuracy_latency.png"
     plot_accuracy_latency([r for r in result["rows"] if r["dataset"] == "openclipart"], path,
                           "transfer: Openclipart held-out classes, EfficientNet-Lite0 features")
-    return [path]
+    paths = [path]
+    curves = directory / "transfer_learning_curves.png"
+    if plot_learning_curves([r for r in result["rows"] if r["dataset"] == "openclipart"], curves,
+                            "transfer: held-out accuracy vs training seconds"):
+        paths.append(curves)
+    return paths

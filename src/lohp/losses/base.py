@@ -5,9 +5,12 @@ offline trajectories already strided by k (online time). Method presets:
 
 | method          | what it is                                                                 |
 |-----------------|----------------------------------------------------------------------------|
-| lo-hp           | hybrid: reparameterised on-policy SubTB (log-variance log Z, fixed P_B)     |
-|                 | + off-policy maximum likelihood of real steps, each normalised, mixed by beta |
-| lo-op           | lo-hp with beta = 0 (on-policy only)                                        |
+| lo-hp           | hybrid, "on-policy states, off-policy targets": one-step sub-trajectories  |
+|                 | from states the current policy visits (detached rollouts) and from real    |
+|                 | states, each trained toward the matched checkpoint, mixed by beta          |
+| lo-op           | lo-hp with beta = 0 (on-policy segments only)                               |
+| lo-hp-v1        | the earlier hybrid: reparameterised on-policy SubTB (log-variance log Z,   |
+|                 | fixed P_B) + off-policy maximum likelihood, each normalised, mixed by beta  |
 | lo-hp-literal   | METHOD.md taken literally: learned P_B, detached rollouts, learned log Z,   |
 |                 | off-policy SubTB, raw (unnormalised) mix                                    |
 | lo-di           | regression of real stride-k steps (no flow terms)                           |
@@ -24,6 +27,7 @@ import torch
 
 from lohp.errors import LohpError
 
+FORMULATIONS = ("states", "subtb")
 ROLLOUTS = ("reparam", "detached")
 LOG_Z = ("mean-residual", "learned")
 OFF_POLICY = ("ml", "subtb")
@@ -43,6 +47,9 @@ class Batch:
 class LossConfig:
     method: str = "lo-hp"
     k: int = 2                      # compression factor: online step j <-> offline step k*j
+    # states: on-policy states, off-policy targets (one-step segments, losses/onestep.py);
+    # subtb: SubTB residuals over whole on-policy rollouts (losses/hybrid.py: lo-hp-v1, literal)
+    formulation: str = "states"
     beta: float = 0.5               # weight of the off-policy term
     lam: float = 0.9                # SubTB(lambda) segment weights
     rollouts: int = 4               # on-policy rollouts per task (K)
@@ -56,6 +63,10 @@ class LossConfig:
     backward: str = "fixed"         # fixed | bridge | learned (the policy's P_B)
     flatness_weight: float = 0.0    # L2O-Entropy regularizer: weight * Hessian trace of the task's
     flatness_probes: int = 1        # training loss at the generated s_N (Hutchinson, on-policy)
+    # formulation "states": the rollouts' starts are theta_0 x a width drawn from these, so the
+    # policy also learns to correct from far-away starts; rollout_noise adds sigma_F noise.
+    start_widths: list[float] = field(default_factory=lambda: [1.0])
+    rollout_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -66,16 +77,20 @@ class LossConfig:
             raise LohpError(f"lambda must be > 0 (got {self.lam})")
         if self.rollouts < 1:
             raise LohpError("rollouts must be >= 1")
-        for name, value, allowed in (("rollout", self.rollout, ROLLOUTS), ("log_z", self.log_z, LOG_Z),
-                                     ("off_policy", self.off_policy, OFF_POLICY)):
+        for name, value, allowed in (("formulation", self.formulation, FORMULATIONS), ("rollout", self.rollout, ROLLOUTS),
+                                     ("log_z", self.log_z, LOG_Z), ("off_policy", self.off_policy, OFF_POLICY)):
             if value not in allowed:
                 raise LohpError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.flatness_weight < 0 or self.flatness_probes < 1:
             raise LohpError("flatness_weight must be >= 0 and flatness_probes >= 1")
-        if self.flatness_weight > 0 and (self.beta >= 1 or self.method in ("lo-di", "lo-di-noise", "hypernetwork")):
-            raise LohpError("the flatness regularizer acts on generated weights of on-policy rollouts; use it "
-                            "with lo-hp, lo-op or lo-hp-literal (beta < 1)")
-        if self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
+        self.start_widths = [float(w) for w in self.start_widths]
+        if not self.start_widths or min(self.start_widths) <= 0:
+            raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
+        subtb = self.formulation == "subtb" and self.method not in ("lo-di", "lo-di-noise", "hypernetwork")
+        if self.flatness_weight > 0 and (self.beta >= 1 or not subtb):
+            raise LohpError("the flatness regularizer acts on generated weights of differentiable on-policy "
+                            "rollouts; use it with lo-hp-v1 or lo-hp-literal (beta < 1)")
+        if subtb and self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
             raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,10 +103,13 @@ class LossConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "lo-hp": {},
+    # beta 0.8: at 0.5 the on-policy slots (far from the trajectory early in training) slowed
+    # whole-network policies down; 0.8 kept the robustness and learned as fast as lo-di.
+    "lo-hp": {"beta": 0.8},
     "lo-op": {"beta": 0.0},
-    "lo-hp-literal": {"backward": "learned", "rollout": "detached", "log_z": "learned", "off_policy": "subtb",
-                      "normalize": False},
+    "lo-hp-v1": {"formulation": "subtb"},
+    "lo-hp-literal": {"formulation": "subtb", "backward": "learned", "rollout": "detached", "log_z": "learned",
+                      "off_policy": "subtb", "normalize": False},
     "lo-di": {},
     "lo-di-noise": {"input_noise": 5.0},
     "hypernetwork": {},

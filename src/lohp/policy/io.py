@@ -21,8 +21,23 @@ WEIGHTS = "policy.safetensors"
 
 
 def build_policy(meta: dict[str, Any]) -> LohpPolicy:
+    """Rebuild the network a ``policy.json`` describes, through the kinds it recorded."""
+    from dataclasses import fields
+
+    from lohp.losses import METHODS
+
+    method = meta.get("method")
+    if method is not None and method not in METHODS:
+        raise LohpError(f"the policy was trained with method {method!r}, which this lohp build does not have "
+                        f"(it has {', '.join(METHODS)}); upgrade lohp, or retrain with one of those")
+    known = {f.name for f in fields(PolicyConfig)}
+    unknown = sorted(set(meta["policy_config"]) - known)
+    if unknown:
+        raise LohpError(f"the policy was trained by a lohp build with policy option(s) {', '.join(unknown)}, which "
+                        "this build does not have; upgrade lohp, or retrain the policy")
     layout = ParamLayout.from_dict(meta["layout"])
-    return LohpPolicy(make_structure(layout), meta["n_steps"], PolicyConfig(**meta["policy_config"]))
+    structure = make_structure(layout, spec=meta.get("structure"))
+    return LohpPolicy(structure, meta["n_steps"], PolicyConfig(**meta["policy_config"]))
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:

@@ -30,8 +30,11 @@ import torch
 
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
+from lohp.policy.structure import register_structure
+from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
 
 
+@register_structure
 @dataclass(frozen=True)
 class LoraStructure:
     rank: int
@@ -44,9 +47,14 @@ class LoraStructure:
 
     kind = "lora-dims"
     scale_condition = False
+    condition_channels = 1
 
     @classmethod
-    def from_layout(cls, layout: ParamLayout) -> "LoraStructure":
+    def saved_options(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_layout(cls, layout: ParamLayout, options: dict[str, Any] | None = None) -> "LoraStructure":
         a = [e for e in layout.entries if "lora_A" in e.name]
         b = [e for e in layout.entries if "lora_B" in e.name]
         rest = [e for e in layout.entries if "lora_A" not in e.name and "lora_B" not in e.name]
@@ -110,7 +118,7 @@ class LoraStructure:
 
     # ------------------------------------------------------------------ condition
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """Features ``[..., H, R]`` aligned with :meth:`rows` (see the module doc)."""
+        """Features ``[..., H, R, 1]`` aligned with :meth:`rows` (see the module doc)."""
         c, h, r = self.n_classes, self.hidden, self.rank
         if cond.shape[-2:] != (c, h):
             raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained for "
@@ -119,15 +127,9 @@ class LoraStructure:
             raise LohpError("the lora-dims structure needs the current weights to build its condition features")
         lead = theta.shape[:-1]
         w = theta[..., self.head_offset:self.head_offset + c * h].reshape(*lead, c, h)
-        p = (cond @ w.transpose(-1, -2)).softmax(-1)                              # [..., C(ex), C]
-        delta = (torch.eye(c, dtype=p.dtype, device=p.device) - p) / c
-        g_w = delta.transpose(-1, -2) @ cond                                      # [..., C, H]
-
-        def unit(x: torch.Tensor) -> torch.Tensor:
-            return x / x.square().mean((-1, -2), keepdim=True).sqrt().clamp_min(1e-12)
-
-        head = unit(g_w).transpose(-1, -2)                                        # [..., H, C]
-        spread = unit(cond.std(-2, unbiased=False)[..., None])                    # [..., H, 1]
-        size = unit(g_w.norm(dim=-2)[..., None])                                  # [..., H, 1]
+        _, g_w, _ = class_mean_ce_grad(cond, w)                                  # [..., C, H]
+        head = unit_rms(g_w).transpose(-1, -2)                                    # [..., H, C]
+        spread = unit_rms(cond.std(-2, unbiased=False)[..., None])                # [..., H, 1]
+        size = unit_rms(g_w.norm(dim=-2)[..., None])                              # [..., H, 1]
         block = torch.cat([spread.expand(*lead, h, r), size.expand(*lead, h, r)], dim=-1)
-        return torch.cat([block] * self.n_modules + [head], dim=-1)
+        return torch.cat([block] * self.n_modules + [head], dim=-1)[..., None]

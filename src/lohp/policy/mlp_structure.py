@@ -24,8 +24,11 @@ import torch
 
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
+from lohp.policy.structure import register_structure
+from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
 
 
+@register_structure
 @dataclass(frozen=True)
 class MlpUnitStructure:
     n_in: int
@@ -36,9 +39,14 @@ class MlpUnitStructure:
 
     kind = "mlp-units"
     scale_condition = False
+    condition_channels = 1
 
     @classmethod
-    def from_layout(cls, layout: ParamLayout) -> "MlpUnitStructure":
+    def saved_options(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_layout(cls, layout: ParamLayout, options: dict[str, Any] | None = None) -> "MlpUnitStructure":
         e = sorted(layout.entries, key=lambda x: x.offset)
         shapes = [tuple(x.shape) for x in e]
         ok = (len(e) == 4 and len(shapes[0]) == 2 and len(shapes[2]) == 2 and shapes[1] == (shapes[0][0],)
@@ -86,7 +94,7 @@ class MlpUnitStructure:
         return torch.cat([p[1] for p in parts], dim=-1)
 
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative surrogate gradient on the class means, unit RMS per task, as rows."""
+        """Negative surrogate gradient on the class means, unit RMS per task, as rows ``[..., H, R, 1]``."""
         if theta is None:
             raise LohpError("the mlp-units structure needs the current weights to build its condition features")
         if cond.shape[-2:] != (self.n_classes, self.n_in):
@@ -95,13 +103,8 @@ class MlpUnitStructure:
         w1, b1, w2, b2 = self.split(theta)
         pre = cond @ w1.transpose(-1, -2) + b1[..., None, :]                   # [..., C(ex), H]
         act = pre.clamp_min(0)
-        p = (act @ w2.transpose(-1, -2) + b2[..., None, :]).softmax(-1)        # [..., C(ex), C]
-        delta = (torch.eye(self.n_classes, dtype=p.dtype, device=p.device) - p) / self.n_classes  # -dL/dlogits
-        g_w2 = delta.transpose(-1, -2) @ act                                   # [..., C, H]
-        g_b2 = delta.sum(-2)
-        g_pre = (delta @ w2) * (pre > 0).to(pre.dtype)                         # [..., C(ex), H]
+        delta, g_w2, g_b2 = class_mean_ce_grad(act, w2, b2)                    # the output layer on act
+        g_pre = (delta @ w2) * (pre > 0).to(pre.dtype)                         # back through the ReLU
         g_w1 = g_pre.transpose(-1, -2) @ cond                                  # [..., H, F]
         g_b1 = g_pre.sum(-2)
-        rows = self._rows(g_w1, g_b1, g_w2, g_b2)
-        rms = rows.square().mean((-1, -2), keepdim=True).sqrt().clamp_min(1e-12)
-        return rows / rms
+        return unit_rms(self._rows(g_w1, g_b1, g_w2, g_b2))[..., None]

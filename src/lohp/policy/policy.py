@@ -40,10 +40,13 @@ class PolicyConfig:
     learn_sigma_f: bool = False
     learn_sigma_b: bool = False
     backward: str = "fixed"    # fixed | bridge | learned
-    # Forward mean += gain[j, position] * condition feature: a learned, step- and
-    # position-wise preconditioner on the structure's condition features (for the MLP
-    # structure the surrogate gradient). Off by default: the head policies do not need it.
-    condition_skip: bool = False
+    # Forward mean += gain[j, position] * surrogate-gradient feature (channel 0 of the
+    # structure's condition features, unit RMS): a learned, step- and position-wise
+    # preconditioned step that the U-Net corrects. Started at skip_init (in units of the
+    # real step size), so an untrained policy is already a descent method on the surrogate.
+    condition_skip: bool = True
+    skip_init: float = 1.0
+    features: str = "gradient"  # head (class-rows) features: gradient (+ class means) | means
 
     def __post_init__(self) -> None:
         if self.backward not in BACKWARD_KINDS:
@@ -53,6 +56,10 @@ class PolicyConfig:
                 raise LohpError(f"policy {name} must be > 0")
         if self.sigma_f <= 0 or self.sigma_b <= 0:
             raise LohpError("sigma_f and sigma_b must be > 0")
+        from lohp.policy.structure import HEAD_FEATURES
+
+        if self.features not in HEAD_FEATURES:
+            raise LohpError(f"unknown head features {self.features!r}; choose one of {', '.join(HEAD_FEATURES)}")
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -76,14 +83,16 @@ class LohpPolicy(nn.Module):
         unit = p * (2 ** config.depth)
         self.row_len = -(-structure.row_size // unit) * unit  # padded row length
         self.n_tokens = self.row_len // p
-        # Per position: own weight, own condition, and the class-mean of both (context).
-        self.backbone = UNet1d(4 * p, config.channels, self.n_tokens, config.depth, config.emb_dim, config.kernel)
+        # Per position: own weight, own condition channels, and the group-mean of each (context).
+        self.cond_channels = int(getattr(structure, "condition_channels", 1))
+        self.backbone = UNet1d((2 + 2 * self.cond_channels) * p, config.channels, self.n_tokens, config.depth, config.emb_dim, config.kernel)
         self.time = nn.Sequential(nn.Linear(config.emb_dim, config.emb_dim), nn.SiLU(),
                                   nn.Linear(config.emb_dim, config.emb_dim))
         self.forward_head = GaussianHead(config.channels, p, n_steps, config.sigma_f, config.learn_sigma_f)
         self.backward_head = GaussianHead(config.channels, p, n_steps, config.sigma_b, config.learn_sigma_b)
         self.log_z = LogZ(n_steps + 1)
-        self.skip_gain = nn.Parameter(torch.zeros(n_steps, structure.row_size)) if config.condition_skip else None
+        self.skip_gain = (nn.Parameter(torch.full((n_steps, structure.row_size), float(config.skip_init)))
+                          if config.condition_skip else None)
         scale = torch.ones(n_steps) if step_scale is None else step_scale.detach().float().clone()
         if scale.shape != (n_steps,):
             raise ValueError("step_scale needs one value per online step")
@@ -122,20 +131,22 @@ class LohpPolicy(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _condition_rows(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        crow = self.structure.condition_rows(cond, s)               # [B, G, R]
+        crow = self.structure.condition_rows(cond, s)               # [B, G, R, K]
+        if crow.dim() == s.dim() + 1:                                # a structure with one channel
+            crow = crow[..., None]
         return crow / self.cond_scale if self.structure.scale_condition else crow
 
     def _tokens(self, s: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
         st = self.structure
-        rows = st.rows(s) / self.theta_scale                        # [B, G, R]
-        feats = torch.stack([rows, crow, rows.mean(1, keepdim=True).expand_as(rows),
-                             crow.mean(1, keepdim=True).expand_as(crow)], dim=-1)  # [B, C, R, 4]
+        rows = (st.rows(s) / self.theta_scale)[..., None]           # [B, G, R, 1]
+        feats = torch.cat([rows, crow, rows.mean(1, keepdim=True).expand_as(rows),
+                           crow.mean(1, keepdim=True).expand_as(crow)], dim=-1)  # [B, G, R, 2 + 2K]
         pad = self.row_len - feats.shape[2]
         if pad:
             feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
-        b, c = feats.shape[:2]
+        b, c, _, ch = feats.shape
         p = self.config.token_size
-        return feats.reshape(b * c, self.n_tokens, p * 4)  # [B*G, tokens, p*4]
+        return feats.reshape(b * c, self.n_tokens, p * ch)  # [B*G, tokens, p*(2+2K)]
 
     def _untoken(self, out: torch.Tensor, batch: int) -> torch.Tensor:
         c, r = self.structure.n_groups, self.structure.row_size
@@ -157,7 +168,7 @@ class LohpPolicy(nn.Module):
         jf = j.clamp(max=self.n_steps - 1)
         mu = self._untoken(self.forward_head(h), b)
         if self.skip_gain is not None:
-            mu = mu + self.structure.flat(self.skip_gain[jf][:, None, :] * crow)
+            mu = mu + self.structure.flat(self.skip_gain[jf][:, None, :] * crow[..., 0])
         mu = mu * self.step_scale[jf][:, None]
         nu = None
         if backward:

@@ -6,20 +6,28 @@ symmetric pooling over groups. The protocol (duck-typed, see :class:`ClassRowStr
 
 - ``kind`` (str), ``n_groups`` (G), ``row_size`` (R)
 - ``rows(theta [..., d]) -> [..., G, R]`` and its exact inverse ``flat(rows) -> [..., d]``
-- ``condition_rows(cond, theta) -> [..., G, R]``: per-position condition features aligned
-  with the rows; they may depend on the current weights (a network's own function)
-- ``scale_condition`` (bool): whether the policy divides those features by the RMS of
-  the training conditions (False when the structure normalises them itself)
-- ``to_dict()`` (JSON with ``kind``) and ``from_layout(layout)``, which raises
-  :class:`LohpError` when the layout does not fit.
+- ``condition_rows(cond, theta) -> [..., G, R, K]``: K channels of per-position condition
+  features aligned with the rows; they may depend on the current weights (a network's own
+  function). Channel 0 is the one the policy's learned preconditioned step acts on: the
+  negative gradient of the surrogate loss (:mod:`lohp.policy.surrogate`), unit RMS.
+- ``condition_channels`` (K) and ``scale_condition`` (bool: whether the policy divides the
+  features by the RMS of the training conditions; False when the structure normalises
+  them itself)
+- ``to_dict()`` (JSON with ``kind`` and the structure's options) and
+  ``from_layout(layout, options)``, which raises :class:`LohpError` when the layout does
+  not fit; ``saved_options(spec)`` reads the options back from a saved ``to_dict()``.
 
-:func:`make_structure` picks the first registered structure that fits a layout.
+Structures register by kind (:func:`register_structure`); :func:`make_structure` picks
+the first registered one that fits a layout, or the saved kind when reopening a policy.
 
 For a classifier head (``weight [C, F]`` and ``bias [C]``) each output class is one
 group: its row of weights plus its bias, paired position by position with that class's
-row of the task condition (the class mean of the features). The policy processes every
-group with the same network and sees the other classes only through symmetric pooling,
-so relabelling the classes permutes the generated rows the same way.
+condition features: the negative surrogate gradient of its row (``features="gradient"``,
+the default: an untrained policy is then a sane optimizer of the surrogate loss) and its
+class mean (unit RMS per task). ``features="means"`` is the earlier form (class means
+only, scaled by the training RMS). The policy processes every group with the same network
+and sees the other classes only through symmetric pooling, so relabelling the classes
+permutes the generated rows the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ import torch
 
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
+from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
+
+HEAD_FEATURES = ("gradient", "means")
 
 
 @dataclass(frozen=True)
@@ -44,12 +55,27 @@ class ClassRowStructure:
     w_offset: int
     b_offset: int | None
     size: int
+    features: str = "gradient"
 
     kind = "class-rows"
-    scale_condition = True
+
+    @property
+    def scale_condition(self) -> bool:
+        return self.features == "means"
+
+    @property
+    def condition_channels(self) -> int:
+        return 2 if self.features == "gradient" else 1
 
     @classmethod
-    def from_layout(cls, layout: ParamLayout) -> "ClassRowStructure":
+    def saved_options(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"features": spec.get("features", "means")}  # policies saved before the option: means
+
+    @classmethod
+    def from_layout(cls, layout: ParamLayout, options: dict[str, Any] | None = None) -> "ClassRowStructure":
+        features = (options or {}).get("features", "gradient")
+        if features not in HEAD_FEATURES:
+            raise LohpError(f"unknown head features {features!r}; choose one of {', '.join(HEAD_FEATURES)}")
         mats = [e for e in layout.entries if len(e.shape) == 2]
         vecs = [e for e in layout.entries if len(e.shape) == 1]
         if len(mats) != 1 or len(vecs) > 1 or len(layout.entries) != len(mats) + len(vecs):
@@ -62,7 +88,7 @@ class ClassRowStructure:
         if b is not None and b.shape[0] != w.shape[0]:
             raise LohpError(f"bias {b.name}{list(b.shape)} does not match weight {w.name}{list(w.shape)}")
         return cls(w.name, b.name if b else None, w.shape[0], w.shape[1], w.offset,
-                   b.offset if b else None, layout.size)
+                   b.offset if b else None, layout.size, features)
 
     @property
     def n_groups(self) -> int:
@@ -73,7 +99,8 @@ class ClassRowStructure:
         return self.n_features + (1 if self.bias else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_classes": self.n_classes, "n_features": self.n_features}
+        return {"kind": self.kind, "n_classes": self.n_classes, "n_features": self.n_features,
+                "features": self.features}
 
     def rows(self, theta: torch.Tensor) -> torch.Tensor:
         """``[..., d] -> [..., C, F(+1)]``."""
@@ -97,32 +124,58 @@ class ClassRowStructure:
         return torch.cat([p[1] for p in parts], dim=-1)
 
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-class condition ``[..., C, F]`` aligned with :meth:`rows` (0 at the bias)."""
+        """Per-class features ``[..., C, R, K]`` aligned with :meth:`rows` (see the module doc)."""
         if cond.shape[-2:] != (self.n_classes, self.n_features):
             raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained "
                             f"for {self.n_classes} classes x {self.n_features} features; use a task "
                             "with the same number of classes and features")
-        if self.bias is None:
-            return cond
-        return torch.cat([cond, torch.zeros_like(cond[..., :1])], dim=-1)
+        means = cond if self.bias is None else torch.cat([cond, torch.zeros_like(cond[..., :1])], dim=-1)
+        if self.features == "means":
+            return means[..., None]
+        if theta is None:
+            raise LohpError("the class-rows structure needs the current weights to build its gradient features")
+        rows = self.rows(theta)
+        w, b = rows[..., :self.n_features], (rows[..., self.n_features] if self.bias else None)
+        _, g_w, g_b = class_mean_ce_grad(cond, w, b)
+        grad = g_w if g_b is None else torch.cat([g_w, g_b[..., None]], dim=-1)
+        return torch.stack([unit_rms(grad), unit_rms(means)], dim=-1)
 
 
-def _registry() -> list[Any]:
-    from lohp.policy.mlp_structure import MlpUnitStructure
-
-    # Tried in order; the first whose from_layout accepts the layout wins.
-    # (The registry of structures: add new ones, e.g. the LoRA structure, to this list.)
-    from lohp.policy.lora_structure import LoraStructure
-
-    return [ClassRowStructure, MlpUnitStructure, LoraStructure]
+_STRUCTURES: dict[str, Any] = {}
 
 
-def make_structure(layout: ParamLayout):
-    """The structure for a generated subset: the first registered one that fits it."""
+def register_structure(cls: Any) -> Any:
+    """Register a structure class by its ``kind`` (usable as a decorator). Registration
+    order is the order :func:`make_structure` tries them in."""
+    _STRUCTURES[cls.kind] = cls
+    return cls
+
+
+register_structure(ClassRowStructure)
+
+
+def _registry() -> dict[str, Any]:
+    # The built-in structures register on import of their modules.
+    import lohp.policy.lora_structure  # noqa: F401
+    import lohp.policy.mlp_structure  # noqa: F401
+
+    return _STRUCTURES
+
+
+def make_structure(layout: ParamLayout, options: dict[str, Any] | None = None, spec: dict[str, Any] | None = None):
+    """The structure for a generated subset: the saved kind (``spec``, a structure's
+    ``to_dict()``) when reopening a policy, else the first registered one that fits."""
+    registry = _registry()
+    if spec is not None:
+        cls = registry.get(spec.get("kind"))
+        if cls is None:
+            raise LohpError(f"the policy uses the structure {spec.get('kind')!r}, which this lohp build does not "
+                            f"have (it has {', '.join(registry)}); upgrade lohp or register that structure")
+        return cls.from_layout(layout, cls.saved_options(spec))
     reasons = []
-    for cls in _registry():
+    for cls in registry.values():
         try:
-            return cls.from_layout(layout)
+            return cls.from_layout(layout, options)
         except LohpError as exc:
             reasons.append(str(exc))
     shapes = ", ".join(f"{e.name}{list(e.shape)}" for e in layout.entries)

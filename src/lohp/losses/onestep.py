@@ -1,0 +1,87 @@
+"""lo-hp (default): "on-policy states, off-policy targets", a hybrid of one-step sub-trajectories.
+
+Each iteration rolls the current policy out from every trajectory's theta_0 (times a start
+width drawn from ``start_widths``), without a graph:
+``s_{j+1} = s_j + mu(s_j, j, c) + sigma_F eps``. The one-step segment j -> j+1 is then
+scored from a visited state s_j (on-policy) or from the real state theta_{kj}
+(off-policy), and in both cases toward the matched checkpoint theta_{k(j+1)}:
+
+    L = (1 - beta) E_on ||(theta_{k(j+1)} - s_j - mu(sg(s_j), j, c)) / step_j||^2
+      +      beta  E_off ||(theta_{k(j+1)} - theta_{kj} - mu(theta_{kj}, j, c)) / step_j||^2
+
+Why this is sub-trajectory balance (README, "The method as shipped"): for a one-step
+segment with a reparameterised next state s' = s + mu + sigma_F eps, a fixed
+P_B(s | s') = N(s', sigma_B^2) and log F(s_j) = log Z_j + log R_{kj}(s_j), the residual is
+
+    Delta = log Z_j + log R_{kj}(s) - log Z_{j+1} - log R_{k(j+1)}(s') + log P_F(s'|s) - log P_B(s|s')
+
+log P_F(s'|s) = -||eps||^2 / 2 + const does not depend on mu; everything in Delta that does
+is ||s + mu + sigma_F eps - theta_{k(j+1)}||^2 / (2 w^2) + ||mu + sigma_F eps||^2 / (2 sigma_B^2).
+Its expectation over eps is, up to constants that log Z absorbs, the squared error above
+(w = the step scale) plus a step-length penalty of relative weight (w / sigma_B)^2, which
+we drop. On real states log R = 0 at the matched checkpoints and the off-policy segment is
+the maximum likelihood of the real step under P_F: the same squared error. The mix of the
+two is drawn per (trajectory, step) slot: a slot uses its visited state with probability
+1 - beta, so one iteration costs one regression pass plus N graph-free policy steps.
+
+Unlike the SubTB form (lo-hp-v1), the on-policy term's gradient is a regression gradient,
+not a difference of rollouts in d dimensions, so its signal does not fall as 1/sqrt(d).
+It is DAgger for a learned optimizer: the policy learns to correct from the states its
+own rollouts reach (drift, far-away starts), which is where pure regression fails.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lohp.losses.base import Batch, LossConfig
+from lohp.policy import LohpPolicy
+
+
+class OnPolicyStates:
+    def __init__(self, config: LossConfig):
+        self.config = config
+
+    @torch.no_grad()
+    def visit(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
+        """States ``[B, N, d]`` the current policy visits (s_0 .. s_{N-1}), no graph."""
+        off, cfg = batch.offline, self.config
+        b, n1, d = off.shape
+        widths = torch.tensor(cfg.start_widths, device=off.device)
+        pick = torch.randint(len(widths), (b,), generator=batch.generator, device=off.device)
+        s = off[:, 0] * widths[pick][:, None]
+        states = [s]
+        for j in range(n1 - 2):
+            jj = torch.full((b,), j, dtype=torch.long, device=off.device)
+            s = s + policy.heads(s, jj, batch.cond)[0]
+            if cfg.rollout_noise:
+                s = s + policy.sigma_f(jj)[:, None] * torch.randn(s.shape, generator=batch.generator,
+                                                                   device=s.device)
+            states.append(s)
+        return torch.stack(states, 1)
+
+    def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        off, beta = batch.offline, self.config.beta
+        b, n1, d = off.shape
+        n = n1 - 1
+        real = off[:, :-1]
+        if beta < 1:
+            visited = self.visit(policy, batch)
+            on = torch.rand((b, n), generator=batch.generator, device=off.device) >= beta
+            states = torch.where(on[..., None], visited, real)
+        else:
+            on = torch.zeros((b, n), dtype=torch.bool, device=off.device)
+            states = real
+        jj = torch.arange(n, device=off.device).repeat(b)
+        mu, _ = policy.heads(states.reshape(b * n, d), jj, batch.cond.repeat_interleave(n, 0))
+        err = ((off[:, 1:].reshape(b * n, d) - states.reshape(b * n, d) - mu)
+               / policy.step_scale[jj][:, None]).square().mean(-1)
+        loss = err.mean()
+        on = on.reshape(-1)
+        diag = {}
+        with torch.no_grad():
+            if on.any():
+                diag["loss_on"] = err[on].mean().item()
+            if (~on).any():
+                diag["loss_off"] = err[~on].mean().item()
+        return loss, diag
