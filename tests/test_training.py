@@ -164,3 +164,24 @@ def test_near_zero_subtb_loss_generates_terminal_states_near_theta_T(tmp_path):
                 train_options={"iterations": 500, "batch_size": 2, "lr": 3e-3, "log_every": 500, "eval_every": 500,
                                "eval_tasks": 1, "checkpoint_every": 500})
     assert res["dist_final"] < 0.25, res
+
+
+def test_a_time_budget_counts_training_seconds_and_records_a_learning_curve(store8, tmp_path):
+    """time_limit stops on training seconds (evaluation off the clock) and eval_every_seconds
+    puts held-out evaluations at regular training-time intervals, the last at the end."""
+    import csv
+
+    budget, every = 1.5, 0.5
+    res = train(store8, tmp_path / "p", "lo-hp", policy_options=POLICY,
+                train_options={**FAST, "iterations": 100_000, "log_every": 100_000, "eval_every": 100_000,
+                               "checkpoint_every": 100_000, "time_limit": budget, "eval_every_seconds": every})
+    rows = list(csv.DictReader(open(tmp_path / "p" / "log.csv")))
+    curve = [(float(r["train_seconds"]), float(r["heldout_accuracy"])) for r in rows if r["heldout_accuracy"]]
+    assert len(curve) >= 3
+    times = [t for t, _ in curve]
+    assert times == sorted(times) and times[0] >= every and budget <= times[-1] < budget + 0.5
+    assert res["train_seconds"] == pytest.approx(times[-1]) and res["iteration"] == int(rows[-1]["iteration"])
+    # wall time includes the evaluations, training time does not
+    assert float(rows[-1]["seconds"]) >= float(rows[-1]["train_seconds"])
+    with pytest.raises(LohpError, match="eval_every_seconds"):
+        train(store8, tmp_path / "q", "lo-hp", policy_options=POLICY, train_options={**FAST, "eval_every_seconds": 0})

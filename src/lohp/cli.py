@@ -44,6 +44,13 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _numbers(value: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in _split_list(value)]
+    except ValueError:
+        raise LohpError(f"{option} takes comma-separated numbers, e.g. 1,10 (got {value!r})") from None
+
+
 def _parse_number(text: str) -> Any:
     try:
         return int(text)
@@ -184,7 +191,7 @@ def inspect(
 def train_cmd(
     store: Path = typer.Option(..., help="Trajectory store written by lohp prepare."),
     out: Path = typer.Option(..., help="Policy folder (created; re-run the same command to resume)."),
-    method: str = typer.Option("lo-hp", help="lo-hp, lo-op, lo-hp-literal, lo-di, lo-di-noise, hypernetwork."),
+    method: str = typer.Option("lo-hp", help="lo-hp, lo-op, lo-hp-v1, lo-hp-literal, lo-di, lo-di-noise, hypernetwork."),
     k: int = typer.Option(2, help="Compression factor: N = T/k policy steps."),
     iterations: int = typer.Option(1500, help="Training iterations."),
     batch_size: int = typer.Option(16, help="Trajectories (tasks) per iteration."),
@@ -201,18 +208,26 @@ def train_cmd(
     normalize: Optional[bool] = typer.Option(None, help="Normalise each loss term by its detached value."),
     input_noise: Optional[float] = typer.Option(None, help="lo-di-noise input noise (x RMS of theta_0)."),
     reward_width: Optional[float] = typer.Option(None, help="Reward width per coordinate (x step scale)."),
+    start_widths: Optional[str] = typer.Option(None, help="lo-hp/lo-op: rollouts start at theta_0 x one of these "
+                                                          "widths, e.g. 1,10 (default 1)."),
+    rollout_noise: Optional[bool] = typer.Option(None, help="lo-hp/lo-op: add sigma_F noise to the visiting rollouts."),
     sigma_f: float = typer.Option(0.25, help="Forward std (x step scale)."),
     sigma_b: float = typer.Option(2.5, help="Backward std (x step scale)."),
     channels: int = typer.Option(32, help="U-Net width."),
     depth: int = typer.Option(2, help="U-Net levels."),
     token_size: int = typer.Option(8, help="Weight values per token."),
-    condition_skip: bool = typer.Option(False, help="Add a learned per-step gain on the condition features "
-                                                    "(whole-network and image-scenario policies)."),
+    condition_skip: Optional[bool] = typer.Option(None, help="The learned per-step preconditioned step on the "
+                                                              "surrogate-gradient features (default on)."),
+    skip_init: Optional[float] = typer.Option(None, help="Initial gain of that step, in units of the real step "
+                                                         "size (default 1; 0 = start from no step)."),
+    features: Optional[str] = typer.Option(None, help="Head condition features: gradient (default) or means."),
     optimizers: Optional[str] = typer.Option(None, help="Use only these optimizers' trajectories, e.g. sgd,adam."),
     seed: int = typer.Option(0, help="Random seed (initialisation and batches)."),
     checkpoint_every: int = typer.Option(100, help="Checkpoint interval (iterations)."),
     eval_every: int = typer.Option(250, help="Held-out accuracy interval (iterations)."),
-    time_limit: Optional[float] = typer.Option(None, help="Stop after this many seconds (checkpointed)."),
+    time_limit: Optional[float] = typer.Option(None, help="Stop after this many training seconds (checkpointed)."),
+    eval_every_seconds: Optional[float] = typer.Option(None, help="Also evaluate held-out accuracy every this many "
+                                                                  "training seconds (a learning curve)."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Start over in --out."),
 ) -> None:
@@ -221,12 +236,16 @@ def train_cmd(
 
     loss_options = {"beta": beta, "lam": lam, "rollouts": rollouts, "rollout": rollout, "log_z": log_z,
                     "off_policy": off_policy, "backward": backward, "normalize": normalize,
-                    "input_noise": input_noise, "reward_width": reward_width}
+                    "input_noise": input_noise, "reward_width": reward_width,
+                    "start_widths": _numbers(start_widths, "--start-widths") if start_widths else None,
+                    "rollout_noise": rollout_noise}
     policy_options = {"sigma_f": sigma_f, "sigma_b": sigma_b, "channels": channels, "depth": depth,
-                      "token_size": token_size, "condition_skip": condition_skip}
+                      "token_size": token_size}
+    policy_options.update({key: value for key, value in (("condition_skip", condition_skip), ("skip_init", skip_init),
+                                                         ("features", features)) if value is not None})
     train_options = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "lr_flow": lr_flow,
                      "lr_backward": lr_backward, "seed": seed, "checkpoint_every": checkpoint_every,
-                     "eval_every": eval_every, "time_limit": time_limit,
+                     "eval_every": eval_every, "time_limit": time_limit, "eval_every_seconds": eval_every_seconds,
                      "optimizers": _split_list(optimizers) if optimizers else None}
     with progress_bar(f"training {method}") as update:
         def show(i: int, n: int, m: dict[str, float]) -> None:

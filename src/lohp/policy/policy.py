@@ -85,7 +85,8 @@ class LohpPolicy(nn.Module):
         self.n_tokens = self.row_len // p
         # Per position: own weight, own condition channels, and the group-mean of each (context).
         self.cond_channels = int(getattr(structure, "condition_channels", 1))
-        self.backbone = UNet1d((2 + 2 * self.cond_channels) * p, config.channels, self.n_tokens, config.depth, config.emb_dim, config.kernel)
+        self.backbone = UNet1d((2 + 2 * self.cond_channels) * p, config.channels, self.n_tokens, config.depth,
+                               config.emb_dim, config.kernel)
         self.time = nn.Sequential(nn.Linear(config.emb_dim, config.emb_dim), nn.SiLU(),
                                   nn.Linear(config.emb_dim, config.emb_dim))
         self.forward_head = GaussianHead(config.channels, p, n_steps, config.sigma_f, config.learn_sigma_f)
