@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import plot_learning_curves, adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency
-from lohp.bench.scenario import CURVE_POINTS, Variant, learned_row, policy_dir, public, s0_sampler
+from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_row, policy_dir, public, s0_sampler
 from lohp.optim import make_optimizer
 from lohp.policy.io import META
 from lohp.trajectories import make_config, prepare
@@ -136,7 +136,7 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
     return {"benchmark": "lora", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
             "family": store.config["family"], "family_config": family.config(), "heldout_tasks": len(tasks),
             "parameters": store.layout.size, "threads": torch.get_num_threads(), "rows": public(rows),
-            "targets": targets, "stage_one_train_seconds": stage_seconds,
+            "targets": targets, "ablation_order": ablation_order(rows), "stage_one_train_seconds": stage_seconds,
             "stage_one_runs": len(store), "seconds": time.perf_counter() - t_start}
 
 
