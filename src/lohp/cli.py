@@ -111,8 +111,8 @@ def prepare(
     record_every: int = typer.Option(1, help="Store every s-th checkpoint (and always the last)."),
     lr: Optional[str] = typer.Option(None, help="Learning rates, e.g. sgd=0.1,adam=0.01 (defaults otherwise)."),
     hparam: Optional[list[str]] = typer.Option(None, help="Other hyper-parameters, e.g. sam.rho=0.1 (repeatable)."),
-    n_way: int = typer.Option(5, help="Classes per task."),
-    head: str = typer.Option("linear", help="Generated target: linear or mlp."),
+    n_way: Optional[int] = typer.Option(None, help="Classes per task (the family's option n_way; digits: 5)."),
+    head: Optional[str] = typer.Option(None, help="Generated target: linear or mlp (the family's option head)."),
     split: str = typer.Option("source", help="Task set: source or heldout."),
     task_start: int = typer.Option(0, help="First task seed."),
     init: str = typer.Option("standard", help="theta_0: standard (layer init), normal, zeros."),
@@ -128,12 +128,14 @@ def prepare(
     """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
     from lohp.trajectories import make_config, prepare as run_prepare
 
-    family_config = {"n_way": n_way, "head": head} if family == "digits" else {}
+    # --n-way / --head are the family options of those names, for every family that has them
+    # (a family without one refuses it in one line).
+    family_config = {k: v for k, v in (("n_way", n_way), ("head", head)) if v is not None}
     family_config.update(parse_family_options(family_option))
     if shard_runs is None:
-        from lohp.tasks import FAMILIES
+        from lohp.tasks import family_factory
 
-        shard_runs = getattr(FAMILIES.get(family), "default_shard_runs", 64)
+        shard_runs = getattr(family_factory(family), "default_shard_runs", 64)  # a factory need not be a class
     config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
                          hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
@@ -276,6 +278,8 @@ def generate(
     overwrite: bool = typer.Option(False, help="LoRA policies: replace an adapter already in --out."),
     rank: Optional[int] = typer.Option(None, help="LoRA policies: LoRA rank (default: the policy's)."),
     targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE (repeatable), over the policy's family config."),
 ) -> None:
     """Generate weights for one task without computing a task gradient.
 
@@ -291,11 +295,14 @@ def generate(
                  if v is not None}
     if overrides and not lora_target:
         raise LohpError("--rank and --targets apply to LoRA policies only; drop them for this policy")
+    overrides.update(parse_family_options(family_option))
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
     if lora_target:
         from lohp.lora import check_adapter_dir
 
-        if not hasattr(fam, "check_policy"):
+        from lohp.tasks import TaskFamily
+
+        if type(fam).check_policy is TaskFamily.check_policy:  # the LoRA families define it
             raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
         fam.check_policy(gen.meta["family_config"])
         check_adapter_dir(out, overwrite)  # before any work

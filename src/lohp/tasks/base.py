@@ -113,9 +113,24 @@ def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tenso
 
 
 class TaskFamily(abc.ABC):
-    """Builds tasks deterministically from (seed, split)."""
+    """Builds tasks deterministically from (seed, split).
+
+    Subclasses implement :meth:`sample` and :meth:`config`; the optional hooks below have
+    defaults that suit a small classifier family, and a family overrides only what it needs.
+    Register a family with :func:`lohp.tasks.register_family` (or a ``lohp.families``
+    entry point) and check it with :func:`lohp.testing.check_family`.
+    """
 
     name: str = "family"
+    #: Optimizer hyper-parameters that replace lohp's defaults for this family in Stage I,
+    #: e.g. ``{"adam": {"lr": 5e-3}}`` (read-only; a user's ``--lr`` still wins).
+    optimizer_defaults: dict[str, dict[str, Any]] = {}
+    #: Runs per Stage I shard: the unit of resume (slow targets want small shards).
+    default_shard_runs: int = 64
+
+    def check_policy(self, trained_config: dict[str, Any]) -> None:
+        """Refuse (LohpError) to serve a policy trained on a family config this family
+        cannot use; ``trained_config`` is the family config stored with the policy."""
 
     @abc.abstractmethod
     def sample(self, seed: int, split: str = "source") -> Task:

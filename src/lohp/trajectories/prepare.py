@@ -70,7 +70,7 @@ def make_config(family: str = "digits", family_config: dict[str, Any] | None = N
         raise LohpError(f"hyper-parameters given for {', '.join(sorted(unknown))}, which is not in the "
                         "optimizer list")
     opts = []
-    family_defaults = getattr(fam, "optimizer_defaults", {})  # e.g. LoRA needs smaller learning rates
+    family_defaults = fam.optimizer_defaults  # e.g. LoRA needs smaller learning rates
     for name in optimizers:
         opt = make_optimizer(name, **{**family_defaults.get(name, {}), **hparams.get(name, {})})  # validates
         opts.append({"name": opt.name, "hparams": opt.hparams})

@@ -1,0 +1,103 @@
+"""Families by registration, entry points, and the conformance helper every built-in family passes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from lohp.errors import LohpError
+from lohp.tasks import TaskFamily, make_family, register_family
+from lohp.tasks.digits import DigitsFamily
+from lohp.testing import check_family
+from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("config", [{}, {"n_way": 3}, {"head": "mlp", "hidden": 8}])
+def test_digits_family_passes_the_conformance_check(config):
+    check_family(make_family("digits", **config), name="digits")
+
+
+def test_image_families_pass_the_conformance_check(fake_features, fake_domains):
+    for name, config in (("openclipart", {"n_way": 3}), ("openclipart", {"n_way": 3, "shots": 2, "queries": 3}),
+                         ("rotated-mnist", {"heldout_domain": 0, "n_way": 3, "hidden": 4})):
+        check_family(make_family(name, **config), name=name)
+
+
+class _OneClass(DigitsFamily):
+    def sample(self, seed, split="source"):
+        task = super().sample(seed, split)
+        keep = task.y_train == 0
+        from dataclasses import replace
+
+        return replace(task, x_train=task.x_train[keep], y_train=task.y_train[keep])
+
+
+class _Leaky(DigitsFamily):
+    def sample(self, seed, split="source"):
+        task = super().sample(seed, split)
+        from dataclasses import replace
+
+        return replace(task, condition_fn=lambda t: t.x_eval[:5].reshape(5, -1)[:t.n_classes])
+
+
+class _Random(DigitsFamily):
+    def sample(self, seed, split="source"):
+        task = super().sample(seed, split)
+        from dataclasses import replace
+
+        return replace(task, x_train=task.x_train + torch.rand(()))
+
+
+@pytest.mark.parametrize("bad,match", [(_OneClass, "not every class"), (_Leaky, "evaluation split"),
+                                       (_Random, "deterministic")])
+def test_the_conformance_check_catches_broken_families(bad, match):
+    with pytest.raises(AssertionError, match=match):
+        check_family(bad(n_way=3))
+
+
+def test_register_family_serves_make_family_and_refuses_a_silent_replacement():
+    class Mine(DigitsFamily):
+        name = "mine"
+
+    register_family("mine-test", Mine)
+    assert isinstance(make_family("mine-test", n_way=3), Mine)
+    with pytest.raises(LohpError, match="already registered"):
+        register_family("mine-test", DigitsFamily)
+    register_family("mine-test", DigitsFamily, overwrite=True)
+    with pytest.raises(LohpError, match="register_family.*entry-points"):
+        make_family("no-such-family")
+
+
+def test_an_entry_point_family_works_in_every_command_of_a_fresh_process(tmp_path):
+    """A package declaring [project.entry-points."lohp.families"] is found by `lohp prepare`,
+    `lohp train` and `lohp generate`, each in its own process, with no registration code."""
+    site = tmp_path / "site"
+    (site / "myfam-0.1.dist-info").mkdir(parents=True)
+    (site / "myfam.py").write_text(textwrap.dedent("""
+        from lohp.tasks.digits import DigitsFamily
+
+        class MyFamily(DigitsFamily):
+            name = "myfam"
+    """))
+    (site / "myfam-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: myfam\nVersion: 0.1\n")
+    (site / "myfam-0.1.dist-info" / "entry_points.txt").write_text("[lohp.families]\nmyfam = myfam:MyFamily\n")
+    env = {"PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+
+    def lohp(*args):
+        return subprocess.run([sys.executable, "-m", "lohp", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=300)
+
+    r = lohp("prepare", "--family", "myfam", "--family-option", "n_way=3", "--optimizers", "adam", "--tasks", "2",
+             "--seeds", "1", "--steps", "4", "--out", "store")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["config"]["family"] == "myfam"
+    r = lohp("train", "--store", "store", "--out", "pol", "--iterations", "3", "--channels", "8", "--token-size", "8",
+             "--depth", "1")
+    assert r.returncode == 0, r.stderr
+    r = lohp("generate", "--policy", "pol", "--task-seed", "1", "--out", "w.safetensors")
+    assert r.returncode == 0 and (tmp_path / "w.safetensors").exists(), r.stderr
+    r = lohp("generate", "--policy", "pol", "--family", "nofam", "--task-seed", "1", "--out", "w2.safetensors")
+    assert r.returncode == 2 and "register_family" in r.stderr and "\n" not in r.stderr.strip()
