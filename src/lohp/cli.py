@@ -232,6 +232,8 @@ def train_cmd(
                                                                   "training seconds (a learning curve)."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Start over in --out."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE over the store's (e.g. path=... of moved data)."),
 ) -> None:
     """Stage II: train a policy on a trajectory store (resumable)."""
     from lohp.training import train as run_train
@@ -256,7 +258,8 @@ def train_cmd(
             update(i, n, f"{method} {text}")
 
         res = run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
-                        policy_options, train_options, device=_device(device), overwrite=overwrite, progress=show)
+                        policy_options, train_options, device=_device(device), overwrite=overwrite, progress=show,
+                        family_options=parse_family_options(family_option))
     summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
     console.print(f"policy in {out} after {res['iteration']} iterations ({res['seconds']:.0f} s): {summary}; "
                   f"curves in {out / 'curves.png'}")

@@ -198,8 +198,9 @@ def heldout_accuracy(policy: LohpPolicy, family, n_tasks: int, init: str, init_s
 class Trainer:
     def __init__(self, store: TrajectoryStore | str | Path, out: str | Path, loss_config: LossConfig,
                  policy_config: PolicyConfig | None = None, train_config: TrainConfig | None = None,
-                 device: str = "cpu", overwrite: bool = False):
-        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
+                 device: str = "cpu", overwrite: bool = False, family_options: dict[str, Any] | None = None):
+        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(
+            store, family_options=family_options)
         if not self.store.complete:
             raise LohpError(f"the store {self.store.path} is incomplete; finish it by re-running lohp prepare "
                             "with the same arguments")
@@ -241,7 +242,7 @@ class Trainer:
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
                 "k": self.data.k, "n_steps": self.data.n_steps, "total_steps": self.data.total_steps,
                 "layout": st.layout.to_dict(), "structure": self.policy.structure.to_dict(),
-                "family": st.config["family"], "family_config": st.config["family_config"],
+                "family": st.config["family"], "family_config": self.data.family.config(),
                 "init": st.config["init"], "init_sigma": st.config["init_sigma"],
                 "store": str(st.path), "store_manifest_sha": sha256_file(st.path / "manifest.json"),
                 "store_optimizers": self.data.optimizers, "trajectories": len(self.data),
@@ -409,11 +410,12 @@ class Trainer:
 def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "lo-hp", k: int = 2,
           loss_options: dict[str, Any] | None = None, policy_options: dict[str, Any] | None = None,
           train_options: dict[str, Any] | None = None, device: str = "cpu", overwrite: bool = False,
-          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+          progress: Callable[[int, int, dict[str, float]], None] | None = None,
+          family_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) a policy; returns the final iteration's metrics."""
     from lohp.losses import loss_config
 
     lc = loss_config(method, k=k, **(loss_options or {}))
     trainer = Trainer(store, out, lc, PolicyConfig(**(policy_options or {})), TrainConfig(**(train_options or {})),
-                      device=device, overwrite=overwrite)
+                      device=device, overwrite=overwrite, family_options=family_options)
     return trainer.train(progress)

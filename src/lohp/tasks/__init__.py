@@ -10,6 +10,7 @@ from lohp.errors import LohpError
 from lohp.tasks.base import SPLITS, Task, TaskBatch, TaskFamily, accuracy, class_means, cross_entropy
 from lohp.tasks.digits import DigitsFamily
 from lohp.tasks.images import FashionFeatureFamily, OpenclipartFamily, RotatedFashionFamily, RotatedMnistFamily
+from lohp.tasks.table import TableFamily
 from lohp.tasks.text import FortunesFamily, WordNetFamily
 
 ENTRY_POINT_GROUP = "lohp.families"
@@ -18,7 +19,7 @@ ENTRY_POINT_GROUP = "lohp.families"
 FAMILIES: dict[str, Callable[..., TaskFamily]] = {
     "digits": DigitsFamily, "openclipart": OpenclipartFamily, "fashion": FashionFeatureFamily,
     "rotated-mnist": RotatedMnistFamily, "rotated-fashion": RotatedFashionFamily,
-    "wordnet": WordNetFamily, "fortunes": FortunesFamily,
+    "wordnet": WordNetFamily, "fortunes": FortunesFamily, "table": TableFamily,
 }
 _entry_points: dict[str, Any] | None = None
 
@@ -77,5 +78,5 @@ def make_family(name: str, **config: Any) -> TaskFamily:
         raise LohpError(f"bad configuration for family {name!r}: {exc}") from None
 
 
-__all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "SPLITS", "DigitsFamily", "Task", "TaskBatch", "TaskFamily", "accuracy",
+__all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "SPLITS", "DigitsFamily", "TableFamily", "Task", "TaskBatch", "TaskFamily", "accuracy",
            "class_means", "cross_entropy", "family_factory", "family_names", "make_family", "register_family"]

@@ -160,7 +160,10 @@ class TrajectoryStore:
 
     # -- opening ------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, verify: bool = False) -> "TrajectoryStore":
+    def open(cls, path: str | Path, verify: bool = False,
+             family_options: dict[str, Any] | None = None) -> "TrajectoryStore":
+        """``family_options`` replace recorded family options for this session (e.g. the
+        ``path`` of a data file that moved; the family checks that its data did not change)."""
         path = Path(path)
         if not path.is_dir():
             raise LohpError(f"no trajectory store at {path}; create one with lohp prepare --out {path}")
@@ -174,6 +177,7 @@ class TrajectoryStore:
                             f"{manifest.get('format')!r})")
         try:
             store = cls(path, manifest)
+            store.family_options = dict(family_options or {})
             store.check_structure()
             store.check_model()
         except KeyError as exc:
@@ -288,9 +292,12 @@ class TrajectoryStore:
         return torch.stack([self.theta(i) for i in indices])
 
     def family(self):
+        """The store's task family (recorded options, replaced by the ``family_options`` it was
+        opened with)."""
         from lohp.tasks import make_family
 
-        return make_family(self.config["family"], **self.config["family_config"])
+        return make_family(self.config["family"], **{**self.config["family_config"],
+                                                     **getattr(self, "family_options", {})})
 
     def task(self, i: int):
         tr = self.trajectories[i]

@@ -1,0 +1,182 @@
+"""The ``table`` family: a user's own labelled table (CSV / TSV with a header, or ``.npz``
+with arrays ``X`` and ``y``), no code to write::
+
+    lohp prepare --family table --family-option path=data.csv --family-option label=species ...
+
+Classes are split once (``split_seed``) into source classes and ``heldout`` (a fraction)
+classes that no source task sees; each class's rows once into a training and an evaluation
+pool. A task draws ``n_way`` classes from one side, relabels them at random, and trains on
+their training rows, evaluates on their evaluation rows (disjoint). Features are
+standardised with statistics of the source classes only. ``hidden = 0`` generates a linear
+head, ``hidden > 0`` a one-hidden-layer MLP (the ``mlp-units`` policy structure).
+
+The file's sha256 is recorded in the family config (so in every store and policy): a file
+that changed since is refused; one that moved is found again with ``path=NEW``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lohp.errors import LohpError
+from lohp.tasks.base import Task, TaskFamily
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _read(path: str, label: str, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features [n, F] float32, class index [n], class names); cached per file content."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            if "X" not in z or "y" not in z:
+                raise LohpError(f"{p} must hold arrays X (features) and y (labels); it has {', '.join(z.files)}")
+            x, raw = np.asarray(z["X"]), np.asarray(z["y"])
+        if x.ndim != 2 or raw.ndim != 1 or len(x) != len(raw):
+            raise LohpError(f"{p}: X must be [rows, features] and y [rows] (got {list(x.shape)} and {list(raw.shape)})")
+        labels = [str(v) for v in raw.tolist()]
+        try:
+            x = x.astype(np.float32)
+        except (TypeError, ValueError):
+            raise LohpError(f"{p}: X is not numeric") from None
+    else:
+        delimiter = "\t" if p.suffix in (".tsv", ".tab") else ","
+        with open(p, newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if not header:
+                raise LohpError(f"{p} is empty; a table needs a header row and data rows")
+            header = [h.strip() for h in header]
+            if label not in header:
+                raise LohpError(f"{p} has no label column {label!r} (columns: {', '.join(header[:12])}"
+                                f"{', ...' if len(header) > 12 else ''}); pass --family-option label=COLUMN")
+            li = header.index(label)
+            rows, labels = [], []
+            for n, row in enumerate(reader, start=2):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise LohpError(f"{p} line {n} has {len(row)} fields, the header {len(header)}")
+                try:
+                    rows.append([float(c) for i, c in enumerate(row) if i != li])
+                except ValueError:
+                    bad = next(c for i, c in enumerate(row) if i != li and not _is_number(c))
+                    raise LohpError(f"{p} line {n}: feature value {bad!r} is not a number; a table's feature "
+                                    "columns must be numeric (encode categories first)") from None
+                labels.append(row[li].strip())
+        x = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(header) - 1)
+    if len(x) == 0:
+        raise LohpError(f"{p} has no data rows")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(1).sum())
+        raise LohpError(f"{p}: {bad} row(s) hold NaN or inf features; drop or impute them first")
+    names = sorted(set(labels), key=lambda v: (len(v), v))
+    index = {name: i for i, name in enumerate(names)}
+    return x, np.asarray([index[v] for v in labels], dtype=np.int64), names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+class TableFamily(TaskFamily):
+    name = "table"
+
+    def __init__(self, path: str, label: str = "label", n_way: int = 5, heldout: float = 0.3, split_seed: int = 0,
+                 per_class: int | None = None, standardize: bool = True, hidden: int = 0,
+                 train_fraction: float = 0.5, sha256: str | None = None, patterns: tuple[str, ...] | list[str] = ("*",)):
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise LohpError(f"table file {path} not found (from {Path.cwd()}); if it moved, pass "
+                            "--family-option path=NEW_LOCATION")
+        digest = _sha256(file)
+        if sha256 is not None and sha256 != digest:
+            raise LohpError(f"table file {path} changed since the store was made (sha256 {digest[:12]} vs "
+                            f"{sha256[:12]}); pass --family-option path=... to the original file, or prepare a new store")
+        if n_way < 2:
+            raise LohpError(f"n_way must be >= 2 (got {n_way}): a task needs at least two classes")
+        if not 0 < heldout < 1 or not 0 < train_fraction < 1:
+            raise LohpError("heldout and train_fraction must lie strictly between 0 and 1")
+        if hidden < 0 or (per_class is not None and per_class < 1):
+            raise LohpError("hidden must be >= 0 and per_class >= 1")
+        self.path, self.label, self.n_way, self.heldout = str(path), label, int(n_way), float(heldout)
+        self.split_seed, self.per_class, self.standardize = int(split_seed), per_class, bool(standardize)
+        self.hidden, self.train_fraction, self.sha256 = int(hidden), float(train_fraction), digest
+        self.patterns = tuple(patterns)
+
+        x, y, names = _read(str(file.resolve()), label, digest)
+        n_classes = len(names)
+        rng = np.random.default_rng(self.split_seed)
+        order = rng.permutation(n_classes)
+        n_held = int(round(self.heldout * n_classes))
+        self.heldout_classes = sorted(int(c) for c in order[:n_held])
+        self.source_classes = sorted(int(c) for c in order[n_held:])
+        for side, classes in (("source", self.source_classes), ("held-out", self.heldout_classes)):
+            if len(classes) < self.n_way:
+                raise LohpError(f"{path}: {n_classes} classes give {len(classes)} {side} classes (heldout="
+                                f"{self.heldout}), fewer than n_way={self.n_way}; lower n_way or change heldout")
+        self._train_idx, self._eval_idx = {}, {}
+        for c in range(n_classes):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            cut = int(round(self.train_fraction * len(idx)))
+            cut = min(max(cut, 1), len(idx) - 1)
+            if len(idx) < 2:
+                raise LohpError(f"{path}: class {names[c]!r} has {len(idx)} row(s); each class needs at least 2 "
+                                "(one for training, one for evaluation)")
+            tr, ev = idx[:cut], idx[cut:]
+            if per_class is not None:
+                tr, ev = tr[:per_class], ev[:per_class]
+            self._train_idx[c], self._eval_idx[c] = tr, ev
+        if self.standardize:
+            src = np.concatenate([np.flatnonzero(y == c) for c in self.source_classes])
+            mean, std = x[src].mean(0), x[src].std(0)
+            x = (x - mean) / np.where(std > 1e-8, std, 1.0)
+        self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.class_names = names
+        self.n_features = x.shape[1]
+
+    def config(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "n_way": self.n_way, "heldout": self.heldout,
+                "split_seed": self.split_seed, "per_class": self.per_class, "standardize": self.standardize,
+                "hidden": self.hidden, "train_fraction": self.train_fraction, "sha256": self.sha256,
+                "patterns": list(self.patterns)}
+
+    def model_factory(self) -> nn.Module:
+        if self.hidden == 0:
+            return nn.Linear(self.n_features, self.n_way)
+        return nn.Sequential(nn.Linear(self.n_features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.n_way))
+
+    def sample(self, seed: int, split: str = "source") -> Task:
+        self.check_split(split)
+        pool = self.source_classes if split == "source" else self.heldout_classes
+        rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed])
+        classes = [int(c) for c in rng.choice(pool, size=self.n_way, replace=False)]  # classes[label] = class
+        xs, ys = {"train": [], "eval": []}, {"train": [], "eval": []}
+        for lab, c in enumerate(classes):
+            for part, idx in (("train", self._train_idx[c]), ("eval", self._eval_idx[c])):
+                xs[part].append(self._x[idx])
+                ys[part].append(torch.full((len(idx),), lab, dtype=torch.long))
+        return Task(family=self.name, seed=int(seed), split=split,
+                    x_train=torch.cat(xs["train"]), y_train=torch.cat(ys["train"]),
+                    x_eval=torch.cat(xs["eval"]), y_eval=torch.cat(ys["eval"]),
+                    n_classes=self.n_way, model_factory=self.model_factory, patterns=self.patterns,
+                    info={"classes": [self.class_names[c] for c in classes]})

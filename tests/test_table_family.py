@@ -1,0 +1,101 @@
+"""The generic `table` family on CSV / TSV / npz files made here: conformance, bad input,
+a moved or changed file, and prepare / train / generate from the command line."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from lohp.errors import LohpError
+from lohp.tasks import make_family
+from lohp.testing import check_family
+
+
+def _blobs(n_classes=10, per=12, f=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, f))
+    x = np.concatenate([c + rng.normal(0, 1, (per, f)) for c in centres])
+    y = np.repeat([f"class{c}" for c in range(n_classes)], per)
+    return x, y
+
+
+def _csv(path, x, y, label="label", delimiter=","):
+    cols = [f"f{i}" for i in range(x.shape[1])]
+    with open(path, "w") as fh:
+        fh.write(delimiter.join(cols[:2] + [label] + cols[2:]) + "\n")
+        for row, lab in zip(x, y):
+            vals = [f"{v:.5f}" for v in row]
+            fh.write(delimiter.join(vals[:2] + [lab] + vals[2:]) + "\n")
+    return path
+
+
+@pytest.fixture
+def table(tmp_path):
+    return _csv(tmp_path / "data.csv", *_blobs())
+
+
+@pytest.mark.parametrize("options", [{}, {"hidden": 8}, {"per_class": 4, "standardize": False}])
+def test_csv_table_passes_the_conformance_check(table, options):
+    fam = make_family("table", path=str(table), n_way=3, **options)
+    check_family(fam, name="table")
+    assert len(fam.heldout_classes) == 3 and len(fam.source_classes) == 7
+    held = {c for s in range(20) for c in fam.sample(s, "heldout").info["classes"]}
+    src = {c for s in range(20) for c in fam.sample(s, "source").info["classes"]}
+    assert held.isdisjoint(src)
+
+
+def test_tsv_and_npz_tables_read_the_same_data(tmp_path):
+    x, y = _blobs()
+    a = make_family("table", path=str(_csv(tmp_path / "d.csv", x, y)), n_way=3)
+    b = make_family("table", path=str(_csv(tmp_path / "d.tsv", x, y, delimiter="\t")), n_way=3)
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    c = make_family("table", path=str(tmp_path / "d.npz"), n_way=3)
+    ta, tb, tc = (f.sample(3, "heldout") for f in (a, b, c))
+    assert np.allclose(ta.x_train, tb.x_train, atol=1e-4) and np.allclose(ta.x_train, tc.x_train, atol=1e-4)
+    assert (ta.y_eval == tc.y_eval).all()
+
+
+def test_standardisation_uses_source_classes_only(table):
+    fam = make_family("table", path=str(table), n_way=3)
+    import torch
+
+    src_rows = torch.cat([fam._x[np.concatenate([fam._train_idx[c], fam._eval_idx[c]])] for c in fam.source_classes])
+    assert torch.allclose(src_rows.mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(src_rows.std(0, unbiased=False), torch.ones(6), atol=1e-4)
+
+
+@pytest.mark.parametrize("make,options,match", [
+    (lambda p: _csv(p, *_blobs(), label="species"), {}, "no label column 'label'.*label=COLUMN"),
+    (lambda p: _csv(p, *_blobs(n_classes=4)), {"n_way": 3}, "fewer than n_way"),
+    (lambda p: _csv(p, *_blobs(per=1)), {"n_way": 3}, "at least 2"),
+    (lambda p: p.write_text("a,label\nx,1\ny,2\n") and p, {}, "not a number"),
+    (lambda p: p.write_text("a,label\nnan,1\n1,2\n") and p, {}, "NaN or inf"),
+    (lambda p: p, {}, "not found.*path="),
+])
+def test_bad_tables_are_refused_in_one_line(tmp_path, make, options, match):
+    path = tmp_path / "bad.csv"
+    make(path)
+    with pytest.raises(LohpError, match=match) as err:
+        make_family("table", path=str(path), **options)
+    assert "\n" not in str(err.value)
+
+
+def test_prepare_train_generate_with_a_moved_and_a_changed_file(tmp_path, cli, table):
+    store, pol = tmp_path / "store", tmp_path / "pol"
+    code, _, err = cli("prepare", "--family", "table", "--family-option", f"path={table}", "--n-way", "3",
+                       "--optimizers", "adam", "--tasks", "4", "--seeds", "1", "--steps", "4", "--out", store)
+    assert code == 0, err
+    moved = tmp_path / "elsewhere.csv"
+    shutil.move(table, moved)
+    code, _, err = cli("train", "--store", store, "--out", pol, "--iterations", "3", "--channels", "8",
+                       "--token-size", "8", "--depth", "1")
+    assert code == 2 and "path=" in err
+    code, _, err = cli("train", "--store", store, "--out", pol, "--iterations", "3", "--channels", "8",
+                       "--token-size", "8", "--depth", "1", "--family-option", f"path={moved}")
+    assert code == 0, err
+    code, _, err = cli("generate", "--policy", pol, "--task-seed", "2", "--out", tmp_path / "w.safetensors")
+    assert code == 0 and (tmp_path / "w.safetensors").exists(), err
+    lines = moved.read_text().splitlines(keepends=True)
+    moved.write_text("".join(lines + lines[1:2]))  # one row more
+    code, _, err = cli("generate", "--policy", pol, "--task-seed", "2", "--out", tmp_path / "w2.safetensors")
+    assert code == 2 and "changed since the store was made" in err
