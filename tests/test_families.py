@@ -99,5 +99,28 @@ def test_an_entry_point_family_works_in_every_command_of_a_fresh_process(tmp_pat
     assert r.returncode == 0, r.stderr
     r = lohp("generate", "--policy", "pol", "--task-seed", "1", "--out", "w.safetensors")
     assert r.returncode == 0 and (tmp_path / "w.safetensors").exists(), r.stderr
+    r = lohp("evaluate", "--policy", "pol", "--tasks", "3", "--baselines", "adam,prototype", "--no-tune",
+             "--json", "ev.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "ev.json").read_text())["rows"]
+    assert [x["method"] for x in rows] == ["adam", "prototype", "lo-hp"] and all(0 <= x["accuracy"] <= 1 for x in rows)
     r = lohp("generate", "--policy", "pol", "--family", "nofam", "--task-seed", "1", "--out", "w2.safetensors")
     assert r.returncode == 2 and "register_family" in r.stderr and "\n" not in r.stderr.strip()
+
+
+def test_api_evaluate_compares_the_policy_with_tuned_adam_on_held_out_tasks(tmp_path):
+    """The policy row carries the method it was trained with; Adam's lr comes from the source
+    tasks' grid; every baseline runs on the same held-out tasks."""
+    from lohp import api
+    from lohp.bench.scenario import ADAM_LRS
+
+    store = tmp_path / "store"
+    api.prepare(store, family_config={"n_way": 3}, optimizers=("adam",), tasks=3, steps=4, seed=0)
+    api.train(store, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 5, "batch_size": 3, "eval_tasks": 1})
+    res = api.evaluate(tmp_path / "p", tasks=4, baselines=("adam", "adam-n", "prototype-l2"), latency_repeats=2)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["adam", "adam-n", "prototype-l2", "lo-di"] and res["heldout_tasks"] == 4
+    assert rows["adam"]["lr"] in ADAM_LRS and rows["adam-n"]["steps"] == 2 and rows["lo-di"]["steps"] == 2
+    with pytest.raises(LohpError, match="unknown baseline"):
+        api.evaluate(tmp_path / "p", baselines=("adamw",))

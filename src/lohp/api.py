@@ -40,4 +40,13 @@ def adapt(generator: Generator, model: nn.Module, task: Task, **kwargs: Any) -> 
     return generator.adapt(model, task, **kwargs)
 
 
-__all__ = ["adapt", "generate", "load_policy", "prepare", "train"]
+def evaluate(policy: str | Path, family: str | None = None, family_options: dict[str, Any] | None = None,
+             **kwargs: Any) -> dict[str, Any]:
+    """The policy against gradient and closed-form baselines on held-out tasks (``lohp evaluate``);
+    ``result["rows"]`` as the benchmarks' rows. Options as :func:`lohp.bench.evaluate.evaluate`."""
+    from lohp.bench.evaluate import evaluate as _evaluate
+
+    return _evaluate(policy, family, family_options, **kwargs)
+
+
+__all__ = ["adapt", "evaluate", "generate", "load_policy", "prepare", "train"]

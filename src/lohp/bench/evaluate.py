@@ -1,0 +1,116 @@
+"""``lohp evaluate``: a trained policy against gradient and closed-form baselines on held-out
+tasks of its family (or any family with the same target), the table ``bench`` prints.
+
+Gradient baselines run the Stage I protocol for the policy's T steps (``adam``) and its N
+steps (``adam-n``) from the same s_0, with the optimizer settings of the policy's store
+(Adam's learning rate tuned on source tasks when the store can be opened).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
+from lohp.bench.scenario import (closed_form_row, gradient_rows, probe_accuracy, prototype_accuracy,
+                                 prototype_l2_accuracy, public, speedup, tune_adam)
+from lohp.errors import LohpError
+from lohp.generation import Generator
+from lohp.optim import make_optimizer
+
+BASELINES = ("adam", "sgd", "adam-n", "prototype", "prototype-l2", "linear-probe")
+_CLOSED = {"prototype": prototype_accuracy, "prototype-l2": prototype_l2_accuracy, "linear-probe": probe_accuracy}
+
+
+def _hparams(gen: Generator, family: Any, tune: bool, batch_size: int) -> dict[str, dict[str, Any]]:
+    """Optimizer settings: the policy's store's when it opens, else lohp's defaults with the
+    family's; Adam's lr tuned on source tasks for T and N steps when ``tune``."""
+    hp: dict[str, dict[str, Any]] = {}
+    try:
+        from lohp.trajectories import TrajectoryStore
+
+        store = TrajectoryStore.open(gen.meta["store"])
+        hp = {o["name"]: dict(o["hparams"]) for o in store.config["optimizers"]}
+    except (LohpError, KeyError, OSError):
+        pass
+    for name in ("adam", "sgd"):
+        if name not in hp:
+            hp[name] = make_optimizer(name, **family.optimizer_defaults.get(name, {})).hparams
+    if tune:
+        T, N = gen.meta["total_steps"], gen.n_steps
+        args = (family, hp["adam"], gen.meta["init"], gen.meta["init_sigma"])
+        hp["adam-n"] = tune_adam(*args, N, batch_size)[0]
+        hp["adam"] = tune_adam(*args, T, batch_size)[0]
+    return hp
+
+
+def evaluate(policy: str | Path, family: str | None = None, family_options: dict[str, Any] | None = None,
+             tasks: int = 20, baselines: Sequence[str] = ("adam", "adam-n", "prototype", "linear-probe"),
+             seeds: int = 1, batch_size: int = 32, tune: bool = True, latency_repeats: int = 20,
+             device: str = "cpu", note=None) -> dict[str, Any]:
+    """Generate weights for ``tasks`` held-out tasks with the policy and compare; returns
+    ``{"rows": [...], ...}`` whose first learned row's ``method`` is the policy's method."""
+    note = note or (lambda s: None)
+    bad = sorted(set(baselines) - set(BASELINES))
+    if bad:
+        raise LohpError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
+    if tasks < 1 or seeds < 1:
+        raise LohpError("--tasks and --seeds must be >= 1")
+    t_start = time.perf_counter()
+    gen = Generator.load(policy, device)
+    overrides = dict(family_options or {})
+    from lohp.tasks import make_family
+
+    fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
+    held = fam.heldout_tasks(tasks)
+    for t in held:
+        gen.check_task(t)  # a family the policy cannot serve fails before any work
+    T, N = gen.meta["total_steps"], gen.n_steps
+    init, sigma = gen.meta["init"], gen.meta["init_sigma"]
+
+    def s0_for(seed: int) -> torch.Tensor:
+        return torch.stack([t.init_theta(50_000 + 1000 * seed + i, init, sigma) for i, t in enumerate(held)])
+
+    rows: list[dict[str, Any]] = []
+    grads = [(b, "sgd" if b == "sgd" else "adam", N if b == "adam-n" else T) for b in baselines
+             if b in ("adam", "sgd", "adam-n")]
+    hp = _hparams(gen, fam, tune and any(b != "sgd" for b, _, _ in grads), batch_size)
+    if grads:
+        rows += gradient_rows(held, hp, s0_for, seeds, T, batch_size, grads, note)
+    for b in baselines:
+        if b in _CLOSED:
+            note(f"baseline {b}")
+            rows.append(closed_form_row(b, held, _CLOSED[b]))
+    note(f"generating with {gen.meta['method']}")
+    accs, wides, per_task = [], [], []
+    for seed in range(seeds):
+        s0 = s0_for(seed)
+        theta = gen.generate_batch(held, s0=s0)
+        acc = [t.evaluate(th)[t.metric_name] for t, th in zip(held, theta)]
+        per_task = per_task or acc
+        accs.append(float(np.mean(acc)))
+        wide = gen.generate_batch(held, s0=s0 * WIDE)
+        wides.append(float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(held, wide)])))
+    lat = gen.latency(held[0], repeats=latency_repeats)
+    m, s = mean_std(accs)
+    row = {"method": gen.meta["method"], "k": gen.meta["k"], "steps": N, "accuracy": m, "accuracy_std": s,
+           "accuracy_wide": float(np.mean(wides)), "latency_ms": lat["latency_ms"],
+           "latency_with_condition_ms": lat["latency_with_condition_ms"], "seeds": accs, "per_task": per_task,
+           "policy": str(policy)}
+    if "adam" in hp:
+        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held))))
+    rows.append(row)
+    return {"benchmark": "evaluate", "policy": str(policy), "family": fam.name, "family_config": fam.config(),
+            "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public(rows),
+            "seconds": time.perf_counter() - t_start}
+
+
+def plots(result: dict[str, Any], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "evaluate_accuracy_latency.png"
+    plot_accuracy_latency(result["rows"], path, f"{result['policy']} on held-out {result['family']} tasks")
+    return [path]
