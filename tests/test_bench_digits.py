@@ -43,3 +43,34 @@ def test_plots_and_rerun_resumes_without_retraining(tiny, tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     again = bd.run(cfg)  # every store shard and policy is reused: same accuracies
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in result["rows"]]
+
+
+def test_a_diverging_method_is_a_row_not_the_end_of_the_benchmark(small_store_path, tmp_path, monkeypatch):
+    """A loss that turns non-finite after the first checkpoint: the row evaluates that
+    checkpoint and lists the seed; one that is non-finite from the start gives a NaN row."""
+    import math
+
+    from lohp.bench.scenario import Variant, learned_row, s0_sampler
+    from lohp.losses import LocalRegression
+    from lohp.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.open(small_store_path)
+    tasks = store.family().heldout_tasks(2)
+    real, calls = LocalRegression.__call__, {"n": 0}
+
+    def after_two(self, policy, batch):
+        calls["n"] += 1
+        loss, diag = real(self, policy, batch)
+        return (loss * math.nan if calls["n"] > 2 else loss), diag
+
+    monkeypatch.setattr(LocalRegression, "__call__", after_two)
+    v = Variant("lo-di", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+                train_options={"checkpoint_every": 1, "eval_tasks": 1})
+    row, _ = learned_row(tmp_path, store, v, tasks, s0_sampler(tasks, store), 1, 5, 2, lambda s: None,
+                         latency_repeats=2)
+    assert row["diverged_seeds"] == [0] and 0 <= row["accuracy"] <= 1 and row["iterations"] == 2
+    calls["n"] = 10
+    v2 = Variant("lo-di2", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1, "sigma_f": 0.3},
+                 train_options={"eval_tasks": 1})
+    row2, _ = learned_row(tmp_path, store, v2, tasks, s0_sampler(tasks, store), 1, 5, 2, lambda s: None)
+    assert row2["diverged_seeds"] == [0] and math.isnan(row2["accuracy"])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, single_run_seconds
+from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
 from lohp.tasks import Task
@@ -146,6 +147,7 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
     cross-dataset set); their rows come back in the second return value.
     """
     accs, wides, lats, diag, train_s, traces, per_task, curves, its = [], [], [], [], [], [], [], [], []
+    diverged: list[int] = []
     extra_accs: dict[str, list[list[float]]] = {name: [] for name in extra_tasks or {}}
     gen = None
     for seed in range(seeds):
@@ -157,8 +159,20 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         if options.get("time_limit") and (out / "policy.json").exists():
             res = _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
         else:
-            res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
-                        policy_options=v.policy_options, train_options=options, device=device, progress=progress)
+            try:
+                res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
+                            policy_options=v.policy_options, train_options=options, device=device,
+                            progress=progress)
+            except LohpError as exc:  # a method that diverges is a result, not the end of the benchmark
+                if "non-finite" not in str(exc):
+                    raise
+                note(f"{v.name} seed {seed} diverged: {exc}")
+                (out / DIVERGED).write_text(str(exc) + "\n")
+                res = _last_log_row(out) if (out / "log.csv").exists() else {}
+        if (out / DIVERGED).exists():
+            diverged.append(seed)
+        if not (out / "policy.safetensors").exists():  # diverged before its first checkpoint
+            continue
         train_s.append(res.get("train_seconds", res.get("seconds", float("nan"))))
         its.append(res.get("iteration", float("nan")))
         curves.append(learning_curve(out))
@@ -177,8 +191,14 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         for name, (xt, xs0) in (extra_tasks or {}).items():
             th = gen.generate_batch(xt, s0=xs0(seed))
             extra_accs[name].append([t.evaluate(w)[t.metric_name] for t, w in zip(xt, th)])
+    if gen is None:  # every seed diverged before its first checkpoint
+        return {"method": v.name, "k": None if v.method == "hypernetwork" else v.k, "ablation": v.ablation,
+                "steps": None, "accuracy": float("nan"), "accuracy_std": float("nan"), "accuracy_wide": None,
+                "latency_ms": None, "seeds": [], "per_task": [], "diverged_seeds": diverged, "curves": curves,
+                "iterations_per_second": None, "diagnostics": {}}, {}
     m, s = mean_std(accs)
     row = {"method": v.name, "k": None if v.method == "hypernetwork" else v.k, "ablation": v.ablation,
+           "diverged_seeds": diverged,
            "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
            "latency_ms": statistics.median(l["latency_ms"] for l in lats),
            "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
@@ -196,6 +216,11 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         extra[name] = {**{k: row[k] for k in ("method", "k", "steps", "latency_ms")}, "accuracy": em,
                        "accuracy_std": es, "seeds": [float(np.mean(a)) for a in per_seed], "per_task": per_seed[0]}
     return row, extra
+
+
+# Written into a policy folder whose training stopped on a non-finite loss or gradient: the
+# row then evaluates the last good checkpoint and lists the seed under diverged_seeds.
+DIVERGED = "DIVERGED"
 
 
 def _log_rows(out: Path) -> list[dict[str, str]]:

@@ -132,7 +132,9 @@ class LohpPolicy(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _condition_rows(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        crow = self.structure.condition_rows(cond, s)               # [B, G, R, K]
+        # The features are an input, not a path for gradients (as in learned optimizers that
+        # take gradients as inputs): no second-order terms through differentiable rollouts.
+        crow = self.structure.condition_rows(cond, s.detach())      # [B, G, R, K]
         if crow.dim() == s.dim() + 1:                                # a structure with one channel
             crow = crow[..., None]
         return crow / self.cond_scale if self.structure.scale_condition else crow
