@@ -160,7 +160,8 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     for r in rows:  # gradient and closed-form baselines as horizontal references
         if r.get("method") in ("adam", "prototype", "prototype-l2", "linear-probe") and r.get("accuracy") is not None:
             ax.axhline(r["accuracy"], ls="--", lw=0.8, color="grey")
-            ax.annotate(r["method"], (0, r["accuracy"]), fontsize=7, xytext=(2, 2), textcoords="offset points")
+            ax.annotate(r["method"], (0.01, r["accuracy"]), xycoords=("axes fraction", "data"), fontsize=7,
+                        xytext=(0, 2), textcoords="offset points", color="grey")
     ax.set_xlabel("training seconds (evaluation off the clock)")
     ax.set_ylabel("held-out accuracy (training-time evaluation tasks)")
     ax.set_title(title, fontsize=10)
