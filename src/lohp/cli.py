@@ -427,7 +427,7 @@ def bench_digits(
     work: Optional[Path] = typer.Option(None, help="Working folder (store and policies; resumable)."),
     iterations: Optional[int] = typer.Option(None, help="Training iterations per policy (instead of --budget)."),
     budget: Optional[float] = typer.Option(None, help="Training seconds per policy and seed, the same for every "
-                                                      "method (default 60; --quick uses 40 iterations)."),
+                                                      "method (default 30; --quick uses 40 iterations)."),
     seeds: Optional[int] = typer.Option(None, help="Seeds per method."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:

@@ -33,7 +33,7 @@ class DigitsBenchConfig:
     steps: int = 32
     batch_size: int = 32
     iterations: int = 800          # per policy when budget is None
-    budget: float | None = 60.0    # training seconds per policy and seed (same for every method)
+    budget: float | None = 30.0    # training seconds per policy and seed (same for every method)
     train_batch: int = 16
     seeds: int = 3
     ablation_seeds: int = 1

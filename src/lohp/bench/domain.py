@@ -34,7 +34,7 @@ MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole
 HYBRID = {"lo-hp-v1": {"beta": 0.9, "rollouts": 2}}
 
 
-def default_variants(budget: float = 150) -> list[Variant]:
+def default_variants(budget: float = 100) -> list[Variant]:
     """Every learned method gets the same training-time budget (seconds, per seed)."""
     return budget_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN, loss_options=HYBRID)
 
@@ -42,7 +42,7 @@ def default_variants(budget: float = 150) -> list[Variant]:
 @dataclass
 class DomainBenchConfig:
     work: str = "runs/bench-domain"
-    datasets: list[str] = field(default_factory=lambda: ["mnist", "fashion"])
+    datasets: list[str] = field(default_factory=lambda: ["mnist"])  # --datasets mnist,fashion for both
     domains: list[int] = field(default_factory=lambda: [0, 75])
     n_way: int = 5
     hidden: int = 32
@@ -50,7 +50,7 @@ class DomainBenchConfig:
     steps: int = 32
     batch_size: int = 32
     train_batch: int = 8
-    seeds: int = 2
+    seeds: int = 3
     eval_tasks: int = 20
     speedup_tasks: int = 5
     latency_repeats: int = 10

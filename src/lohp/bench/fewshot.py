@@ -27,7 +27,7 @@ from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budg
 HEAD_POLICY = {"token_size": 64}
 
 
-def default_variants(budget: float = 90) -> list[Variant]:
+def default_variants(budget: float = 45) -> list[Variant]:
     """Every learned method gets the same training-time budget (seconds, per seed)."""
     return budget_variants(budget, policy_options=HEAD_POLICY)
 
@@ -42,7 +42,7 @@ class FewShotBenchConfig:
     steps: int = 32
     batch_size: int = 16
     train_batch: int = 16
-    seeds: int = 2
+    seeds: int = 3
     episodes: int = 600
     speedup_tasks: int = 10
     latency_repeats: int = 30
