@@ -99,3 +99,44 @@ def test_prepare_train_generate_with_a_moved_and_a_changed_file(tmp_path, cli, t
     moved.write_text("".join(lines + lines[1:2]))  # one row more
     code, _, err = cli("generate", "--policy", pol, "--task-seed", "2", "--out", tmp_path / "w2.safetensors")
     assert code == 2 and "changed since the store was made" in err
+
+
+def _image_folder(root, n_classes=8, per=6, size=20):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        (root / f"kind{c}").mkdir(parents=True)
+        colour = rng.integers(0, 255, 3)
+        for i in range(per):
+            px = np.clip(colour + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / f"kind{c}" / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def test_image_folder_family_features_split_and_bad_images(tmp_path, monkeypatch):
+    """Frozen features per image (a stand-in backbone: mean colour, so no weights load here),
+    the table family's splits, the folder's content hash, and an image that does not decode."""
+    import torch
+
+    from lohp.data import features as feat
+
+    seen = {}
+
+    def fake_features(key, images, size=64, batch=64, progress=None):
+        seen["n"], seen["key"] = len(images), key
+        return torch.from_numpy(images.reshape(len(images), -1, 3).mean(1).astype(np.float32))
+
+    monkeypatch.setattr(feat, "features", fake_features)
+    root = _image_folder(tmp_path / "imgs")
+    fam = make_family("image-folder", path=str(root), n_way=2, size=16)
+    check_family(fam, name="image-folder")
+    assert seen["n"] == 48 and len(fam.heldout_classes) == 2 and fam.n_features == 3
+    assert fam.config()["size"] == 16 and "label" not in fam.config()
+    (root / "kind0" / "0.jpg").write_bytes(b"not an image")
+    with pytest.raises(LohpError, match="changed since"):
+        make_family("image-folder", **fam.config())
+    with pytest.raises(LohpError, match="kind0/0.jpg does not decode"):
+        make_family("image-folder", path=str(root), n_way=2)
+    with pytest.raises(LohpError, match="no class sub-folders"):
+        make_family("image-folder", path=str(tmp_path))

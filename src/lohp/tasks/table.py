@@ -100,18 +100,27 @@ def _is_number(text: str) -> bool:
 
 class TableFamily(TaskFamily):
     name = "table"
+    what = "table file"      # how errors name the data
+    is_folder = False
+
+    def _digest(self, file: Path) -> str:
+        return _sha256(file)
+
+    def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(features [n, F] float32, class index [n], class names) of the data at ``file``."""
+        return _read(str(file.resolve()), self.label, digest)
 
     def __init__(self, path: str, label: str = "label", n_way: int = 5, heldout: float = 0.3, split_seed: int = 0,
                  per_class: int | None = None, standardize: bool = True, hidden: int = 0,
                  train_fraction: float = 0.5, sha256: str | None = None, patterns: tuple[str, ...] | list[str] = ("*",)):
         file = Path(path).expanduser()
-        if not file.is_file():
-            raise LohpError(f"table file {path} not found (from {Path.cwd()}); if it moved, pass "
+        if not (file.is_dir() if self.is_folder else file.is_file()):
+            raise LohpError(f"{self.what} {path} not found (from {Path.cwd()}); if it moved, pass "
                             "--family-option path=NEW_LOCATION")
-        digest = _sha256(file)
+        digest = self._digest(file)
         if sha256 is not None and sha256 != digest:
-            raise LohpError(f"table file {path} changed since the store was made (sha256 {digest[:12]} vs "
-                            f"{sha256[:12]}); pass --family-option path=... to the original file, or prepare a new store")
+            raise LohpError(f"{self.what} {path} changed since the store was made (sha256 {digest[:12]} vs "
+                            f"{sha256[:12]}); pass --family-option path=... to the original data, or prepare a new store")
         if n_way < 2:
             raise LohpError(f"n_way must be >= 2 (got {n_way}): a task needs at least two classes")
         if not 0 < heldout < 1 or not 0 < train_fraction < 1:
@@ -123,7 +132,7 @@ class TableFamily(TaskFamily):
         self.hidden, self.train_fraction, self.sha256 = int(hidden), float(train_fraction), digest
         self.patterns = tuple(patterns)
 
-        x, y, names = _read(str(file.resolve()), label, digest)
+        x, y, names = self._load(file, digest)
         n_classes = len(names)
         rng = np.random.default_rng(self.split_seed)
         order = rng.permutation(n_classes)
