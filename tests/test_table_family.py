@@ -140,3 +140,31 @@ def test_image_folder_family_features_split_and_bad_images(tmp_path, monkeypatch
         make_family("image-folder", path=str(root), n_way=2)
     with pytest.raises(LohpError, match="no class sub-folders"):
         make_family("image-folder", path=str(tmp_path))
+
+
+def test_text_table_family_embeds_texts_and_refuses_empty_ones(tmp_path):
+    """Frozen MiniLM embeddings of each text (real model, a few dozen short texts)."""
+    import torch
+
+    torch.set_num_threads(1)
+    words = {"fruit": ["apple", "pear", "plum", "cherry", "mango", "grape"],
+             "tool": ["hammer", "saw", "drill", "wrench", "chisel", "pliers"],
+             "animal": ["horse", "tiger", "otter", "eagle", "whale", "fox"],
+             "colour": ["red", "blue", "green", "yellow", "violet", "orange"],
+             "city": ["paris", "tokyo", "lagos", "lima", "oslo", "cairo"],
+             "sport": ["tennis", "rugby", "golf", "hockey", "boxing", "rowing"],
+             "metal": ["iron", "copper", "zinc", "gold", "silver", "tin"]}
+    path = tmp_path / "t.csv"
+    with open(path, "w") as fh:
+        fh.write("label,text\n")
+        for k, ws in words.items():
+            for w in ws:
+                fh.write(f"{k},a word: {w}\n")
+    fam = make_family("text-table", path=str(path), n_way=2)
+    check_family(fam, name="text-table")
+    assert fam.n_features == 384 and len(fam.heldout_classes) == 2
+    path.write_text("label,text\nfruit,apple\nfruit,\n")
+    with pytest.raises(LohpError, match="line 3: the text is empty"):
+        make_family("text-table", path=str(path), n_way=2)
+    with pytest.raises(LohpError, match="no column 'body'.*text=COLUMN"):
+        make_family("text-table", path=str(tmp_path / "t.csv"), text="body")

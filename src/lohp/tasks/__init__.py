@@ -10,7 +10,7 @@ from lohp.errors import LohpError
 from lohp.tasks.base import SPLITS, Task, TaskBatch, TaskFamily, accuracy, class_means, cross_entropy
 from lohp.tasks.digits import DigitsFamily
 from lohp.tasks.images import FashionFeatureFamily, OpenclipartFamily, RotatedFashionFamily, RotatedMnistFamily
-from lohp.tasks.image_folder import ImageFolderFamily
+from lohp.tasks.image_folder import ImageFolderFamily, TextTableFamily
 from lohp.tasks.table import TableFamily
 from lohp.tasks.text import FortunesFamily, WordNetFamily
 
@@ -21,7 +21,7 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
     "digits": DigitsFamily, "openclipart": OpenclipartFamily, "fashion": FashionFeatureFamily,
     "rotated-mnist": RotatedMnistFamily, "rotated-fashion": RotatedFashionFamily,
     "wordnet": WordNetFamily, "fortunes": FortunesFamily, "table": TableFamily,
-    "image-folder": ImageFolderFamily,
+    "image-folder": ImageFolderFamily, "text-table": TextTableFamily,
 }
 _entry_points: dict[str, Any] | None = None
 

@@ -85,3 +85,48 @@ class ImageFolderFamily(TableFamily):
         out = super().config()
         out.pop("label")
         return {**out, "size": self.size}
+
+
+class TextTableFamily(TableFamily):
+    """``text-table``: a CSV / TSV with a text column and a label column; each text is the
+    mean-pooled frozen MiniLM-L6 embedding (384-d, cached), and the generated target is a
+    linear head (``hidden=0``) or an MLP on it. Needs the ``lora`` extra (MiniLM)."""
+
+    name = "text-table"
+    what = "text table"
+
+    def __init__(self, path: str, text: str = "text", label: str = "label", n_way: int = 5, heldout: float = 0.3,
+                 split_seed: int = 0, per_class: int | None = None, standardize: bool = True, hidden: int = 0,
+                 train_fraction: float = 0.5, sha256: str | None = None, max_length: int = 32,
+                 patterns: tuple[str, ...] | list[str] = ("*",)):
+        self.text, self.max_length = text, int(max_length)
+        super().__init__(path, label, n_way, heldout, split_seed, per_class, standardize, hidden, train_fraction,
+                         sha256, patterns)
+
+    def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        import csv
+
+        from lohp.data.text import frozen_embeddings
+
+        with open(file, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if file.suffix in (".tsv", ".tab") else ",")
+            missing = [c for c in (self.text, self.label) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise LohpError(f"{file} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])}); "
+                                f"pass --family-option {'text' if missing[0] == self.text else 'label'}=COLUMN")
+            texts, labels = [], []
+            for n, row in enumerate(reader, start=2):
+                body = (row[self.text] or "").strip()
+                if not body:
+                    raise LohpError(f"{file} line {n}: the text is empty; drop the row or fill it")
+                texts.append(body)
+                labels.append((row[self.label] or "").strip())
+        if not texts:
+            raise LohpError(f"{file} has no data rows")
+        names = sorted(set(labels), key=lambda v: (len(v), v))
+        index = {name: i for i, name in enumerate(names)}
+        x = frozen_embeddings(texts, self.max_length).numpy().astype(np.float32)
+        return x, np.asarray([index[v] for v in labels], dtype=np.int64), names
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "text": self.text, "max_length": self.max_length}
