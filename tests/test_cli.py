@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,40 @@ def test_bench_prepare_quick_json(cli, tmp_path):
     assert isinstance(result["speedup"], float) and result["speedup"] > 0
     assert result["rows"][0]["optimizer"] == "sgd" and result["rows"][0]["runs"] == 8
     assert "speedup" in out
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_command_says_how_to_resume(small_store_path, tmp_path, sig, code):
+    """Ctrl-C / SIGTERM during training: one line naming how to resume, exit 128 + signal, and
+    the same command then resumes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(iterations):
+        return [sys.executable, "-m", "lohp", "train", "--store", str(small_store_path), "--out", str(tmp_path / "p"),
+                "--iterations", str(iterations), "--channels", "8", "--token-size", "8", "--depth", "1",
+                "--checkpoint-every", "5"]
+
+    proc = subprocess.Popen(cmd(1_000_000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "p" / "checkpoint.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and "interrupted; re-run the same command to resume" in err
+    done = json.loads((tmp_path / "p" / "checkpoint.json").read_text())["iteration"]
+    again = subprocess.run(cmd(done + 2), capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "p" / "checkpoint.json").read_text())["iteration"] == done + 2
+
+
+def test_generate_refuses_to_replace_a_file_without_overwrite(small_store_path, tmp_path, cli):
+    code, _, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "2",
+                       "--channels", "8", "--token-size", "8", "--depth", "1")
+    assert code == 0, err
+    out = tmp_path / "w.safetensors"
+    assert cli("generate", "--policy", tmp_path / "p", "--out", out, "--no-latency")[0] == 0
+    before = out.read_bytes()
+    code, _, err = cli("generate", "--policy", tmp_path / "p", "--out", out, "--seed", "5", "--no-latency")
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == before
+    assert cli("generate", "--policy", tmp_path / "p", "--out", out, "--seed", "5", "--overwrite", "--no-latency")[0] == 0
+    assert out.read_bytes() != before

@@ -278,7 +278,7 @@ def generate(
     sample_seed: int = typer.Option(0, help="Seed of the sampling noise."),
     latency: bool = typer.Option(True, help="Also measure the generation latency."),
     device: str = typer.Option("cpu", help="torch device."),
-    overwrite: bool = typer.Option(False, help="LoRA policies: replace an adapter already in --out."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file (LoRA: an adapter already in --out)."),
     rank: Optional[int] = typer.Option(None, help="LoRA policies: LoRA rank (default: the policy's)."),
     targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
     family_option: Optional[list[str]] = typer.Option(
@@ -309,6 +309,8 @@ def generate(
             raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
         fam.check_policy(gen.meta["family_config"])
         check_adapter_dir(out, overwrite)  # before any work
+    elif out.exists() and not overwrite:  # before any work
+        raise LohpError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
     task = fam.sample(task_seed, split)
     weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
     if lora_target:
@@ -804,7 +806,25 @@ def bench_l2o(
 
 
 # --------------------------------------------------------------------------- entry point
+def _on_signal(signum: int, frame: Any) -> None:
+    """Ctrl-C / SIGTERM: unwind (finally blocks close logs; files are written atomically, so
+    nothing half-written stays), say how to resume, exit 130 / 143. Click would otherwise
+    turn Ctrl-C into a bare "Aborted"."""
+    import signal
+
+    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
+    err_console.print("interrupted; re-run the same command to resume where it stopped "
+                      "(finished shards, checkpoints and policies are kept)")
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
     try:
         app(args=argv, prog_name="lohp")
     except LohpError as exc:
