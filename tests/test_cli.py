@@ -293,3 +293,15 @@ def test_generate_refuses_to_replace_a_file_without_overwrite(small_store_path, 
     assert code == 2 and "--overwrite" in err and out.read_bytes() == before
     assert cli("generate", "--policy", tmp_path / "p", "--out", out, "--seed", "5", "--overwrite", "--no-latency")[0] == 0
     assert out.read_bytes() != before
+
+
+def test_progress_in_a_log_file_is_plain_lines(small_store_path, tmp_path):
+    """stderr to a file: no bar drawn at the end only, but dated plain lines as work goes."""
+    log = tmp_path / "train.log"
+    with open(log, "w") as fh:
+        r = subprocess.run([sys.executable, "-m", "lohp", "train", "--store", str(small_store_path), "--out",
+                            str(tmp_path / "p"), "--iterations", "5", "--channels", "8", "--token-size", "8",
+                            "--depth", "1"], stdout=fh, stderr=subprocess.STDOUT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    text = log.read_text()
+    assert r.returncode == 0 and "[" in text and " s] 1/5 lo-hp loss=" in text and "━" not in text

@@ -6,6 +6,7 @@ User errors (:class:`lohp.LohpError`) become one line on stderr and exit status 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,30 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+LOG_INTERVAL = 10.0  # seconds between plain progress lines when stderr is not a terminal
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Any]:
+    """A rich progress bar on a terminal; elsewhere (a log file, CI) a plain line at most every
+    LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress."""
+    if not err_console.is_terminal:
+        import time
+
+        start, last = time.perf_counter(), {"t": -math.inf, "stage": None}
+
+        def plain(done: int, total: int, text: str | None = None) -> None:
+            now = time.perf_counter()
+            text = text or description
+            stage = text.split(":")[0] if ":" in text else text.split(" ")[0]  # the step, not its numbers
+            if now - last["t"] < LOG_INTERVAL and stage == last["stage"]:
+                return
+            last["t"], last["stage"] = now, stage
+            count = f" {done}/{total}" if total else (f" {done}" if done else "")
+            print(f"[{now - start:7.1f} s]{count} {text}", file=sys.stderr, flush=True)
+
+        yield plain
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                   transient=False) as prog:
