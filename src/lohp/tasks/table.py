@@ -17,7 +17,6 @@ that changed since is refused; one that moved is found again with ``path=NEW``.
 from __future__ import annotations
 
 import csv
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,6 @@ from torch import nn
 
 from lohp.errors import LohpError
 from lohp.tasks.base import Task, TaskFamily
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=4)
@@ -104,7 +95,9 @@ class TableFamily(TaskFamily):
     is_folder = False
 
     def _digest(self, file: Path) -> str:
-        return _sha256(file)
+        from lohp.trajectories.store import sha256_file  # lazily: trajectories imports tasks
+
+        return sha256_file(file)
 
     def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(features [n, F] float32, class index [n], class names) of the data at ``file``."""
