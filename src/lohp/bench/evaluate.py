@@ -17,7 +17,7 @@ import torch
 
 from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
 from lohp.bench.scenario import (closed_form_row, gradient_rows, probe_accuracy, prototype_accuracy,
-                                 prototype_l2_accuracy, public, speedup, tune_adam)
+                                 prototype_l2_accuracy, public, speedup, tuned_hparams)
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -41,10 +41,8 @@ def _hparams(gen: Generator, family: Any, tune: bool, batch_size: int) -> dict[s
         if name not in hp:
             hp[name] = make_optimizer(name, **family.optimizer_defaults.get(name, {})).hparams
     if tune:
-        T, N = gen.meta["total_steps"], gen.n_steps
-        args = (family, hp["adam"], gen.meta["init"], gen.meta["init_sigma"])
-        hp["adam-n"] = tune_adam(*args, N, batch_size)[0]
-        hp["adam"] = tune_adam(*args, T, batch_size)[0]
+        hp = tuned_hparams(family, hp, gen.meta["init"], gen.meta["init_sigma"], gen.meta["total_steps"],
+                           gen.n_steps, batch_size)[0]
     return hp
 
 

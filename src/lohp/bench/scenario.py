@@ -315,6 +315,18 @@ def tune_adam(family: Any, hp: dict[str, Any], init: str, init_sigma: float, ste
     return {**hp, "lr": best}, scores
 
 
+def tuned_hparams(family: Any, hp: dict[str, dict[str, Any]], init: str, init_sigma: float, steps: int,
+                  n_steps: int, batch_size: int) -> tuple[dict[str, dict[str, Any]], dict]:
+    """``hp`` with Adam's learning rate tuned on source tasks for ``steps`` (row ``adam``) and
+    for ``n_steps`` (row ``adam-n``); (hparams by row, report)."""
+    args = (family, hp["adam"], init, init_sigma)
+    hp_t, scores_t = tune_adam(*args, steps, batch_size)
+    hp_n, scores_n = tune_adam(*args, n_steps, batch_size)
+    report = {"adam": {"lr": hp_t["lr"], "source_accuracy_by_lr": scores_t},
+              "adam-n": {"lr": hp_n["lr"], "source_accuracy_by_lr": scores_n}}
+    return {**hp, "adam": hp_t, "adam-n": hp_n}, report
+
+
 def baseline_hparams(store: TrajectoryStore, steps: int, batch_size: int, note: Note) -> tuple[dict[str, Any], dict]:
     """The store's optimizer settings, with Adam's learning rate tuned on source tasks for
     T steps (row ``adam``) and for N = T/2 steps (row ``adam-n``); (hparams by row, report)."""
@@ -322,12 +334,8 @@ def baseline_hparams(store: TrajectoryStore, steps: int, batch_size: int, note: 
     if "adam" not in hp:
         return hp, {}
     note("tuning Adam's learning rate on source tasks")
-    args = (store.family(), hp["adam"], store.config["init"], store.config["init_sigma"])
-    hp_t, scores_t = tune_adam(*args, steps, batch_size)
-    hp_n, scores_n = tune_adam(*args, max(steps // 2, 1), batch_size)
-    report = {"adam": {"lr": hp_t["lr"], "source_accuracy_by_lr": scores_t},
-              "adam-n": {"lr": hp_n["lr"], "source_accuracy_by_lr": scores_n}}
-    return {**hp, "adam": hp_t, "adam-n": hp_n}, report
+    return tuned_hparams(store.family(), hp, store.config["init"], store.config["init_sigma"], steps,
+                         max(steps // 2, 1), batch_size)
 
 
 def probe_accuracy(task: Task, max_iter: int = 1000) -> tuple[float, float]:
