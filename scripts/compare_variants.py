@@ -7,9 +7,9 @@ VARIANTS are METHOD[:TAG], a TAG's loss / policy / train options in the JSON arg
 (plus "grad": true for Adam rows, "seeds": N). Work goes to runs/exp/SCENARIO (resumable).
 README, "What we tried", was measured with this script.
 """
-import json, sys, time
+import json, sys
 from pathlib import Path
-import numpy as np, torch
+
 from lohp.bench.scenario import Variant, budgeted, learned_row, s0_sampler, stage_one, gradient_rows
 scen, budget = sys.argv[1], float(sys.argv[2])
 names = sys.argv[3].split(",")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lohp.errors import LohpError
-from lohp.tasks import TaskFamily, make_family, register_family
+from lohp.tasks import make_family, register_family
 from lohp.tasks.digits import DigitsFamily
 from lohp.testing import check_family
 from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
