@@ -17,7 +17,8 @@ import torch
 
 from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
 from lohp.bench.scenario import (closed_form_row, gradient_rows, probe_accuracy, prototype_accuracy,
-                                 prototype_l2_accuracy, public, speedup, tuned_hparams)
+                                 prototype_l2_accuracy, public, speedup, task_metrics,
+                                 tuned_hparams)
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -88,11 +89,11 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     for seed in range(seeds):
         s0 = s0_for(seed)
         theta = gen.generate_batch(held, s0=s0)
-        acc = [t.evaluate(th)[t.metric_name] for t, th in zip(held, theta)]
+        acc = task_metrics(held, theta)
         per_task = per_task or acc
         accs.append(float(np.mean(acc)))
         wide = gen.generate_batch(held, s0=s0 * WIDE)
-        wides.append(float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(held, wide)])))
+        wides.append(float(np.mean(task_metrics(held, wide))))
     lat = gen.latency(held[0], repeats=latency_repeats)
     m, s = mean_std(accs)
     row = {"method": gen.meta["method"], "k": gen.meta["k"], "steps": N, "accuracy": m, "accuracy_std": s,

@@ -133,6 +133,11 @@ def gradient_rows(tasks: Sequence[Task], hp: dict[str, dict[str, Any]], s0_for: 
     return rows
 
 
+def task_metrics(tasks: Sequence[Task], thetas: torch.Tensor) -> list[float]:
+    """Each task's evaluation metric at its own weights ``thetas [len(tasks), d]``."""
+    return [t.evaluate(th)[t.metric_name] for t, th in zip(tasks, thetas)]
+
+
 def policy_dir(work: Path, v: Variant, seed: int) -> Path:
     return Path(work) / "policies" / f"{v.slug}-s{seed}"
 
@@ -182,15 +187,15 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         theta = gen.generate_batch(tasks, s0=s0)
         if hessian:
             traces.append(hessian_trace(tasks, theta))
-        task_acc = [t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta)]
+        task_acc = task_metrics(tasks, theta)
         per_task = per_task or task_acc
         accs.append(float(np.mean(task_acc)))
         theta_w = gen.generate_batch(tasks, s0=s0 * WIDE)
-        wides.append(float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(tasks, theta_w)])))
+        wides.append(float(np.mean(task_metrics(tasks, theta_w))))
         lats.append(gen.latency(tasks[0], repeats=latency_repeats))
         for name, (xt, xs0) in (extra_tasks or {}).items():
             th = gen.generate_batch(xt, s0=xs0(seed))
-            extra_accs[name].append([t.evaluate(w)[t.metric_name] for t, w in zip(xt, th)])
+            extra_accs[name].append(task_metrics(xt, th))
     if gen is None:  # every seed diverged before its first checkpoint
         return {"method": v.name, "k": None if v.method == "hypernetwork" else v.k, "ablation": v.ablation,
                 "steps": None, "accuracy": float("nan"), "accuracy_std": float("nan"), "accuracy_wide": None,

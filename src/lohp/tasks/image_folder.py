@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lohp.errors import LohpError
-from lohp.tasks.table import TableFamily
+from lohp.tasks.table import TableFamily, class_index
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -123,10 +123,8 @@ class TextTableFamily(TableFamily):
                 labels.append((row[self.label] or "").strip())
         if not texts:
             raise LohpError(f"{file} has no data rows")
-        names = sorted(set(labels), key=lambda v: (len(v), v))
-        index = {name: i for i, name in enumerate(names)}
         x = frozen_embeddings(texts, self.max_length).numpy().astype(np.float32)
-        return x, np.asarray([index[v] for v in labels], dtype=np.int64), names
+        return (x, *class_index(labels))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "text": self.text, "max_length": self.max_length}

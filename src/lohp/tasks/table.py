@@ -76,9 +76,14 @@ def _read(path: str, label: str, digest: str) -> tuple[np.ndarray, np.ndarray, l
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(1).sum())
         raise LohpError(f"{p}: {bad} row(s) hold NaN or inf features; drop or impute them first")
+    return (x, *class_index(labels))
+
+
+def class_index(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class index per row and the class names (sorted by length, then text: 2 before 10)."""
     names = sorted(set(labels), key=lambda v: (len(v), v))
     index = {name: i for i, name in enumerate(names)}
-    return x, np.asarray([index[v] for v in labels], dtype=np.int64), names
+    return np.asarray([index[v] for v in labels], dtype=np.int64), names
 
 
 def _is_number(text: str) -> bool:

@@ -157,6 +157,7 @@ class TrajectoryStore:
         self.trajectories: list[dict[str, Any]] = manifest["trajectories"]
         self.shards: list[dict[str, Any]] = manifest["shards"]
         self._verified: set[int] = set()
+        self.family_options: dict[str, Any] = {}  # replace recorded family options (open(family_options=...))
 
     # -- opening ------------------------------------------------------------------
     @classmethod
@@ -296,8 +297,7 @@ class TrajectoryStore:
         opened with)."""
         from lohp.tasks import make_family
 
-        return make_family(self.config["family"], **{**self.config["family_config"],
-                                                     **getattr(self, "family_options", {})})
+        return make_family(self.config["family"], **{**self.config["family_config"], **self.family_options})
 
     def task(self, i: int):
         tr = self.trajectories[i]
