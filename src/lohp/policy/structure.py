@@ -10,6 +10,8 @@ symmetric pooling over groups. The protocol (duck-typed, see :class:`ClassRowStr
   features aligned with the rows; they may depend on the current weights (a network's own
   function). Channel 0 is the one the policy's learned preconditioned step acts on: the
   negative gradient of the surrogate loss (:mod:`lohp.policy.surrogate`), unit RMS.
+  (a structure written to the earlier one-channel protocol, returning ``[..., G, R]`` and
+  without ``condition_channels``, is read as K = 1)
 - ``condition_channels`` (K) and ``scale_condition`` (bool: whether the policy divides the
   features by the RMS of the training conditions; False when the structure normalises
   them itself)

@@ -106,6 +106,19 @@ class Task:
                     self.metric_name: self.metric_fn(logits, y).mean().item()}
 
 
+def relabelled_splits(x: torch.Tensor, classes: Sequence[int], train_idx: dict[int, Any], eval_idx: dict[int, Any]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_eval, y_eval) of a task whose label l is class ``classes[l]``:
+    each class's rows of its fixed training and evaluation pools (row indices into ``x``)."""
+    xs: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+    ys: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+    for label, c in enumerate(classes):
+        for part, idx in (("train", train_idx[c]), ("eval", eval_idx[c])):
+            xs[part].append(x[idx])
+            ys[part].append(torch.full((len(idx),), label, dtype=torch.long))
+    return torch.cat(xs["train"]), torch.cat(ys["train"]), torch.cat(xs["eval"]), torch.cat(ys["eval"])
+
+
 def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     onehot = F.one_hot(y, n_classes).to(x.dtype)
     counts = onehot.sum(0).clamp_min(1.0)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lohp.errors import LohpError
-from lohp.tasks.base import Task, TaskFamily
+from lohp.tasks.base import Task, TaskFamily, relabelled_splits
 
 HEADS = ("linear", "mlp")
 
@@ -86,15 +86,10 @@ class DigitsFamily(TaskFamily):
         rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed])
         combo = combos[rng.integers(len(combos))]
         classes = [int(c) for c in rng.permutation(combo)]  # classes[label] = digit
-        xs, ys = {"train": [], "eval": []}, {"train": [], "eval": []}
-        for label, c in enumerate(classes):
-            for part, idx in (("train", self._train_idx[c]), ("eval", self._eval_idx[c])):
-                xs[part].append(self._x[idx])
-                ys[part].append(torch.full((len(idx),), label, dtype=torch.long))
+        x_train, y_train, x_eval, y_eval = relabelled_splits(self._x, classes, self._train_idx, self._eval_idx)
         return Task(
             family=self.name, seed=int(seed), split=split,
-            x_train=torch.cat(xs["train"]), y_train=torch.cat(ys["train"]),
-            x_eval=torch.cat(xs["eval"]), y_eval=torch.cat(ys["eval"]),
+            x_train=x_train, y_train=y_train, x_eval=x_eval, y_eval=y_eval,
             n_classes=self.n_way, model_factory=self.model_factory, patterns=self.patterns,
             info={"classes": classes, "combo": sorted(classes)},
         )

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lohp.errors import LohpError
-from lohp.tasks.base import Task, TaskFamily
+from lohp.tasks.base import Task, TaskFamily, relabelled_splits
 
 
 @lru_cache(maxsize=4)
@@ -177,13 +177,8 @@ class TableFamily(TaskFamily):
         pool = self.source_classes if split == "source" else self.heldout_classes
         rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed])
         classes = [int(c) for c in rng.choice(pool, size=self.n_way, replace=False)]  # classes[label] = class
-        xs, ys = {"train": [], "eval": []}, {"train": [], "eval": []}
-        for lab, c in enumerate(classes):
-            for part, idx in (("train", self._train_idx[c]), ("eval", self._eval_idx[c])):
-                xs[part].append(self._x[idx])
-                ys[part].append(torch.full((len(idx),), lab, dtype=torch.long))
+        x_train, y_train, x_eval, y_eval = relabelled_splits(self._x, classes, self._train_idx, self._eval_idx)
         return Task(family=self.name, seed=int(seed), split=split,
-                    x_train=torch.cat(xs["train"]), y_train=torch.cat(ys["train"]),
-                    x_eval=torch.cat(xs["eval"]), y_eval=torch.cat(ys["eval"]),
+                    x_train=x_train, y_train=y_train, x_eval=x_eval, y_eval=y_eval,
                     n_classes=self.n_way, model_factory=self.model_factory, patterns=self.patterns,
                     info={"classes": [self.class_names[c] for c in classes]})
