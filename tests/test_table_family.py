@@ -168,3 +168,44 @@ def test_text_table_family_embeds_texts_and_refuses_empty_ones(tmp_path):
         make_family("text-table", path=str(path), n_way=2)
     with pytest.raises(LohpError, match="no column 'body'.*text=COLUMN"):
         make_family("text-table", path=str(tmp_path / "t.csv"), text="body")
+
+
+def test_text_table_lora_generates_lora_and_head_on_token_ids(tmp_path):
+    """``lora=true``: the target is MiniLM + LoRA on token ids, the condition the class means
+    of the frozen embeddings of the training texts (checked against a direct embedding)."""
+    import torch
+
+    from lohp.data.text import frozen_embeddings, token_ids
+    from lohp.lora import LORA_PATTERNS
+
+    torch.set_num_threads(1)
+    words = {"fruit": ["apple", "pear", "plum", "cherry"], "tool": ["hammer", "saw", "drill", "wrench"],
+             "animal": ["horse", "tiger", "otter", "eagle"], "city": ["paris", "tokyo", "lagos", "lima"],
+             "metal": ["iron", "copper", "zinc", "gold"]}
+    path = tmp_path / "t.csv"
+    with open(path, "w") as fh:
+        fh.write("label,text\n")
+        for k, ws in words.items():
+            for w in ws:
+                fh.write(f"{k},a word: {w}\n")
+    fam = make_family("text-table", path=str(path), n_way=2, lora="true", rank=2, standardize=False)
+    assert fam.config()["lora"] is True and fam.config()["rank"] == 2
+    assert fam.patterns == LORA_PATTERNS and fam.optimizer_defaults["adam"]["lr"] == 5e-3
+    check_family(fam, name="text-table")
+    task = fam.sample(0, "source")
+    texts = {f"a word: {w}": k for k, ws in words.items() for w in ws}
+    ids = token_ids(list(texts), 32)
+    # Each training row's token ids are some text's ids, and the condition is the mean embedding
+    # of the training texts of each label.
+    emb = frozen_embeddings(list(texts), 32)
+    for label in range(2):
+        rows = task.x_train[task.y_train == label]
+        match = [int((ids == r).all(1).nonzero()[0]) for r in rows]
+        assert len({list(texts.values())[i] for i in match}) == 1
+        torch.testing.assert_close(task.condition()[label], emb[match].mean(0), atol=1e-5, rtol=1e-5)
+    names = {n for n in task.layout.names}
+    assert any("lora_A" in n for n in names) and any("head" in n or "classifier" in n for n in names)
+    with pytest.raises(LohpError, match="does not match the policy"):
+        fam.check_policy({**fam.config(), "rank": 4})
+    with pytest.raises(LohpError, match="drop hidden"):
+        make_family("text-table", path=str(path), n_way=2, lora=True, hidden=8)

@@ -6,7 +6,8 @@
     gen = api.load_policy("runs/policy")
     task = gen.family().sample(0, "heldout")
     weights = api.generate(gen, task)          # no task gradient
-    model = api.adapt(gen, task.model(), task)
+    model = api.adapt(gen, task.model(), task)                    # generated weights
+    model = api.adapt(gen, task.model(), task, refine_steps=8)    # ... then 8 Adam steps
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ def generate(generator: Generator, task: Task, **kwargs: Any) -> GeneratedWeight
     return generator.generate(task, **kwargs)
 
 
-def adapt(generator: Generator, model: nn.Module, task: Task, **kwargs: Any) -> nn.Module:
-    return generator.adapt(model, task, **kwargs)
+def adapt(generator: Generator, model: nn.Module, task: Task, refine_steps: int = 0, optimizer: str = "adam",
+          lr: float | None = None, **kwargs: Any) -> nn.Module:
+    """Generated weights into ``model`` (in place); then ``refine_steps`` steps of ``optimizer``
+    (adam, sgd, sam, ...) on the task's training split: generate-then-refine. ``lr`` defaults
+    to the learning rate Stage I used for that optimizer."""
+    return generator.adapt(model, task, refine_steps=refine_steps, optimizer=optimizer, lr=lr, **kwargs)
 
 
 def evaluate(policy: str | Path, family: str | None = None, family_options: dict[str, Any] | None = None,

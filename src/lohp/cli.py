@@ -113,6 +113,8 @@ def parse_family_options(items: list[str] | None) -> dict[str, Any]:
         def one(text: str) -> Any:
             if text.lower() == "none":
                 return None
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
             try:
                 return _parse_number(text)
             except LohpError:
@@ -306,16 +308,26 @@ def generate(
     targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
     family_option: Optional[list[str]] = typer.Option(
         None, "--family-option", help="Family setting KEY=VALUE (repeatable), over the policy's family config."),
+    refine: Optional[int] = typer.Option(None, help="Then N gradient steps on the task's training split "
+                                                    "(generate-then-refine)."),
+    refine_optimizer: str = typer.Option("adam", help="Refine optimizer: adam, sgd, sam, ..."),
+    refine_lr: Optional[float] = typer.Option(None, help="Refine learning rate (default: Stage I's for that "
+                                                         "optimizer)."),
 ) -> None:
-    """Generate weights for one task without computing a task gradient.
+    """Generate weights for one task without computing a task gradient (with --refine N,
+    N gradient steps on the task's training split follow).
 
     For a LoRA policy (family wordnet or fortunes) --out is a folder that receives a
     standard PEFT adapter (adapter_config.json + adapter_model.safetensors, loadable by
     peft.PeftModel.from_pretrained) plus the head (classifier.safetensors)."""
-    from lohp.generation import Generator
+    from lohp.generation import GeneratedWeights, Generator
     from lohp.tasks import make_family
 
+    if refine is not None and refine <= 0:
+        raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
     gen = Generator.load(policy, _device(device))
+    if refine is not None:
+        gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work
     lora_target = gen.policy.structure.kind == "lora-dims"
     overrides = {k: v for k, v in (("rank", rank), ("targets", _split_list(targets) if targets else None))
                  if v is not None}
@@ -336,6 +348,10 @@ def generate(
         raise LohpError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
     task = fam.sample(task_seed, split)
     weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
+    generated = task.evaluate(weights.theta)
+    if refine is not None:
+        theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
+        weights = GeneratedWeights(theta, {k: v.clone() for k, v in gen.layout.unflatten(theta).items()}, gen.layout)
     if lora_target:
         from lohp.lora import export_adapter
 
@@ -344,9 +360,13 @@ def generate(
                                                "policy": str(policy), "method": gen.meta["method"],
                                                "max_length": fam.config().get("max_length")})
     else:
-        weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"]})
+        weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"],
+                           "refine": f"{refine} {refine_optimizer} steps" if refine else "none"})
     metrics = task.evaluate(weights.theta)
     text = f"wrote {out}: {task.name}, eval {task.metric_name} {metrics[task.metric_name]:.4f}"
+    if refine is not None:
+        text += (f" after {refine} {refine_optimizer} steps (generated: {generated[task.metric_name]:.4f}, "
+                 f"lr {gen.refine_hparams(refine_optimizer, refine_lr)['lr']:g})")
     if latency:
         lat = gen.latency(task)
         text += (f"; latency {lat['latency_ms']:.2f} ms for {lat['steps']} steps "
@@ -530,6 +550,8 @@ _BENCH_OPTIONS = dict(
     budget=typer.Option(None, help="Training budget per learned policy and seed, in seconds (same for every method)."),
     seeds=typer.Option(None, help="Seeds per learned method."),
     device=typer.Option("cpu", help="torch device."),
+    family_option=typer.Option(None, "--family-option", help="KEY=VALUE for the scenario's task family "
+                                                              "(repeatable), e.g. per_class=20."),
 )
 
 
@@ -539,12 +561,13 @@ def bench_transfer(
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
     budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
+    family_option: Optional[list[str]] = _BENCH_OPTIONS["family_option"],
 ) -> None:
     """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
     from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("transfer", "TransferBenchConfig", "bench transfer", json_out, plot, quick, work,
-                                  budget, seeds, device)
+                                  budget, seeds, device, family_options=parse_family_options(family_option))
     for ds, what in (("openclipart", f"{result['heldout_tasks']} held-out Openclipart tasks"),
                      ("fashion", f"cross-dataset: {result['cross_tasks']} Fashion-MNIST tasks, same policies")):
         print_table([r for r in result["rows"] if r["dataset"] == ds], f"transfer, {what}", SCENARIO_COLUMNS, console)
@@ -557,13 +580,15 @@ def bench_few_shot(
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
     budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
+    family_option: Optional[list[str]] = _BENCH_OPTIONS["family_option"],
     episodes: Optional[int] = typer.Option(None, help="Held-out test episodes per shot count."),
 ) -> None:
     """5-way 1-shot and 5-shot episodes from held-out Openclipart classes (95 % CI over episodes)."""
     from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("fewshot", "FewShotBenchConfig", "bench few-shot", json_out, plot, quick, work,
-                                  budget, seeds, device, episodes=episodes)
+                                  budget, seeds, device, episodes=episodes,
+                                  family_options=parse_family_options(family_option))
     cols = SCENARIO_COLUMNS[:4] + [("ci95", "95% CI ±", ".4f")] + SCENARIO_COLUMNS[5:]
     for shots in sorted({r["shots"] for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["shots"] == shots]
@@ -577,6 +602,7 @@ def bench_domain(
     quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
     budget: Optional[float] = _BENCH_OPTIONS["budget"], seeds: Optional[int] = _BENCH_OPTIONS["seeds"],
     device: str = _BENCH_OPTIONS["device"],
+    family_option: Optional[list[str]] = _BENCH_OPTIONS["family_option"],
     datasets: Optional[str] = typer.Option(None, help="Comma-separated: mnist, fashion."),
     domains: Optional[str] = typer.Option(None, help="Held-out angles, comma-separated, from 0,15,30,45,60,75."),
 ) -> None:
@@ -591,6 +617,7 @@ def bench_domain(
             raise LohpError(f"--domains takes angles like 0,75 (got {domains!r})") from None
     result, mod = _scenario_bench("domain", "DomainBenchConfig", "bench domain", json_out, plot, quick, work,
                                   budget, seeds, device, datasets=_split_list(datasets) if datasets else None,
+                                  family_options=parse_family_options(family_option),
                                   domains=angles)
     for ds in dict.fromkeys(r["dataset"] for r in result["rows"]):
         for dom in dict.fromkeys(r["domain"] for r in result["rows"] if r["dataset"] == ds):

@@ -147,9 +147,57 @@ class Generator:
         theta = self.generate_batch([task], [seed], temperature, init_scale, sample_seed)[0]
         return GeneratedWeights(theta, {k: v.clone() for k, v in self.layout.unflatten(theta).items()}, self.layout)
 
-    def adapt(self, model: nn.Module, task: Task, **kwargs: Any) -> nn.Module:
-        """Load generated weights into the model's generated subset (in place) and return it."""
-        self.layout.load_into(model, self.generate(task, **kwargs).theta)
+    def refine_hparams(self, optimizer: str = "adam", lr: float | None = None) -> dict[str, Any]:
+        """The refine optimizer's settings: those Stage I used for it on this policy's store
+        (recorded in the policy), else the family's defaults, else lohp's; ``lr`` wins."""
+        from lohp.optim import DEFAULTS, OPTIMIZERS
+
+        if optimizer not in OPTIMIZERS:
+            raise LohpError(f"unknown refine optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        hp = dict(DEFAULTS[optimizer])
+        recorded = self.meta.get("store_hparams") or {}
+        if optimizer in recorded:
+            hp.update(recorded[optimizer])
+        else:
+            try:
+                hp.update(type(self.family()).optimizer_defaults.get(optimizer, {}))
+            except LohpError:  # the family cannot be rebuilt here (data moved): lohp's defaults
+                pass
+        if lr is not None:
+            if not lr > 0:
+                raise LohpError(f"the refine learning rate must be > 0 (got {lr})")
+            hp["lr"] = float(lr)
+        return hp
+
+    def refine(self, task: Task, theta: torch.Tensor, steps: int, optimizer: str = "adam", lr: float | None = None,
+               batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
+        """``steps`` gradient steps of ``optimizer`` on the task's training split from ``theta``
+        (the Stage I protocol: minibatches of ``batch_size`` drawn with replacement)."""
+        from lohp.optim import make_optimizer
+        from lohp.trajectories.collect import train_runs
+
+        steps = _refine_steps(steps)
+        if steps == 0:
+            return theta.clone()
+        opt = make_optimizer(optimizer, **self.refine_hparams(optimizer, lr))
+        bs = int(batch_size or self.meta.get("store_batch_size") or 32)
+        thetas, _, _ = train_runs([task], opt, theta[None], steps, bs, record_every=steps, seed=seed,
+                                  device=self.device)
+        out = thetas[0, -1].cpu()
+        if not torch.isfinite(out).all():
+            raise LohpError(f"refining {task.name} with {optimizer} diverged (non-finite weights); lower --refine-lr")
+        return out
+
+    def adapt(self, model: nn.Module, task: Task, refine_steps: int = 0, optimizer: str = "adam",
+              lr: float | None = None, batch_size: int | None = None, **kwargs: Any) -> nn.Module:
+        """Load generated weights into the model's generated subset (in place) and return it;
+        with ``refine_steps > 0``, ``refine_steps`` steps of ``optimizer`` on the task's
+        training split follow (generate-then-refine). ``kwargs`` go to :meth:`generate`."""
+        refine_steps = _refine_steps(refine_steps)
+        theta = self.generate(task, **kwargs).theta
+        if refine_steps:
+            theta = self.refine(task, theta, refine_steps, optimizer, lr, batch_size, kwargs.get("seed", 0))
+        self.layout.load_into(model, theta)
         return model
 
     @torch.inference_mode()
@@ -179,3 +227,9 @@ class Generator:
             b.append(t2 - t1)
         return {"latency_ms": 1e3 * statistics.median(a), "latency_with_condition_ms": 1e3 * statistics.median(b),
                 "steps": self.n_steps, "repeats": repeats}
+
+
+def _refine_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise LohpError(f"refine steps must be a whole number >= 0 (got {steps!r})")
+    return steps

@@ -246,6 +246,8 @@ class Trainer:
                 "init": st.config["init"], "init_sigma": st.config["init_sigma"],
                 "store": str(st.path), "store_manifest_sha": sha256_file(st.path / "manifest.json"),
                 "store_optimizers": self.data.optimizers, "trajectories": len(self.data),
+                "store_hparams": {o["name"]: dict(o["hparams"]) for o in st.config["optimizers"]},
+                "store_batch_size": st.config.get("batch_size"),
                 "parameters": sum(p.numel() for p in self.policy.parameters())}
 
     def _prepare_out(self, overwrite: bool) -> None:

@@ -46,6 +46,7 @@ class DomainBenchConfig:
     domains: list[int] = field(default_factory=lambda: [0, 75])
     n_way: int = 5
     hidden: int = 32
+    family_options: dict[str, Any] = field(default_factory=dict)  # extra rotated-family options
     store_tasks: int = 64
     steps: int = 32
     batch_size: int = 32
@@ -82,7 +83,7 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
         for angle in cfg.domains:
             work = Path(cfg.work) / f"{ds}-{angle}"
             note(f"{ds}, held-out {angle} degrees: Stage I on the other domains")
-            store = stage_one(work, DATASETS[ds], {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden},
+            store = stage_one(work, DATASETS[ds], {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden, **cfg.family_options},
                               cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
             families[ds] = store.family().config()
             T = cfg.steps

@@ -36,6 +36,7 @@ def default_variants(budget: float = 45) -> list[Variant]:
 class FewShotBenchConfig:
     work: str = "runs/bench-few-shot"
     n_way: int = 5
+    family_options: dict[str, Any] = field(default_factory=dict)  # extra openclipart options
     shots: list[int] = field(default_factory=lambda: [1, 5])
     queries: int = 15
     store_tasks: int = 96
@@ -64,7 +65,7 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
     for shots in cfg.shots:
         work = Path(cfg.work) / f"{shots}-shot"
         note(f"{shots}-shot: Stage I on source episodes")
-        store = stage_one(work, "openclipart", {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries},
+        store = stage_one(work, "openclipart", {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **cfg.family_options},
                           cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
         family = store.family()
         T = cfg.steps

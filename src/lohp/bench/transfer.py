@@ -35,6 +35,7 @@ def default_variants(budget: float = 120) -> list[Variant]:
 class TransferBenchConfig:
     work: str = "runs/bench-transfer"
     n_way: int = 5
+    family_options: dict[str, Any] = field(default_factory=dict)  # extra openclipart options
     store_tasks: int = 96
     steps: int = 32
     batch_size: int = 32
@@ -59,7 +60,7 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
     t_start = time.perf_counter()
     work = Path(cfg.work)
     note("Stage I: preparing the store (features are computed once and cached)")
-    store = stage_one(work, "openclipart", {"n_way": cfg.n_way}, cfg.store_tasks, cfg.steps, cfg.batch_size,
+    store = stage_one(work, "openclipart", {"n_way": cfg.n_way, **cfg.family_options}, cfg.store_tasks, cfg.steps, cfg.batch_size,
                       device=cfg.device)
     T = cfg.steps
     hp, tuning = baseline_hparams(store, T, cfg.batch_size, note)

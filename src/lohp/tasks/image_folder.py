@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from lohp.errors import LohpError
+from lohp.tasks.base import Task, class_means, relabelled_splits
 from lohp.tasks.table import TableFamily, class_index
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -88,9 +91,14 @@ class ImageFolderFamily(TableFamily):
 
 
 class TextTableFamily(TableFamily):
-    """``text-table``: a CSV / TSV with a text column and a label column; each text is the
-    mean-pooled frozen MiniLM-L6 embedding (384-d, cached), and the generated target is a
-    linear head (``hidden=0``) or an MLP on it. Needs the ``lora`` extra (MiniLM)."""
+    """``text-table``: a CSV / TSV with a text column and a label column.
+
+    ``lora=false`` (default): each text is the mean-pooled frozen MiniLM-L6 embedding (384-d,
+    cached) and the generated target is a linear head (``hidden=0``) or an MLP on it.
+    ``lora=true``: the target is MiniLM-L6 with LoRA adapters (``rank``, ``alpha``) on the
+    query / value projections plus a linear head, on the texts' token ids; the condition is
+    the per-class mean of the frozen embeddings of the training texts, as in ``wordnet``.
+    Needs the ``lora`` extra (MiniLM; peft for the adapter export)."""
 
     name = "text-table"
     what = "text table"
@@ -98,15 +106,31 @@ class TextTableFamily(TableFamily):
     def __init__(self, path: str, text: str = "text", label: str = "label", n_way: int = 5, heldout: float = 0.3,
                  split_seed: int = 0, per_class: int | None = None, standardize: bool = True, hidden: int = 0,
                  train_fraction: float = 0.5, sha256: str | None = None, max_length: int = 32,
-                 patterns: tuple[str, ...] | list[str] = ("*",)):
-        self.text, self.max_length = text, int(max_length)
+                 lora: bool = False, rank: int = 8, alpha: int = 16,
+                 patterns: tuple[str, ...] | list[str] | None = None):
+        self.text, self.max_length, self.lora = text, int(max_length), _flag(lora)
+        if self.lora:
+            from lohp.lora import LORA_PATTERNS, LoraSpec
+
+            if hidden:
+                raise LohpError("text-table: hidden applies to the frozen-embedding head; with lora=true the "
+                                "target is LoRA + a linear head (drop hidden)")
+            if int(rank) < 1:
+                raise LohpError(f"text-table: rank must be >= 1 (got {rank})")
+            self.spec = LoraSpec(int(rank), int(alpha), ("query", "value"), None)
+            # LoRA runs are slow and want the LoRA learning rates (see lohp.tasks.text.TextFamily).
+            from lohp.tasks.text import TextFamily
+
+            self.optimizer_defaults = TextFamily.optimizer_defaults
+            self.default_shard_runs = TextFamily.default_shard_runs
+            patterns = LORA_PATTERNS if patterns is None else patterns
         super().__init__(path, label, n_way, heldout, split_seed, per_class, standardize, hidden, train_fraction,
-                         sha256, patterns)
+                         sha256, ("*",) if patterns is None else patterns)
 
     def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         import csv
 
-        from lohp.data.text import frozen_embeddings
+        from lohp.data.text import frozen_embeddings, token_ids
 
         with open(file, newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if file.suffix in (".tsv", ".tab") else ",")
@@ -124,7 +148,60 @@ class TextTableFamily(TableFamily):
         if not texts:
             raise LohpError(f"{file} has no data rows")
         x = frozen_embeddings(texts, self.max_length).numpy().astype(np.float32)
+        if self.lora:
+            self._tokens = token_ids(texts, self.max_length)
         return (x, *class_index(labels))
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "text": self.text, "max_length": self.max_length}
+        out = {**super().config(), "text": self.text, "max_length": self.max_length, "lora": self.lora}
+        if self.lora:
+            out.update(rank=self.spec.rank, alpha=self.spec.alpha)
+        return out
+
+    def model_factory(self) -> nn.Module:
+        if not self.lora:
+            return super().model_factory()
+        from lohp.lora import make_classifier
+
+        return make_classifier(self.spec, self.n_way)
+
+    def sample(self, seed: int, split: str = "source") -> Task:
+        task = super().sample(seed, split)
+        if not self.lora:
+            return task
+        classes = [self.class_names.index(c) for c in task.info["classes"]]
+        tok_train, y_train, tok_eval, y_eval = relabelled_splits(self._tokens, classes, self._train_idx,
+                                                                 self._eval_idx)
+        cond = class_means(task.x_train, task.y_train, self.n_way)  # frozen embeddings of the training texts
+        return Task(family=self.name, seed=task.seed, split=split, x_train=tok_train, y_train=y_train,
+                    x_eval=tok_eval, y_eval=y_eval, n_classes=self.n_way, model_factory=self.model_factory,
+                    patterns=self.patterns, info=task.info,
+                    condition_fn=lambda _t, c=cond: c)
+
+    def frozen_features(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen MiniLM embeddings (standardised as the head sees them) of the task's training
+        and evaluation texts: the linear-probe baseline's inputs."""
+        if not self.lora:
+            return task.x_train, task.x_eval
+        classes = [self.class_names.index(c) for c in task.info["classes"]]
+        x_train, _, x_eval, _ = relabelled_splits(self._x, classes, self._train_idx, self._eval_idx)
+        return x_train, x_eval
+
+    def check_policy(self, trained: dict[str, Any]) -> None:
+        mine = self.config()
+        for key, what in (("lora", "lora"), ("rank", "LoRA rank"), ("n_way", "number of classes"),
+                          ("hidden", "hidden width")):
+            if trained.get(key, mine.get(key)) != mine.get(key):
+                raise LohpError(f"{what} {mine.get(key)} does not match the policy, which was trained with "
+                                f"{trained[key]}; pass --family-option {key}={trained[key]} or train a policy "
+                                "on a store prepared with this setting")
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise LohpError(f"expected true or false, got {value!r}")
+    return bool(value)
