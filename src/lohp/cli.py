@@ -351,11 +351,11 @@ def generate(
     generated = task.evaluate(weights.theta)
     if refine is not None:
         theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
-        weights = GeneratedWeights(theta, {k: v.clone() for k, v in gen.layout.unflatten(theta).items()}, gen.layout)
+        weights = GeneratedWeights(theta, {k: v.clone() for k, v in task.layout.unflatten(theta).items()}, task.layout)
     if lora_target:
         from lohp.lora import export_adapter
 
-        model = gen.layout.load_into(task.model(), weights.theta)
+        model = task.layout.load_into(task.model(), weights.theta)
         export_adapter(model, out, overwrite, {"task": task.name, "classes": task.info.get("classes"),
                                                "policy": str(policy), "method": gen.meta["method"],
                                                "max_length": fam.config().get("max_length")})
@@ -625,6 +625,79 @@ def bench_domain(
             what = "mean over held-out domains" if dom == "mean" else f"held-out domain {dom} degrees"
             print_table(rows, f"domain generalization, rotated {ds}: {what}", SCENARIO_COLUMNS, console)
     _print_plots(mod, result, plot)
+
+
+# --------------------------------------------------------------------------- refine
+@bench_app.command("refine")
+def bench_refine(
+    json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
+    quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
+    budget: Optional[float] = _BENCH_OPTIONS["budget"], device: str = _BENCH_OPTIONS["device"],
+    scenarios: Optional[str] = typer.Option(None, help="Comma-separated: digits, transfer, few-shot, domain, lora "
+                                                       "(default: all)."),
+    seed: int = typer.Option(0, help="Seed of the policies, the starting weights and the minibatches."),
+) -> None:
+    """Generate-then-refine: Adam from the standard init vs from hypernetwork, lo-di and
+    lo-hp weights; accuracy by gradient step and steps to 0.99 x Adam-from-scratch at T."""
+    from lohp.bench import refine as br
+    from lohp.bench.harness import print_table
+
+    _check_outputs(json_out, plot)
+    kw: dict[str, Any] = {"device": _device(device), "seed": seed}
+    if scenarios:
+        kw["scenarios"] = _split_list(scenarios)
+    if work is not None:
+        kw["work"] = str(work)
+    if budget is not None:
+        kw["budget"] = budget
+    cfg = br.RefineBenchConfig.quick_config(**kw) if quick else br.RefineBenchConfig(**kw)
+    result = _run_bench(br.run, cfg, "bench refine")
+    steps = [str(s) for s in result["step_counts"]]
+    cols = ([("method", "start", ""), ("lr", "lr", "g")] + [(f"acc@{s}", f"acc@{s}", ".3f") for s in steps]
+            + [("steps_to_target", "steps to target", ""), ("wall_ms_to_target", "ms to target", ".1f")])
+    for name, info in result["scenarios"].items():
+        rows = [{**r, **{f"acc@{s}": r["accuracy_by_steps"].get(s) for s in steps}}
+                for r in result["rows"] if r["scenario"] == name]
+        print_table(rows, f"refine {name}: Adam steps from each start, {info['heldout_tasks']} held-out tasks; "
+                          f"target {rows[0]['target_accuracy']:.3f} (0.99 x scratch at T={info['T']})", cols, console)
+    _write_outputs(result, json_out, None, "", None)
+    _print_plots(br, result, plot)
+
+
+@bench_app.command("cross")
+def bench_cross(
+    json_out: Optional[Path] = _BENCH_OPTIONS["json_out"], plot: Optional[Path] = _BENCH_OPTIONS["plot"],
+    quick: bool = _BENCH_OPTIONS["quick"], work: Optional[Path] = _BENCH_OPTIONS["work"],
+    budget: Optional[float] = _BENCH_OPTIONS["budget"], device: str = _BENCH_OPTIONS["device"],
+    studies: Optional[str] = typer.Option(None, help="Comma-separated: mlp-width, head-classes (default: both)."),
+    method: str = typer.Option("lo-hp", help="The method every policy is trained with."),
+    seed: int = typer.Option(0, help="Seed of the policies and the starting weights."),
+) -> None:
+    """Cross-architecture generation: a policy trained on one MLP width / class count
+    generates for others, beside a policy trained on each and Adam after T steps."""
+    from lohp.bench import cross as bc
+    from lohp.bench.harness import print_table
+
+    _check_outputs(json_out, plot)
+    kw: dict[str, Any] = {"device": _device(device), "seed": seed, "method": method, "quick": quick}
+    if studies:
+        kw["studies"] = _split_list(studies)
+    kw["work"] = str(work) if work else ("runs/bench-cross-quick" if quick else "runs/bench-cross")
+    if budget is not None:
+        kw["budget"] = budget
+    elif quick:
+        kw["budget"] = 10.0
+    result = _run_bench(bc.run, bc.CrossBenchConfig(**kw), "bench cross")
+    cols = [("study", "study", ""), ("architecture", "architecture", ""), ("trained", "policy trained on", ""),
+            ("accuracy", "cross acc.", ".4f"), ("in_distribution_accuracy", "in-dist. acc.", ".4f"),
+            ("ratio_to_in_distribution", "ratio", ".3f"), ("adam_accuracy", "Adam-T acc.", ".4f")]
+    print_table([r for r in result["rows"] if r["served"]], f"cross-architecture generation ({method}, "
+                f"{result['budget_seconds']:g} s per policy)", cols, console)
+    for r in result["rows"]:
+        if not r["served"]:
+            console.print(f"not served: {r['architecture']} ({r['study']}): {r['reason']}")
+    _write_outputs(result, json_out, None, "", None)
+    _print_plots(bc, result, plot)
 
 
 # --------------------------------------------------------------------------- data

@@ -69,37 +69,40 @@ class Generator:
         self.device = device
         self.compiled = compiled
         self.layout = ParamLayout.from_dict(meta["layout"])
-        self._traced: dict[int, Any] = {}
+        self._traced: dict[tuple[str, int], Any] = {}
+        self._retargeted: dict[str, LohpPolicy] = {}
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", compiled: bool = True) -> "Generator":
         policy, meta = load_policy(directory, device)
         return cls(policy, meta, device, compiled)
 
-    def _mean_rollout(self, s0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _mean_rollout(self, s0: torch.Tensor, cond: torch.Tensor, policy: LohpPolicy | None = None) -> torch.Tensor:
+        policy = policy or self.policy
         b = s0.shape[0]
         if not self.compiled or b > 1:  # batches amortise the per-operator overhead anyway
-            return self.policy.rollout(s0, cond)
-        if b not in self._traced:
-            self._traced[b] = self._trace(s0, cond)
-        traced = self._traced[b]
+            return policy.rollout(s0, cond)
+        key = (json.dumps(policy.structure.to_dict(), sort_keys=True), b)
+        if key not in self._traced:
+            self._traced[key] = self._trace(s0, cond, policy)
+        traced = self._traced[key]
         if traced is None:
-            return self.policy.rollout(s0, cond)
+            return policy.rollout(s0, cond)
         # The plain interpreter: no profiling runs or re-specialisation (which cost 0.2 s
         # calls at unpredictable times); the saving is the Python overhead alone.
         with torch.jit.optimized_execution(False):
             return traced(s0, cond)
 
-    def _trace(self, s0: torch.Tensor, cond: torch.Tensor) -> Any:
+    def _trace(self, s0: torch.Tensor, cond: torch.Tensor, policy: LohpPolicy) -> Any:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.freeze(torch.jit.trace(_MeanRollout(self.policy).eval(), (s0, cond),
+                traced = torch.jit.freeze(torch.jit.trace(_MeanRollout(policy).eval(), (s0, cond),
                                                           check_trace=False))
                 probe = s0 + 0.01 * torch.randn_like(s0)
                 with torch.jit.optimized_execution(False):
                     out = traced(probe, cond)
-                if not torch.allclose(out, self.policy.rollout(probe, cond), atol=1e-5, rtol=1e-4):
+                if not torch.allclose(out, policy.rollout(probe, cond), atol=1e-5, rtol=1e-4):
                     return None
             return traced
         except Exception:  # noqa: BLE001 - any tracing failure falls back to the eager path
@@ -113,11 +116,30 @@ class Generator:
         return make_family(self.meta["family"], **{**self.meta["family_config"], **overrides})
 
     def check_task(self, task: Task) -> None:
-        st = self.policy.structure
-        if task.n_classes > st.n_classes:
-            raise LohpError(f"task {task.name} has {task.n_classes} classes but the policy was trained for "
-                            f"{st.n_classes}; train a policy on {task.n_classes}-way tasks")
-        self.layout.check_matches(task.layout, f"the policy's target model (task {task.name})")
+        """Refuse (one line) a task whose target the policy cannot serve."""
+        self.policy_for(task)
+
+    def policy_for(self, task: Task) -> LohpPolicy:
+        """The policy for this task's target: itself for the architecture it was trained on,
+        else the same parameters on the structure of the task's layout when the structure
+        can serve it (another hidden width of an MLP, another class count of a head:
+        cross-architecture generation); otherwise a one-line LohpError."""
+        layout = task.layout
+        if layout == self.layout:
+            return self.policy
+        key = json.dumps(layout.to_dict(), sort_keys=True)
+        if key not in self._retargeted:
+            from lohp.policy.structure import retarget
+
+            names_a, names_b = [e.name for e in self.layout.entries], [e.name for e in layout.entries]
+            if names_a != names_b:
+                self.layout.check_matches(layout, f"the policy's target model (task {task.name})")
+            try:
+                structure = retarget(self.policy.structure, layout)
+            except LohpError as exc:
+                raise LohpError(f"task {task.name}: {exc}") from None
+            self._retargeted[key] = self.policy.retargeted(structure)
+        return self._retargeted[key]
 
     def initial_state(self, task: Task, seed: int = 0, init_scale: float = 1.0) -> torch.Tensor:
         """s_0 from the same distribution as the training trajectories' theta_0 (x init_scale)."""
@@ -128,24 +150,27 @@ class Generator:
                        init_scale: float = 1.0, sample_seed: int = 0,
                        s0: torch.Tensor | None = None) -> torch.Tensor:
         """Flat weights ``[len(tasks), d]`` for several tasks in one batched rollout."""
-        for t in tasks:
-            self.check_task(t)
+        policies = [self.policy_for(t) for t in tasks]
+        if any(p is not policies[0] for p in policies):
+            raise LohpError("generate_batch needs tasks of one architecture; generate the others separately")
+        policy = policies[0]
         seeds = seeds if seeds is not None else [0] * len(tasks)
         if s0 is None:
             s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
         cond = torch.stack([t.condition() for t in tasks]).to(self.device)
         s0 = s0.to(self.device)
         if temperature <= 0:
-            return self._mean_rollout(s0, cond).cpu()
+            return self._mean_rollout(s0, cond, policy).cpu()
         gen = torch.Generator(device=self.device).manual_seed(sample_seed)
-        return self.policy.rollout(s0, cond, temperature, gen).cpu()
+        return policy.rollout(s0, cond, temperature, gen).cpu()
 
     def generate(self, task: Task, seed: int = 0, temperature: float = 0.0, init_scale: float = 1.0,
                  sample_seed: int = 0) -> GeneratedWeights:
         """Mean mode (``temperature=0``): the same seed gives the same weights. Sampling mode:
         ``temperature > 0`` adds ``temperature * sigma_F`` noise per step (``sample_seed``)."""
         theta = self.generate_batch([task], [seed], temperature, init_scale, sample_seed)[0]
-        return GeneratedWeights(theta, {k: v.clone() for k, v in self.layout.unflatten(theta).items()}, self.layout)
+        layout = task.layout
+        return GeneratedWeights(theta, {k: v.clone() for k, v in layout.unflatten(theta).items()}, layout)
 
     def refine_hparams(self, optimizer: str = "adam", lr: float | None = None) -> dict[str, Any]:
         """The refine optimizer's settings: those Stage I used for it on this policy's store
@@ -197,20 +222,20 @@ class Generator:
         theta = self.generate(task, **kwargs).theta
         if refine_steps:
             theta = self.refine(task, theta, refine_steps, optimizer, lr, batch_size, kwargs.get("seed", 0))
-        self.layout.load_into(model, theta)
+        task.layout.load_into(model, theta)
         return model
 
     @torch.inference_mode()
     def latency(self, task: Task, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
         """Median ms to produce the weights: policy steps only, and including the condition."""
-        self.check_task(task)
+        policy = self.policy_for(task)
         s0 = self.initial_state(task)[None].to(self.device)
 
         def steps_only(cond: torch.Tensor) -> torch.Tensor:
-            return self._mean_rollout(s0, cond)
+            return self._mean_rollout(s0, cond, policy)
 
         def with_condition() -> torch.Tensor:
-            return self._mean_rollout(s0, task.condition()[None].to(self.device))
+            return self._mean_rollout(s0, task.condition()[None].to(self.device), policy)
 
         cond = task.condition()[None].to(self.device)
         for _ in range(warmup):

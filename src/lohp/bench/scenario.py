@@ -80,9 +80,10 @@ def ablation_order(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def stage_one(work: Path, family: str, family_config: dict[str, Any], tasks: int, steps: int, batch_size: int,
               optimizers: Sequence[str] = ("sgd", "adam", "sam"), hparams: dict[str, dict[str, Any]] | None = None,
-              device: str = "cpu") -> TrajectoryStore:
+              device: str = "cpu", **config: Any) -> TrajectoryStore:
+    """The scenario's store in ``work/store`` (resumable); ``config``: more make_config settings."""
     cfg = make_config(family=family, family_config=family_config, optimizers=tuple(optimizers), hparams=hparams,
-                      tasks=tasks, steps=steps, batch_size=batch_size)
+                      tasks=tasks, steps=steps, batch_size=batch_size, **config)
     return prepare(Path(work) / "store", cfg, device=device)
 
 
@@ -142,6 +143,29 @@ def policy_dir(work: Path, v: Variant, seed: int) -> Path:
     return Path(work) / "policies" / f"{v.slug}-s{seed}"
 
 
+def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, iterations: int, train_batch: int,
+                  note: Note, device: str = "cpu", progress=None) -> dict[str, float]:
+    """Train ``v`` for one seed into :func:`policy_dir` (resumable; a budgeted policy whose
+    budget ran out is reused); the last log row. A run that diverges leaves a ``DIVERGED``
+    marker and its last good checkpoint instead of raising."""
+    out = policy_dir(work, v, seed)
+    note(f"training {v.name} k={v.k} seed {seed}")
+    options = {"iterations": max(iterations, 1), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
+               "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
+               "checkpoint_every": max(iterations // 8, 1), **v.train_options}
+    if options.get("time_limit") and (out / "policy.json").exists():
+        return _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
+    try:
+        return train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
+                     policy_options=v.policy_options, train_options=options, device=device, progress=progress)
+    except LohpError as exc:  # a method that diverges is a result, not the end of the benchmark
+        if "non-finite" not in str(exc):
+            raise
+        note(f"{v.name} seed {seed} diverged: {exc}")
+        (out / DIVERGED).write_text(str(exc) + "\n")
+        return _last_log_row(out) if (out / "log.csv").exists() else {}
+
+
 def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[Task], s0_for: S0For, seeds: int,
                 iterations: int, train_batch: int, note: Note, device: str = "cpu", latency_repeats: int = 30,
                 hessian: bool = False, progress=None, extra_tasks: dict[str, tuple[Sequence[Task], S0For]] | None = None
@@ -157,23 +181,7 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
     gen = None
     for seed in range(seeds):
         out = policy_dir(work, v, seed)
-        note(f"training {v.name} k={v.k} seed {seed}")
-        options = {"iterations": max(iterations, 1), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
-                   "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
-                   "checkpoint_every": max(iterations // 8, 1), **v.train_options}
-        if options.get("time_limit") and (out / "policy.json").exists():
-            res = _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
-        else:
-            try:
-                res = train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
-                            policy_options=v.policy_options, train_options=options, device=device,
-                            progress=progress)
-            except LohpError as exc:  # a method that diverges is a result, not the end of the benchmark
-                if "non-finite" not in str(exc):
-                    raise
-                note(f"{v.name} seed {seed} diverged: {exc}")
-                (out / DIVERGED).write_text(str(exc) + "\n")
-                res = _last_log_row(out) if (out / "log.csv").exists() else {}
+        res = train_variant(work, store, v, seed, iterations, train_batch, note, device, progress)
         if (out / DIVERGED).exists():
             diverged.append(seed)
         if not (out / "policy.safetensors").exists():  # diverged before its first checkpoint

@@ -38,6 +38,7 @@ class MlpUnitStructure:
     size: int
 
     kind = "mlp-units"
+    group_dim = "n_hidden"   # any hidden width (see lohp.policy.structure.retarget)
     scale_condition = False
     condition_channels = 1
 

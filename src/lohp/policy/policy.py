@@ -12,6 +12,7 @@ normalised by ``theta_scale`` (RMS weight value) and ``cond_scale`` (RMS conditi
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -224,6 +225,17 @@ class LohpPolicy(nn.Module):
             if return_states:
                 states.append(s)
         return torch.stack(states, 1) if return_states else s
+
+    def retargeted(self, structure: Any) -> "LohpPolicy":
+        """This policy, same parameters (shared, not copied), on another structure of the same
+        kind and row (from :func:`lohp.policy.structure.retarget`): another group count."""
+        if structure.row_size != self.structure.row_size or structure.kind != self.structure.kind:
+            raise LohpError(f"a {self.structure.kind} policy with rows of {self.structure.row_size} values cannot "
+                            f"run on {structure.kind} rows of {structure.row_size}")
+        other = copy.copy(self)  # the module dicts (parameters, buffers, submodules) are shared
+        other.__dict__["structure"] = structure
+        other._film_cache = None
+        return other
 
     # ------------------------------------------------------------------ (de)serialise
     def describe(self) -> dict[str, Any]:

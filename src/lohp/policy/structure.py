@@ -60,6 +60,9 @@ class ClassRowStructure:
     features: str = "gradient"
 
     kind = "class-rows"
+    # The group count: the shared per-group network and mean pooling serve any number of
+    # classes (cross-architecture generation); the row (F + 1) must stay the same.
+    group_dim = "n_classes"
 
     @property
     def scale_condition(self) -> bool:
@@ -162,6 +165,27 @@ def _registry() -> dict[str, Any]:
     import lohp.policy.mlp_structure  # noqa: F401
 
     return _STRUCTURES
+
+
+def retarget(trained: Any, layout: ParamLayout) -> Any:
+    """The trained structure's kind and options applied to another layout, when the policy
+    can serve it: only the group count (the kind's ``group_dim``: classes of a head, hidden
+    units of an MLP) may differ, since the policy shares one network across groups and
+    pools them by their mean. Anything else (the row: features, inputs, classes of an MLP,
+    LoRA rank) is refused in one line naming what differs."""
+    cls = type(trained)
+    try:
+        new = cls.from_layout(layout, cls.saved_options(trained.to_dict()))
+    except LohpError as exc:
+        raise LohpError(f"the policy ({trained.kind}) cannot serve this model: {exc}") from None
+    free = getattr(cls, "group_dim", None)
+    a, b = trained.to_dict(), new.to_dict()
+    diffs = [f"{k} {b.get(k)} (trained: {a.get(k)})" for k in a if k != free and a.get(k) != b.get(k)]
+    if diffs:
+        what = f"; only {free} may differ" if free else ""
+        raise LohpError(f"the {trained.kind} policy cannot serve this model: {', '.join(diffs)}{what}; "
+                        "train a policy on this architecture")
+    return new
 
 
 def make_structure(layout: ParamLayout, options: dict[str, Any] | None = None, spec: dict[str, Any] | None = None):
