@@ -24,9 +24,13 @@ from lohp.trajectories import TrajectoryStore, make_config
 from lohp.trajectories import prepare as _prepare
 
 
-def prepare(out: str | Path, device: str = "cpu", overwrite: bool = False, **config: Any) -> TrajectoryStore:
-    """Stage I into ``out`` (resumes if interrupted); ``config`` as :func:`lohp.trajectories.make_config`."""
-    return _prepare(out, make_config(**config), device=device, overwrite=overwrite)
+def prepare(out: str | Path, device: str = "cpu", overwrite: bool = False, executor: str = "local",
+            ray_address: str | None = None, ray_workers: int | None = None, **config: Any) -> TrajectoryStore:
+    """Stage I into ``out`` (resumes if interrupted); ``config`` as :func:`lohp.trajectories.make_config`.
+    ``executor="ray"`` runs each shard as a Ray task (the cluster at ``ray_address`` /
+    ``RAY_ADDRESS``, or a local one); the store is the same either way."""
+    return _prepare(out, make_config(**config), device=device, overwrite=overwrite, executor=executor,
+                    ray_address=ray_address, ray_workers=ray_workers)
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> Generator:

@@ -149,6 +149,11 @@ def prepare(
     overwrite: bool = typer.Option(False, help="Replace an existing store in --out."),
     family_option: Optional[list[str]] = typer.Option(
         None, "--family-option", help="Family setting KEY=VALUE (repeatable), e.g. rank=4 or targets=query,value."),
+    ray: bool = typer.Option(False, "--ray", help="Run the shards as Ray tasks (the cluster in RAY_ADDRESS, or a "
+                                                  "local one); needs pip install -e '.[ray]'."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster HOST:PORT (implies --ray)."),
+    ray_workers: Optional[int] = typer.Option(None, help="With --ray: at most this many shards at once "
+                                                         "(default: the cluster's CPUs)."),
 ) -> None:
     """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
     from lohp.trajectories import make_config, prepare as run_prepare
@@ -168,9 +173,17 @@ def prepare(
     from lohp.trajectories.prepare import claim_output
 
     dev = _device(device)  # every check fails before the progress bar appears
+    executor = "ray" if (ray or ray_address) else "local"
+    if ray_workers is not None and ray_workers <= 0:
+        raise LohpError(f"--ray-workers must be >= 1 (got {ray_workers})")
+    if executor == "ray":
+        from lohp.trajectories.ray_executor import check_ray
+
+        check_ray(ray_address)
     claim_output(out, config, overwrite)
     with progress_bar("preparing") as update:
-        store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update)
+        store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update, executor=executor,
+                            ray_address=ray_address, ray_workers=ray_workers)
     console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
 
 
@@ -252,6 +265,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="Random seed (initialisation and batches)."),
     checkpoint_every: int = typer.Option(100, help="Checkpoint interval (iterations)."),
     eval_every: int = typer.Option(250, help="Held-out accuracy interval (iterations)."),
+    log_every: int = typer.Option(25, help="Log (diagnostics) interval (iterations)."),
     time_limit: Optional[float] = typer.Option(None, help="Stop after this many training seconds (checkpointed)."),
     eval_every_seconds: Optional[float] = typer.Option(None, help="Also evaluate held-out accuracy every this many "
                                                                   "training seconds (a learning curve)."),
@@ -259,9 +273,23 @@ def train_cmd(
     overwrite: bool = typer.Option(False, help="Start over in --out."),
     family_option: Optional[list[str]] = typer.Option(
         None, "--family-option", help="Family setting KEY=VALUE over the store's (e.g. path=... of moved data)."),
+    nproc: Optional[int] = typer.Option(None, help="Data-parallel processes on this machine (runs this command "
+                                                   "under torchrun; each draws its share of --batch-size)."),
 ) -> None:
-    """Stage II: train a policy on a trajectory store (resumable)."""
+    """Stage II: train a policy on a trajectory store (resumable). Data-parallel: --nproc N,
+    or torchrun --nproc-per-node N -m lohp train ... (multi-node: torchrun's --nnodes /
+    --rdzv-endpoint)."""
+    import os
+
     from lohp.training import train as run_train
+
+    if nproc is not None:
+        if nproc <= 0:
+            raise LohpError(f"--nproc must be >= 1 (got {nproc})")
+        if "WORLD_SIZE" not in os.environ:
+            _relaunch_under_torchrun(nproc, batch_size)
+            return
+    rank = int(os.environ.get("RANK", "0"))
 
     loss_options = {"beta": beta, "lam": lam, "rollouts": rollouts, "rollout": rollout, "log_z": log_z,
                     "off_policy": off_policy, "backward": backward, "normalize": normalize,
@@ -274,8 +302,13 @@ def train_cmd(
                                                          ("features", features)) if value is not None})
     train_options = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "lr_flow": lr_flow,
                      "lr_backward": lr_backward, "seed": seed, "checkpoint_every": checkpoint_every,
-                     "eval_every": eval_every, "time_limit": time_limit, "eval_every_seconds": eval_every_seconds,
+                     "eval_every": eval_every, "log_every": log_every, "time_limit": time_limit, "eval_every_seconds": eval_every_seconds,
                      "optimizers": _split_list(optimizers) if optimizers else None}
+    if rank != 0:  # other ranks of a data-parallel run train silently; rank 0 reports
+        run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
+                  policy_options, train_options, device=_device(device), overwrite=overwrite,
+                  family_options=parse_family_options(family_option))
+        return
     with progress_bar(f"training {method}") as update:
         def show(i: int, n: int, m: dict[str, float]) -> None:
             keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
@@ -288,6 +321,34 @@ def train_cmd(
     summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
     console.print(f"policy in {out} after {res['iteration']} iterations ({res['seconds']:.0f} s): {summary}; "
                   f"curves in {out / 'curves.png'}")
+
+
+def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
+    """``lohp train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m lohp train ...``."""
+    import subprocess
+
+    if batch_size % nproc:
+        raise LohpError(f"--batch-size {batch_size} does not split over {nproc} processes; use a multiple of {nproc}")
+    argv = list(_CURRENT_ARGV if _CURRENT_ARGV is not None else sys.argv[1:])
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "lohp", *args]
+    rc = subprocess.call(cmd)
+    if rc:
+        raise typer.Exit(rc)
+
+
+_CURRENT_ARGV: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- generate
@@ -746,13 +807,34 @@ def bench_prepare(
     optimizers: str = typer.Option("sgd,adam,sam", help="Optimizers to time."),
     head: str = typer.Option("linear", help="linear or mlp."),
     quick: bool = typer.Option(False, help="Small workload for a fast check."),
+    ray: bool = typer.Option(False, "--ray", help="Instead: Stage I on a local Ray cluster with 1 and 2 workers, "
+                                                  "the same workload (ray_speedup)."),
 ) -> None:
-    """Vectorised Stage I collector vs a per-run torch.optim loop (runs*steps per second)."""
+    """Vectorised Stage I collector vs a per-run torch.optim loop (runs*steps per second);
+    with --ray, 1 vs 2 Ray workers on the same workload."""
     from lohp.bench import prepare as bp
 
     _check_outputs(json_out, plot)
     if quick:
         tasks, seeds, steps, repeats = 4, 2, 16, 1
+    if ray:
+        from lohp.trajectories.ray_executor import check_ray
+
+        check_ray("local")
+        with progress_bar("bench prepare --ray") as update:
+            result = bp.run_ray(family_config={"head": head}, optimizers=tuple(_split_list(optimizers)), tasks=tasks,
+                                seeds=seeds, steps=steps, batch_size=batch_size,
+                                progress=lambda text: update(0, 0, text))
+        table = Table(title=f"Stage I on Ray: {result['family']} {head} head, {result['shards']} shards of "
+                            f"{result['shard_runs']} runs, {result['cpus']} CPUs")
+        for col in ("executor", "workers", "seconds", "run-steps / s"):
+            table.add_column(col, justify="right")
+        for r in result["rows"]:
+            table.add_row(r["executor"], str(r["workers"]), f"{r['seconds']:.1f}", f"{r['run_steps_per_s']:.0f}")
+        console.print(table)
+        console.print(f"ray_speedup (2 vs 1 workers): {result['ray_speedup']:.2f}x")
+        _write_outputs(result, json_out, None, "", None)
+        return
     with progress_bar("bench prepare") as update:
         opts = _split_list(optimizers)
         counter = {"n": 0}
@@ -948,10 +1030,15 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
+    global _CURRENT_ARGV
+    _CURRENT_ARGV = list(argv) if argv is not None else sys.argv[1:]
     try:
         app(args=argv, prog_name="lohp")
     except LohpError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: messages hold install commands such as pip install -e '.[images]'
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(LohpError.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted; re-run the same command to resume where it stopped")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -90,8 +91,10 @@ class OfflineData:
     def __len__(self) -> int:
         return len(self.thetas)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        idx = torch.randint(len(self), (batch_size,), generator=generator).to(self.thetas.device)
+    def sample(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
+        """``batch_size`` trajectories drawn with replacement; with ``world > 1`` processes,
+        rank r keeps rows r, r + world, ... of the same global draw (data parallel)."""
+        idx = torch.randint(len(self), (batch_size,), generator=generator)[rank::world].to(self.thetas.device)
         return Batch(self.thetas[idx], self.cond[idx], generator,
                      task_loss=lambda rows: self.task_loss(self.task_seeds[idx[rows].cpu()].tolist()))
 
@@ -146,6 +149,74 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class _LossModule(torch.nn.Module):
+    """The loss as a module's forward, so DistributedDataParallel can wrap it (its gradient
+    hooks sync every parameter the loss used, whichever policy methods it called)."""
+
+    def __init__(self, policy: LohpPolicy, loss: Any):
+        super().__init__()
+        self.policy, self.loss = policy, loss
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss(self.policy, batch)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a data-parallel run (torchrun's environment), or a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str = "cpu") -> "Distributed":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if str(device).startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def mean(self, value: float) -> float:
+        """The mean of a number over ranks (the global batch's loss from each rank's share)."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def any(self, flag: bool) -> bool:
+        if not self.active:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 # The parts of a run that must not change on resume (iterations and time limit may).
@@ -207,6 +278,12 @@ class Trainer:
         self.out = ensure_writable_dir(Path(out))
         self.loss_config = loss_config
         self.train_config = train_config or TrainConfig()
+        self.dist = Distributed.from_env(device)
+        if self.dist.active and str(device).startswith("cuda"):
+            device = f"cuda:{self.dist.local_rank}"
+        if self.dist.active and self.train_config.batch_size % self.dist.world:
+            raise LohpError(f"--batch-size {self.train_config.batch_size} does not split over {self.dist.world} "
+                            f"processes; use a multiple of {self.dist.world}")
         self.device = device
         hyper = loss_config.method == "hypernetwork"
         k = self.store.config["steps"] if hyper else loss_config.k
@@ -231,7 +308,18 @@ class Trainer:
             weight_decay=tc.weight_decay)
         self.meta = self._meta()
         self.iteration = 0
-        self._prepare_out(overwrite)
+        if self.dist.main:
+            self._prepare_out(overwrite)
+        self.dist.barrier()
+        if not self.dist.main and (self.out / CHECKPOINT).exists():
+            self._load_checkpoint()  # every rank resumes from rank 0's last checkpoint
+        self.step_module: torch.nn.Module = _LossModule(self.policy, self.loss)
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index] if str(self.device).startswith("cuda") else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids,
+                                                       find_unused_parameters=True)
 
     # -- bookkeeping --------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -267,6 +355,8 @@ class Trainer:
             atomic_write_json(meta_path, {**self.meta, "format": "lohp-policy/1", "iteration": 0})
 
     def _save_checkpoint(self) -> None:
+        if not self.dist.main:  # rank 0 writes checkpoints, logs and the policy
+            return
         tensors = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
         state = self.optimizer.state_dict()
         for pid, pstate in state["state"].items():
@@ -315,7 +405,8 @@ class Trainer:
         clock = train0  # training seconds so far
         next_eval = (math.floor(clock / tc.eval_every_seconds) + 1) * tc.eval_every_seconds \
             if tc.eval_every_seconds else math.inf
-        log_fh = open(self.out / LOG, "w", newline="")
+        main = self.dist.main
+        log_fh = open(self.out / LOG, "w", newline="") if main else open(os.devnull, "w")
         writer = csv.DictWriter(log_fh, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -328,9 +419,9 @@ class Trainer:
                 i = self.iteration + 1
                 t0 = time.perf_counter()
                 gen = _iteration_generator(tc.seed, i, self.device)
-                batch = self.data.sample(tc.batch_size, gen)
-                loss, parts = self.loss(self.policy, batch)
-                if not torch.isfinite(loss):
+                batch = self.data.sample(tc.batch_size, gen, self.dist.rank, self.dist.world)
+                loss, parts = self.step_module(batch)
+                if self.dist.any(not bool(torch.isfinite(loss))):
                     bad = [k for k, v in parts.items() if not math.isfinite(v)]
                     raise LohpError(f"non-finite loss{' term ' + ', '.join(bad) if bad else ''} at iteration {i}; "
                                     f"the last good checkpoint (iteration {self._checkpoint_iteration()}) is kept "
@@ -344,10 +435,11 @@ class Trainer:
                 self.optimizer.step()
                 clock += time.perf_counter() - t0
                 self.iteration = i
-                last = {"loss": loss.item(), **parts}
-                out_of_time = tc.time_limit is not None and clock >= tc.time_limit
+                last = {"loss": self.dist.mean(loss.item()), **{k: self.dist.mean(v) for k, v in parts.items()}}
+                # every rank stops at the same iteration: when any rank's clock ran out
+                out_of_time = self.dist.any(tc.time_limit is not None and clock >= tc.time_limit)
                 timed_eval = clock >= next_eval or (out_of_time and tc.eval_every_seconds is not None)
-                if i % tc.log_every == 0 or i == tc.iterations or timed_eval or out_of_time:
+                if main and (i % tc.log_every == 0 or i == tc.iterations or timed_eval or out_of_time):
                     self.policy.eval()
                     last.update(diagnostics(self.policy, self.data, tc.diagnostic_trajectories))
                     if i % tc.eval_every == 0 or i == tc.iterations or timed_eval:
@@ -362,7 +454,7 @@ class Trainer:
                     log_fh.flush()
                 if i % tc.checkpoint_every == 0 or i == tc.iterations:
                     self._save_checkpoint()
-                if progress is not None:
+                if progress is not None and main:
                     progress(i, tc.iterations, last)
                 if out_of_time:
                     stopped_early = True
@@ -372,7 +464,9 @@ class Trainer:
         if stopped_early:
             self._save_checkpoint()
         self.policy.eval()
-        self.plot_curves()
+        if main:
+            self.plot_curves()
+        self.dist.barrier()
         if not last and rows:  # nothing left to train (a finished run re-opened): report its last log row
             last = {k: float(v) for k, v in rows[-1].items()
                     if k not in ("iteration", "seconds", "train_seconds") and v not in ("", None)}

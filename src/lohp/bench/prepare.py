@@ -118,3 +118,53 @@ def plot(result: dict[str, Any], path) -> None:
         ax.text(xi, max(v, l) * 1.1, f"{v / l:.1f}x", ha="center", fontsize=8)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
+            optimizers: tuple[str, ...] = ("sgd", "adam", "sam"), tasks: int = 16, seeds: int = 2, steps: int = 64,
+            batch_size: int = 32, shard_runs: int = 8, workers: tuple[int, ...] = (1, 2),
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stage I on a local Ray cluster with 1 and 2 workers, the same workload (a whole
+    ``prepare`` into a fresh folder each time, shards written by the driver): run-steps
+    per second side by side and ``ray_speedup`` = (2 workers) / (1 worker)."""
+    import tempfile
+    from pathlib import Path
+
+    from lohp.trajectories import make_config, prepare
+    from lohp.trajectories import ray_executor
+
+    cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks, seeds=seeds,
+                      steps=steps, batch_size=batch_size, shard_runs=shard_runs)
+    n_shards = len(optimizers) * -(-tasks * seeds // shard_runs)
+    ray = ray_executor.init(None, num_cpus=max(workers))
+    work = tasks * seeds * len(optimizers) * steps
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if progress:
+            progress("warming up the Ray workers")
+        warm = make_config(family=family, family_config=family_config, optimizers=optimizers[:1], tasks=max(workers),
+                           steps=2, batch_size=batch_size, shard_runs=1)
+        prepare(Path(tmp) / "warm", warm, executor="ray", ray_workers=max(workers))
+        for w in workers:
+            if progress:
+                progress(f"{w} Ray worker(s): {n_shards} shards")
+            t0 = time.perf_counter()
+            prepare(Path(tmp) / f"ray{w}", cfg, executor="ray", ray_workers=w)
+            sec = time.perf_counter() - t0
+            rows.append({"executor": "ray", "workers": w, "seconds": sec, "run_steps_per_s": work / sec})
+        if progress:
+            progress("local loop, 1 thread")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            prepare(Path(tmp) / "local", cfg)
+            sec = time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(threads)
+        rows.append({"executor": "local", "workers": 1, "seconds": sec, "run_steps_per_s": work / sec})
+    by = {r["workers"]: r for r in rows if r["executor"] == "ray"}
+    return {"benchmark": "prepare-ray", "family": family, "family_config": cfg["family_config"], "tasks": tasks,
+            "seeds": seeds, "steps": steps, "optimizers": list(optimizers), "shards": n_shards,
+            "shard_runs": shard_runs, "cpus": int(ray.cluster_resources().get("CPU", 0)), "rows": rows,
+            "ray_speedup": by[max(workers)]["run_steps_per_s"] / by[min(workers)]["run_steps_per_s"]}

@@ -148,12 +148,60 @@ def claim_output(out: str | Path, config: dict[str, Any], overwrite: bool = Fals
     return out
 
 
+def compute_shard(config: dict[str, Any], plan: ShardPlan, device: str = "cpu", task: Callable[[int], Any] | None = None,
+                  on_step: Callable[[int], None] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train one shard's runs: (tensors for its file, its record without file checksum).
+
+    A pure function of (config, plan): the unit a local loop or a Ray task executes."""
+    if task is None:
+        family = make_family(config["family"], **config["family_config"])
+
+        def task(seed: int):
+            return family.sample(seed, config["split"])
+    optimizer = make_optimizer(plan.optimizer["name"], **plan.optimizer["hparams"])
+    tasks = [task(r["task_seed"]) for r in plan.runs]
+    theta0 = torch.stack([t.init_theta(r["init_seed"], config["init"], config["init_sigma"])
+                          for t, r in zip(tasks, plan.runs)])
+    result = collect(tasks, optimizer, theta0, config["steps"], config["batch_size"], config["record_every"],
+                     seed=_seed(config["seed"], 1, plan.index), device=device, on_step=on_step)
+    tensors = {"theta": result.thetas, "steps": result.steps, "train_loss": result.train_loss,
+               "eval_loss": result.eval_loss, "eval_metric": result.eval_metric}
+    record = {"file": plan.file, "runs": len(plan.runs), "records": result.thetas.shape[1],
+              "optimizer": plan.optimizer, "runs_spec": plan.runs, "steps": result.steps.tolist(),
+              "train_seconds": result.train_seconds,
+              "metrics": {"train_loss": result.train_loss.tolist(), "eval_loss": result.eval_loss.tolist(),
+                          "eval_metric": result.eval_metric.tolist()}}
+    return tensors, record
+
+
+def write_shard(out: Path, plan: ShardPlan, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> dict[str, Any]:
+    """The shard's tensors, then its record (with the file's checksum): each atomically."""
+    path = out / SHARD_DIR / plan.file
+    atomic_save_tensors(path, tensors, metadata={"format": FORMAT, "optimizer": plan.optimizer["name"]})
+    record = {**record, "sha256": sha256_file(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(out / SHARD_DIR / plan.record_file, record)
+    return record
+
+
+EXECUTORS = ("local", "ray")
+
+
 def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
-            progress: Callable[[int, int, str], None] | None = None) -> TrajectoryStore:
+            progress: Callable[[int, int, str], None] | None = None, executor: str = "local",
+            ray_address: str | None = None, ray_workers: int | None = None) -> TrajectoryStore:
     """Run (or resume) Stage I into ``out`` and return the opened store.
 
-    ``progress(done, total, text)`` is called with run-steps done so far.
+    ``progress(done, total, text)`` is called with run-steps done so far. ``executor="ray"``
+    runs each missing shard as one Ray task (``ray_address``: a cluster; default
+    ``RAY_ADDRESS`` or a local one; ``ray_workers``: at most this many shards at once); the
+    driver writes shards and the manifest exactly as the local loop does.
     """
+    if executor not in EXECUTORS:
+        raise LohpError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from lohp.trajectories.ray_executor import check_ray
+
+        check_ray(ray_address)  # before any file is touched
     out = claim_output(out, config, overwrite)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
@@ -163,7 +211,6 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     family = make_family(config["family"], **config["family_config"])
     plans = plan_shards(config)
     steps = config["steps"]
-    n_rec = len(recorded_steps(steps, config["record_every"]))
     task_cache: dict[int, Any] = {}
 
     def task(seed: int):
@@ -175,44 +222,39 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     layout = first.layout.to_dict()
     task_info = {}
     total_units = sum(len(p.runs) for p in plans) * steps
-    done_units = 0
-    records: list[dict[str, Any]] = []
+    done: dict[int, dict[str, Any]] = {}
     for plan in plans:
         record = _shard_done(out, plan)
-        opt_name = plan.optimizer["name"]
-        if record is None:
-            optimizer = make_optimizer(opt_name, **plan.optimizer["hparams"])
-            tasks = [task(r["task_seed"]) for r in plan.runs]
-            theta0 = torch.stack([t.init_theta(r["init_seed"], config["init"], config["init_sigma"])
-                                  for t, r in zip(tasks, plan.runs)])
-            base = done_units
+        if record is not None:
+            done[plan.index] = record
 
-            def on_step(t: int, base: int = base, n: int = len(plan.runs)) -> None:
-                if progress is not None and (t % 4 == 0 or t == steps):
-                    progress(base + t * n, total_units, f"{opt_name} shard {plan.index + 1}/{len(plans)}")
-
-            result = collect(tasks, optimizer, theta0, steps, config["batch_size"], config["record_every"],
-                             seed=_seed(config["seed"], 1, plan.index), device=device, on_step=on_step)
-            assert result.thetas.shape[1] == n_rec
-            path = out / SHARD_DIR / plan.file
-            atomic_save_tensors(path, {"theta": result.thetas, "steps": result.steps,
-                                       "train_loss": result.train_loss, "eval_loss": result.eval_loss,
-                                       "eval_metric": result.eval_metric},
-                                metadata={"format": FORMAT, "optimizer": opt_name})
-            record = {"file": plan.file, "sha256": sha256_file(path), "runs": len(plan.runs),
-                      "records": n_rec, "optimizer": plan.optimizer, "runs_spec": plan.runs,
-                      "steps": result.steps.tolist(), "train_seconds": result.train_seconds,
-                      "metrics": {"train_loss": result.train_loss.tolist(),
-                                  "eval_loss": result.eval_loss.tolist(),
-                                  "eval_metric": result.eval_metric.tolist()},
-                      "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            atomic_write_json(out / SHARD_DIR / plan.record_file, record)
-        done_units += len(plan.runs) * steps
+    def finish(plan: ShardPlan, record: dict[str, Any]) -> None:
+        done[plan.index] = record
         if progress is not None:
-            progress(done_units, total_units, f"{opt_name} shard {plan.index + 1}/{len(plans)}")
-        records.append(record)
+            units = sum(len(plans[i].runs) for i in done) * steps
+            progress(units, total_units, f"{plan.optimizer['name']} shard {plan.index + 1}/{len(plans)}")
         for r in plan.runs:
             task_info.setdefault(r["task_seed"], task(r["task_seed"]).info)
+        records = [done[i] for i in sorted(done)]
         atomic_write_json(out / MANIFEST, _build_manifest(config, layout, records, len(plans),
                                                           first.metric_name, task_info))
+
+    todo = [p for p in plans if p.index not in done]
+    for plan in [p for p in plans if p.index in done]:
+        finish(plan, done[plan.index])
+    if executor == "ray":
+        from lohp.trajectories.ray_executor import run_shards
+
+        for plan, (tensors, record) in run_shards(config, todo, device, ray_address, ray_workers):
+            finish(plan, write_shard(out, plan, tensors, record))
+    else:
+        for plan in todo:
+            base = sum(len(plans[i].runs) for i in done) * steps
+
+            def on_step(t: int, base: int = base, n: int = len(plan.runs), plan: ShardPlan = plan) -> None:
+                if progress is not None and (t % 4 == 0 or t == steps):
+                    progress(base + t * n, total_units, f"{plan.optimizer['name']} shard {plan.index + 1}/{len(plans)}")
+
+            tensors, record = compute_shard(config, plan, device, task, on_step)
+            finish(plan, write_shard(out, plan, tensors, record))
     return TrajectoryStore.open(out)
