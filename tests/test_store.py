@@ -19,7 +19,7 @@ from torch import nn
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 from lohp.trajectories import TrajectoryStore, make_config, prepare, summarize
-from lohp.trajectories import store as store_mod
+from lohp import io as store_mod  # the atomic writers live in lohp.io
 
 # the small store of conftest.py: 3 tasks x 2 seeds x (sgd, adam), 6 steps, 4 runs per shard
 N_TRAJ, N_REC, N_SHARDS = 12, 7, 4

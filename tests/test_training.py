@@ -104,7 +104,7 @@ def test_record_every_must_divide_k(tmp_path):
 def test_nan_in_a_trajectory_is_refused(store8, tmp_path):
     import shutil
 
-    from lohp.trajectories.store import atomic_save_tensors, sha256_file
+    from lohp.io import atomic_save_tensors, sha256_file
 
     dst = tmp_path / "nan"
     shutil.copytree(store8, dst)
@@ -144,13 +144,21 @@ def test_generation_modes_adapt_and_save(store8, tmp_path):
 def test_policy_errors_are_one_line(store8, tmp_path):
     train(store8, tmp_path / "p", "lo-di", policy_options=POLICY, train_options=FAST)
     gen = Generator.load(tmp_path / "p")
-    bigger = gen.family(n_way=4).sample(0, "heldout")
-    with pytest.raises(LohpError, match="trained for 3"):
-        gen.generate(bigger)
+    bigger = gen.family(n_way=4).sample(0, "heldout")  # a head policy serves another class count
+    assert gen.generate(bigger).named[bigger.layout.names[0]].shape[0] == 4
+    mlp = gen.family(head="mlp", hidden=4).sample(0, "heldout")
+    with pytest.raises(LohpError, match="parameter layout does not match the policy.s target model"):
+        gen.generate(mlp)
     with pytest.raises(LohpError, match="does not exist|no trained policy"):
         Generator.load(tmp_path / "nothing")
     weights = tmp_path / "p" / "policy.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[-5] ^= 0xFF  # inside the tensor data; the header still parses
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(LohpError, match="policy weights .* is corrupt \\(its data do not match the sha256"):
+        Generator.load(tmp_path / "p")
+    weights.write_bytes(good[:100])
     with pytest.raises(LohpError, match="truncated or corrupt"):
         Generator.load(tmp_path / "p")
 

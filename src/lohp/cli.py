@@ -180,7 +180,11 @@ def prepare(
         from lohp.trajectories.ray_executor import check_ray
 
         check_ray(ray_address)
-    claim_output(out, config, overwrite)
+    from lohp.trajectories.prepare import check_store_tasks
+
+    check_store_tasks(config)  # bad task data: refused before a folder exists
+    if not overwrite:  # (with --overwrite, prepare clears the folder once it holds its lock)
+        claim_output(out, config, overwrite)
     with progress_bar("preparing") as update:
         store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update, executor=executor,
                             ray_address=ray_address, ray_workers=ray_workers)
@@ -518,7 +522,7 @@ def _digits_table(result: dict[str, Any], title: str) -> None:
 
     print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
                                         ("accuracy", "accuracy (mean ± std)", ".4f"),
-                                        ("accuracy_wide", f"acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
+                                        ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
                                         ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
                                         ("hessian_trace", "Hessian trace", ".3f"),
                                         ("iterations_per_second", "train it/s", ".1f")], console)
@@ -861,7 +865,7 @@ def bench_prepare(
 
 def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
     """Fail on an unwritable --json/--plot before a long benchmark runs, not after."""
-    from lohp.trajectories.store import ensure_writable_dir
+    from lohp.io import ensure_writable_dir
 
     if json_out is not None:
         if json_out.is_dir():
@@ -873,7 +877,7 @@ def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
 
 def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | None, default_name: str,
                    plot_fn: Any) -> None:
-    from lohp.trajectories.store import atomic_write_json, ensure_writable_dir
+    from lohp.io import atomic_write_json, ensure_writable_dir
 
     if json_out is not None:
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))

@@ -34,7 +34,7 @@ class GeneratedWeights:
     layout: ParamLayout
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        from lohp.trajectories.store import atomic_save_tensors, ensure_writable_dir
+        from lohp.io import atomic_save_tensors, ensure_writable_dir
 
         path = Path(path)
         ensure_writable_dir(path.parent)
@@ -157,12 +157,24 @@ class Generator:
         seeds = seeds if seeds is not None else [0] * len(tasks)
         if s0 is None:
             s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
-        cond = torch.stack([t.condition() for t in tasks]).to(self.device)
+        from lohp.io import check_finite
+
+        conds = [t.condition() for t in tasks]
+        for t, c in zip(tasks, conds):
+            check_finite(c, f"task {t.name}'s condition (from its training split)",
+                         "its features hold NaN or inf: clean the data")
+        cond = torch.stack(conds).to(self.device)
         s0 = s0.to(self.device)
         if temperature <= 0:
-            return self._mean_rollout(s0, cond, policy).cpu()
-        gen = torch.Generator(device=self.device).manual_seed(sample_seed)
-        return policy.rollout(s0, cond, temperature, gen).cpu()
+            out = self._mean_rollout(s0, cond, policy).cpu()
+        else:
+            gen = torch.Generator(device=self.device).manual_seed(sample_seed)
+            out = policy.rollout(s0, cond, temperature, gen).cpu()
+        bad = [t.name for t, th in zip(tasks, out) if not torch.isfinite(th).all()]
+        if bad:
+            raise LohpError(f"the policy generated non-finite weights for {len(bad)} task(s), e.g. {bad[0]}; "
+                            "the task is outside what the policy was trained on (check its features' scale)")
+        return out
 
     def generate(self, task: Task, seed: int = 0, temperature: float = 0.0, init_scale: float = 1.0,
                  sample_seed: int = 0) -> GeneratedWeights:

@@ -221,7 +221,7 @@ def frozen_embeddings(ids: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- PEFT export
 def check_adapter_dir(out: str | Path, overwrite: bool = False) -> Path:
     """``out`` may receive an adapter: writable, and not holding one unless ``overwrite``."""
-    from lohp.trajectories.store import ensure_writable_dir
+    from lohp.io import ensure_writable_dir
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -237,7 +237,7 @@ def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = Fal
     """Write ``model``'s LoRA as a PEFT adapter folder plus its head (see module doc)."""
     from safetensors.torch import save_file
 
-    from lohp.trajectories.store import atomic_write_json
+    from lohp.io import atomic_write_json
 
     out = check_adapter_dir(out, overwrite)
     model.encoder.save_pretrained(str(out), safe_serialization=True)
@@ -257,8 +257,6 @@ def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = Fal
 
 def load_adapter(directory: str | Path) -> tuple[nn.Module, torch.Tensor]:
     """The exported adapter through peft itself: ``(PeftModel on a fresh MiniLM, head W [C, H])``."""
-    from safetensors.torch import load_file
-
     transformers, peft = _libs()
     directory = Path(directory)
     missing = [f for f in (*ADAPTER_FILES, HEAD_FILE) if not (directory / f).exists()]
@@ -267,7 +265,9 @@ def load_adapter(directory: str | Path) -> tuple[nn.Module, torch.Tensor]:
                         "write one with: lohp generate --policy DIR --family wordnet --out DIR")
     base = transformers.AutoModel.from_pretrained(str(model_dir()))
     model = peft.PeftModel.from_pretrained(base, str(directory)).eval()
-    head = load_file(str(directory / HEAD_FILE))["weight"]
+    from lohp.io import load_tensors
+
+    head = load_tensors(directory / HEAD_FILE, "adapter head", "generate the adapter again")["weight"]
     return model, head
 
 

@@ -20,14 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from lohp.errors import LohpError
 from lohp.losses import Batch, LossConfig, make_loss
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
 from lohp.policy.io import META, WEIGHTS, load_state, save_policy
 from lohp.trajectories import TrajectoryStore
-from lohp.trajectories.store import atomic_save_tensors, atomic_write_json, ensure_writable_dir, read_json
+from lohp.io import POLICY_FORMAT, atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
@@ -324,7 +323,7 @@ class Trainer:
     # -- bookkeeping --------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         st = self.store
-        from lohp.trajectories.store import sha256_file
+        from lohp.io import sha256_file
 
         return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
@@ -352,7 +351,7 @@ class Trainer:
             if (self.out / CHECKPOINT).exists():
                 self._load_checkpoint()
         if not meta_path.exists() or overwrite:
-            atomic_write_json(meta_path, {**self.meta, "format": "lohp-policy/1", "iteration": 0})
+            atomic_write_json(meta_path, {**self.meta, "format": POLICY_FORMAT, "iteration": 0})
 
     def _save_checkpoint(self) -> None:
         if not self.dist.main:  # rank 0 writes checkpoints, logs and the policy
@@ -370,11 +369,10 @@ class Trainer:
 
     def _load_checkpoint(self) -> None:
         info = read_json(self.out / CHECKPOINT_META, "checkpoint description")
-        load_state(self.policy, self.out / CHECKPOINT, prefix="policy.")
-        try:
-            tensors = load_file(str(self.out / CHECKPOINT))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-            raise LohpError(f"{self.out / CHECKPOINT} is corrupt ({exc}); delete it to restart training") from None
+        fix = (f"delete {self.out / CHECKPOINT} and {self.out / CHECKPOINT_META} to restart this policy from "
+               "iteration 0 (or pass --overwrite)")
+        load_state(self.policy, self.out / CHECKPOINT, prefix="policy.", fix=fix)
+        tensors = load_tensors(self.out / CHECKPOINT, "training checkpoint", fix)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -511,7 +509,15 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
     """Train (or resume) a policy; returns the final iteration's metrics."""
     from lohp.losses import loss_config
 
+    from contextlib import nullcontext
+
+    from lohp.io import OutputLock
+
     lc = loss_config(method, k=k, **(loss_options or {}))
-    trainer = Trainer(store, out, lc, PolicyConfig(**(policy_options or {})), TrainConfig(**(train_options or {})),
-                      device=device, overwrite=overwrite, family_options=family_options)
-    return trainer.train(progress)
+    pc, tc = PolicyConfig(**(policy_options or {})), TrainConfig(**(train_options or {}))
+    # one writer per policy folder (in a data-parallel run, rank 0 is the writer)
+    lock = OutputLock(ensure_writable_dir(Path(out)), "lohp train") if os.environ.get("RANK", "0") == "0" \
+        else nullcontext()
+    with lock:
+        trainer = Trainer(store, out, lc, pc, tc, device=device, overwrite=overwrite, family_options=family_options)
+        return trainer.train(progress)

@@ -208,7 +208,7 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
     tmp = None
     try:
         if save is not None:
-            from lohp.trajectories.store import ensure_writable_dir
+            from lohp.io import ensure_writable_dir
 
             root = ensure_writable_dir(Path(save))
         else:

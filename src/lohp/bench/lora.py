@@ -31,7 +31,7 @@ from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_r
 from lohp.optim import make_optimizer
 from lohp.policy.io import META
 from lohp.trajectories import make_config, prepare
-from lohp.trajectories.store import read_json
+from lohp.io import read_json
 
 POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
 # The earlier SubTB hybrid (lo-hp-v1): rollouts are N sequential passes over 384 groups, so 4 of

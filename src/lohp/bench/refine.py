@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import single_run_seconds
-from lohp.bench.scenario import (ADAM_LRS, Variant, budget_variants, policy_dir, s0_sampler, stage_one, train_variant,
+from lohp.bench.scenario import (ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant,
                                  tune_adam)
 from lohp.errors import LohpError
 from lohp.generation import Generator

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import torch
 
-from lohp.errors import LohpError
 
 
 def home() -> Path:
@@ -27,18 +26,11 @@ def key_of(spec: dict[str, Any]) -> str:
 def cached_tensors(kind: str, spec: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]]
                    ) -> dict[str, torch.Tensor]:
     """Load ``home()/kind/<key>.safetensors`` or build, save (atomically) and return it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from lohp.trajectories.store import atomic_save_tensors, ensure_writable_dir
+    from lohp.io import atomic_save_tensors, ensure_writable_dir, load_tensors
 
     path = home() / kind / f"{kind}-{key_of(spec)}.safetensors"
     if path.exists():
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise LohpError(f"cache file {path} is empty or corrupt ({str(exc).splitlines()[0][:80]}); "
-                            "delete it and run again to rebuild it") from None
+        return load_tensors(path, "cache file", "delete it and run again to rebuild it")
     tensors = build()
     ensure_writable_dir(path.parent)
     atomic_save_tensors(path, {k: v.contiguous() for k, v in tensors.items()},

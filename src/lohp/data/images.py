@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 
@@ -187,7 +185,7 @@ class LearnedOptimizer:
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
         """Write ``l2o.safetensors`` + ``l2o.json`` into ``folder`` (atomically)."""
-        from lohp.trajectories.store import atomic_save_tensors, atomic_write_json, ensure_writable_dir
+        from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir
 
         folder = ensure_writable_dir(Path(folder))
         tensors = {k: v.detach() for k, v in self.net.state_dict().items()}
@@ -201,7 +199,7 @@ class LearnedOptimizer:
     @classmethod
     def load(cls, folder: str | Path) -> "LearnedOptimizer":
         """Read a folder written by :meth:`save`."""
-        from lohp.trajectories.store import read_json
+        from lohp.io import read_json
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -210,13 +208,11 @@ class LearnedOptimizer:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise LohpError(f"{folder / CONFIG_FILE} is not an lohp L2O config (format {FORMAT} expected)")
         config = L2OConfig.from_dict(dict(meta.get("config", {})))
-        try:
-            tensors = load_file(str(folder / WEIGHTS_FILE))
-        except FileNotFoundError:
-            raise LohpError(f"L2O weights {folder / WEIGHTS_FILE} are missing") from None
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise LohpError(f"L2O weights {folder / WEIGHTS_FILE} are corrupt ({exc.__class__.__name__}); "
-                            "re-train or restore them") from None
+        if not (folder / WEIGHTS_FILE).exists():
+            raise LohpError(f"L2O weights {folder / WEIGHTS_FILE} are missing")
+        from lohp.io import load_tensors
+
+        tensors = load_tensors(folder / WEIGHTS_FILE, "L2O weights", "re-train or restore them")
         net = CoordinateLSTM(config)
         try:
             net.load_state_dict(tensors, strict=True)

@@ -253,7 +253,7 @@ class MetaTrainer:
         c = self.config
         out = Path(out) if out is not None else None
         if out is not None:
-            from lohp.trajectories.store import ensure_writable_dir
+            from lohp.io import ensure_writable_dir
 
             ensure_writable_dir(out)
         start_time = time.perf_counter()

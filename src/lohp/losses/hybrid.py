@@ -19,7 +19,6 @@ at matched points, learned log Z).
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 

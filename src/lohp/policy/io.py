@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 from lohp.policy.policy import LohpPolicy, PolicyConfig
 from lohp.policy.structure import make_structure
 
-POLICY_FORMAT = "lohp-policy/1"
+from lohp.io import POLICY_FORMAT  # noqa: E402 (re-exported)
 META = "policy.json"
 WEIGHTS = "policy.safetensors"
 
@@ -41,18 +39,18 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:
-    from lohp.trajectories.store import atomic_save_tensors, atomic_write_json
+    from lohp.io import atomic_save_tensors, atomic_write_json
 
     directory = Path(directory)
     atomic_save_tensors(directory / WEIGHTS, dict(policy.state_dict()), metadata={"format": POLICY_FORMAT})
     atomic_write_json(directory / META, {**meta, "format": POLICY_FORMAT})
 
 
-def load_state(policy: torch.nn.Module, path: Path, prefix: str = "") -> None:
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LohpError(f"{path} is truncated or corrupt ({exc}); retrain, or resume training to rewrite it") from None
+def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
+               fix: str = "retrain the policy (lohp train --overwrite), or restore the file from a copy") -> None:
+    from lohp.io import load_tensors
+
+    tensors = load_tensors(path, "policy weights" if not prefix else "training checkpoint", fix)
     if prefix:
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
@@ -63,7 +61,7 @@ def load_state(policy: torch.nn.Module, path: Path, prefix: str = "") -> None:
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy, dict[str, Any]]:
-    from lohp.trajectories.store import read_json
+    from lohp.io import read_json
 
     directory = Path(directory)
     if not (directory / META).exists():

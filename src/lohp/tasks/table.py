@@ -100,7 +100,7 @@ class TableFamily(TaskFamily):
     is_folder = False
 
     def _digest(self, file: Path) -> str:
-        from lohp.trajectories.store import sha256_file  # lazily: trajectories imports tasks
+        from lohp.io import sha256_file
 
         return sha256_file(file)
 

@@ -20,9 +20,9 @@ import torch
 from lohp.errors import LohpError
 from lohp.optim import make_optimizer
 from lohp.tasks import make_family
-from lohp.trajectories.collect import collect, recorded_steps
-from lohp.trajectories.store import (CONFIG, FORMAT, MANIFEST, SHARD_DIR, TrajectoryStore, atomic_save_tensors,
-                                     atomic_write_json, ensure_writable_dir, read_json, sha256_file)
+from lohp.trajectories.collect import collect
+from lohp.trajectories.store import CONFIG, FORMAT, MANIFEST, SHARD_DIR, TrajectoryStore
+from lohp.io import LOCK_FILE, atomic_save_tensors, atomic_write_json, ensure_writable_dir, read_json, sha256_file
 
 INIT_SCHEMES = ("standard", "normal", "zeros")
 
@@ -141,8 +141,8 @@ def claim_output(out: str | Path, config: dict[str, Any], overwrite: bool = Fals
             raise LohpError(f"{out} holds a store prepared with other arguments (differs in "
                             f"{', '.join(diff)}); use the same arguments to resume, another --out, "
                             "or --overwrite")
-    elif any(p.name != SHARD_DIR and not p.name.startswith((f".{CONFIG}.", ".write-test."))  # kill -9 leftovers
-             for p in out.iterdir()):
+    elif any(p.name not in (SHARD_DIR, LOCK_FILE) and not p.name.startswith((f".{CONFIG}.", ".write-test."))
+             for p in out.iterdir()):  # kill -9 leftovers
         raise LohpError(f"{out} is not empty and is not a lohp store; choose an empty --out "
                         "or pass --overwrite")
     return out
@@ -186,6 +186,27 @@ def write_shard(out: Path, plan: ShardPlan, tensors: dict[str, torch.Tensor], re
 EXECUTORS = ("local", "ray")
 
 
+def check_store_tasks(config: dict[str, Any]) -> Any:
+    """Every task the store will train on passes :func:`check_task_data`; the family."""
+    family = make_family(config["family"], **config["family_config"])
+    for seed in range(config["task_start"], config["task_start"] + config["tasks"]):
+        check_task_data(family.sample(seed, config["split"]))
+    return family
+
+
+def check_task_data(task: Any) -> None:
+    """One line naming the task, the split and the count when a task cannot be trained on:
+    fewer than two classes, or NaN / inf in its features or its condition."""
+    from lohp.io import check_finite
+
+    if task.n_classes < 2:
+        raise LohpError(f"task {task.name} has {task.n_classes} class; a task needs at least 2 (n_way >= 2)")
+    fix = "the family's data hold non-finite values: drop or impute those rows, then prepare again"
+    for split, x in (("training", task.x_train), ("evaluation", task.x_eval)):
+        check_finite(x, f"task {task.name}'s {split} split", fix)
+    check_finite(task.condition(), f"task {task.name}'s condition (from its training split)", fix)
+
+
 def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
             progress: Callable[[int, int, str], None] | None = None, executor: str = "local",
             ray_address: str | None = None, ray_workers: int | None = None) -> TrajectoryStore:
@@ -202,13 +223,21 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
         from lohp.trajectories.ray_executor import check_ray
 
         check_ray(ray_address)  # before any file is touched
-    out = claim_output(out, config, overwrite)
+    family = check_store_tasks(config)  # bad data fail here, before a folder exists
+    from lohp.io import OutputLock
+
+    with OutputLock(ensure_writable_dir(Path(out)), "lohp prepare"):
+        out = claim_output(out, config, overwrite)
+        return _prepare_locked(out, config, family, device, progress, executor, ray_address, ray_workers)
+
+
+def _prepare_locked(out: Path, config: dict[str, Any], family: Any, device: str, progress: Any, executor: str,
+                    ray_address: str | None, ray_workers: int | None) -> TrajectoryStore:
     (out / SHARD_DIR).mkdir(exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
         stale.unlink(missing_ok=True)
     atomic_write_json(out / CONFIG, config)
 
-    family = make_family(config["family"], **config["family_config"])
     plans = plan_shards(config)
     steps = config["steps"]
     task_cache: dict[int, Any] = {}

@@ -15,135 +15,20 @@ one trajectory's step range without loading the rest.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from lohp.errors import LohpError
+from lohp.io import TRAJECTORIES_FORMAT, read_json, sha256_file
 from lohp.layout import ParamLayout
 
-FORMAT = "lohp-trajectories/1"
+FORMAT = TRAJECTORIES_FORMAT
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 SHARD_DIR = "shards"
-
-
-# --------------------------------------------------------------------------- atomic I/O
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def _new_temp(path: Path) -> str:
-    """A temporary file beside ``path`` with ordinary permissions (mkstemp gives 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    return tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = _new_temp(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
-                        metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = _new_temp(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "r+b") as fh:
-            _sort_metadata(fh)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _sort_metadata(fh) -> None:
-    """safetensors writes ``__metadata__`` from a Rust hash map, in a random key order; sort it
-    (same length, rewritten in place) so equal tensors always give equal bytes and checksums."""
-    n = int.from_bytes(fh.read(8), "little")
-    header = json.loads(fh.read(n))
-    if len(header.get("__metadata__") or {}) > 1:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= n:
-            fh.seek(8)
-            fh.write(text.ljust(n))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LohpError(f"{what} {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LohpError(f"{what} {path} is corrupt ({exc.__class__.__name__}); re-create it "
-                        "(for a store: re-run lohp prepare with the same arguments)") from None
-
-
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` if needed and prove we can write there, or fail with one line."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise LohpError(f"cannot write to output folder {path} ({exc.strerror or exc}); "
-                        "choose a writable --out") from None
-    return path
 
 
 # --------------------------------------------------------------------------- the store

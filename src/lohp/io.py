@@ -1,0 +1,226 @@
+"""lohp's file I/O, in one place (depends on ``errors`` only).
+
+Every file lohp writes goes to a temporary name beside its target, is flushed, fsync'ed
+and renamed, so a crash (even ``kill -9``) leaves the old file or the new one, never half
+of one. Tensor files are safetensors (no pickle anywhere) and carry a sha256 of their
+tensor data in their metadata (``lohp_sha256``), checked by :func:`load_tensors`, so a
+flipped byte inside the data (header intact) is refused instead of read. JSON files are
+written with sorted keys. Format tags name what a file is and its version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lohp.errors import LohpError
+
+# Format tags: what a file is, and its version.
+POLICY_FORMAT = "lohp-policy/1"
+TRAJECTORIES_FORMAT = "lohp-trajectories/1"
+DIGEST_KEY = "lohp_sha256"
+
+
+def check_format(found: Any, expected: str, path: Path | str, what: str) -> None:
+    """Refuse (one line) a file whose format tag is not ``expected``."""
+    if found != expected:
+        raise LohpError(f"{path} is not a {what} ({expected}; found {found!r})")
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _new_temp(path: Path) -> str:
+    """A temporary file beside ``path`` with ordinary permissions (mkstemp gives 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = _new_temp(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' names, dtypes, shapes and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically, with the digest of its data in its metadata."""
+    path = Path(path)
+    tmp = _new_temp(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), DIGEST_KEY: tensor_digest(tensors)}
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "r+b") as fh:
+            _sort_metadata(fh)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _sort_metadata(fh) -> None:
+    """safetensors writes ``__metadata__`` from a Rust hash map, in a random key order; sort it
+    (same length, rewritten in place) so equal tensors always give equal bytes and checksums."""
+    n = int.from_bytes(fh.read(8), "little")
+    header = json.loads(fh.read(n))
+    if len(header.get("__metadata__") or {}) > 1:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:
+            fh.seek(8)
+            fh.write(text.ljust(n))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LohpError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LohpError(f"{what} {path} is corrupt ({exc.__class__.__name__}); re-create it "
+                        "(for a store: re-run lohp prepare with the same arguments)") from None
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove we can write there, or fail with one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LohpError(f"cannot write to output folder {path} ({exc.strerror or exc}); "
+                        "choose a writable --out") from None
+    return path
+
+
+def load_tensors(path: Path | str, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file lohp wrote, checked against the digest it was written
+    with; a truncated, unreadable or altered file is one LohpError naming ``what`` and ``fix``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LohpError(f"{what} {path} is truncated or corrupt ({str(exc).splitlines()[0]}); {fix}") from None
+    want = meta.get(DIGEST_KEY)
+    if want is not None and tensor_digest(tensors) != want:
+        raise LohpError(f"{what} {path} is corrupt (its data do not match the sha256 it was written with); {fix}")
+    return tensors
+
+
+def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse NaN / inf values in ``tensor`` (one line: where, how many, the fix)."""
+    if not torch.is_floating_point(tensor):
+        return
+    bad = (~torch.isfinite(tensor)).sum().item()
+    if bad:
+        raise LohpError(f"{what} holds {bad} NaN or inf value(s) of {tensor.numel()}; {fix}")
+
+
+LOCK_FILE = ".lohp.lock"
+
+
+class OutputLock:
+    """An exclusive lock on an output folder for one writing command (``prepare`` into a
+    store, ``train`` into a policy folder): a second command on the same folder is refused
+    in one line instead of interleaving writes. ``flock`` based, so a killed process
+    releases it (a resumed command never finds a stale lock)."""
+
+    def __init__(self, folder: Path | str, what: str):
+        self.path = Path(folder) / LOCK_FILE
+        self.what = what
+        self._fh = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise LohpError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it to "
+                            "finish or stop it, then run this command again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None

@@ -1,0 +1,112 @@
+"""Reliability probes: bad data, concurrent writers, damaged files. Each refusal is one
+line, exit status 2, no traceback and no file left behind."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lohp.errors import LohpError
+from lohp.tasks import register_family
+from lohp.tasks.digits import DigitsFamily
+
+
+class NanFamily(DigitsFamily):
+    """Digits whose task 1 has NaN pixels in its training split."""
+
+    name = "test-nan"
+
+    def sample(self, seed, split="source"):
+        task = super().sample(seed, split)
+        if seed == 1:
+            x = task.x_train.clone()
+            x[0, :3] = float("nan")
+            task = replace(task, x_train=x)
+        return task
+
+
+class OneClassFamily(DigitsFamily):
+    name = "test-one-class"
+
+    def sample(self, seed, split="source"):
+        return replace(super().sample(seed, split), n_classes=1)
+
+
+register_family("test-nan", NanFamily, overwrite=True)
+register_family("test-one-class", OneClassFamily, overwrite=True)
+
+
+def _one_line(code, err):
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("family, message", [
+    ("test-nan", "task test-nan/source/1's training split holds 3 NaN or inf value(s)"),
+    ("test-one-class", "has 1 class; a task needs at least 2"),
+])
+def test_bad_task_data_is_refused_before_a_folder_exists(tmp_path, cli, family, message):
+    code, out, err = cli("prepare", "--family", family, "--out", tmp_path / "s", "--tasks", "3", "--steps", "2",
+                         "--optimizers", "adam", "--n-way", "3")
+    _one_line(code, err)
+    assert message in err and "learning rate" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_generate_refuses_a_non_finite_condition(small_store_path, tmp_path):
+    from lohp import api
+
+    api.train(small_store_path, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1})
+    gen = api.load_policy(tmp_path / "p")
+    task = gen.family().sample(0, "heldout")
+    bad = replace(task, x_train=torch.full_like(task.x_train, float("nan")))
+    with pytest.raises(LohpError, match="condition \\(from its training split\\) holds .* NaN or inf"):
+        api.generate(gen, bad)
+
+
+def test_a_second_writer_on_the_same_folder_is_refused(small_store_path, tmp_path, cli):
+    from lohp.io import OutputLock
+
+    (tmp_path / "s").mkdir()
+    with OutputLock(tmp_path / "s", "lohp prepare"):
+        code, out, err = cli("prepare", "--out", tmp_path / "s", "--tasks", "2", "--steps", "2", "--optimizers", "adam")
+        _one_line(code, err)
+        assert "is in use by another lohp prepare (pid" in err
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lohp.lock"]
+    (tmp_path / "p").mkdir()
+    with OutputLock(tmp_path / "p", "lohp train"):
+        code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "2")
+        _one_line(code, err)
+        assert "in use by another lohp train" in err
+    # released: the same commands now run
+    code, out, err = cli("prepare", "--out", tmp_path / "s", "--tasks", "2", "--steps", "2", "--optimizers", "adam",
+                         "--n-way", "3")
+    assert code == 0, err
+
+
+def test_a_flipped_byte_in_a_checkpoint_or_a_cache_is_refused(small_store_path, tmp_path, cli):
+    from lohp import api
+    from lohp.io import atomic_save_tensors, load_tensors
+
+    api.train(small_store_path, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 4, "batch_size": 2, "eval_tasks": 1, "checkpoint_every": 2})
+    ckpt = tmp_path / "p" / "checkpoint.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-3] ^= 0x55
+    ckpt.write_bytes(bytes(data))
+    code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--method", "lo-di",
+                         "--iterations", "6", "--channels", "8", "--token-size", "8", "--depth", "1",
+                         "--batch-size", "2", "--lr", "0.001")
+    _one_line(code, err)
+    assert "training checkpoint" in err and "delete" in err and "checkpoint.json" in err
+    f = tmp_path / "c.safetensors"
+    atomic_save_tensors(f, {"x": torch.arange(6.0)})
+    assert torch.equal(load_tensors(f, "cache file", "rebuild")["x"], torch.arange(6.0))
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(LohpError, match="cache file .* is corrupt \\(its data do not match the sha256"):
+        load_tensors(f, "cache file", "rebuild")
