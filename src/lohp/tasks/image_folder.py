@@ -35,10 +35,12 @@ def _files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise LohpError("the image-folder family needs pillow: pip install -e '.[images]'") from None
+    from lohp.extras import require_module
+
+    pil = require_module("PIL", "the image-folder family")
+    from PIL import Image, UnidentifiedImageError  # noqa: F401 (present: checked above)
+
+    del pil
 
     try:
         with Image.open(path) as im:

@@ -60,20 +60,37 @@ def _per_class(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def _progress():
-    """A tqdm bar on stderr for long cache builds (silent when nothing needs building)."""
+    """Progress of long cache builds on stderr (silent when nothing needs building): a tqdm
+    bar on a terminal when tqdm is installed, else a plain line every 10 % (logs, CI)."""
+    import sys
+    import time
+
     state: dict[str, Any] = {}
+    fancy = sys.stderr.isatty()
+    if fancy:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            fancy = False
 
     def update(done: int, total: int, text: str) -> None:
-        from tqdm.auto import tqdm
-
+        if fancy:
+            if state.get("text") != text:
+                if "bar" in state:
+                    state["bar"].close()
+                state["bar"], state["text"] = tqdm(total=total, desc=text, leave=False), text
+            bar = state["bar"]
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+            return
         if state.get("text") != text:
-            if "bar" in state:
-                state["bar"].close()
-            state["bar"], state["text"] = tqdm(total=total, desc=text, leave=False), text
-        bar = state["bar"]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
+            state.update(text=text, start=time.perf_counter(), last=-1)
+        tenth = int(10 * done / max(total, 1))
+        if tenth > state["last"]:
+            state["last"] = tenth
+            print(f"[{time.perf_counter() - state['start']:7.1f} s] {text}: {done}/{total}", file=sys.stderr,
+                  flush=True)
     return update
 
 

@@ -26,11 +26,9 @@ CRASH_ONCE: str | None = None
 
 
 def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise LohpError(f"--ray needs Ray, which is not installed; install it with: {INSTALL}") from None
-    return ray
+    from lohp.extras import require_module
+
+    return require_module("ray", "--ray (Stage I on Ray)")
 
 
 def resolve_address(address: str | None) -> str | None:
