@@ -141,7 +141,7 @@ def test_cache_builds_once_and_refuses_a_corrupt_file(home):
     assert calls == [1, 1]  # another key, another entry
     path = home / "features" / f"features-{cache.key_of({'k': 1})}.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(LohpError, match="empty or corrupt.*delete it"):
+    with pytest.raises(LohpError, match="truncated or corrupt.*delete it"):
         cache.cached_tensors("features", {"k": 1}, build)
     assert calls == [1, 1]  # refused, not silently rebuilt
 
