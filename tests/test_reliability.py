@@ -159,3 +159,21 @@ def test_a_missing_extra_names_its_install_command(tmp_path, cli, monkeypatch, m
     code, out, err = cli(*args, "--out", tmp_path / "s")
     _one_line(code, err)
     assert f"pip install -e '.[{extra}]'" in err, err
+
+
+def test_generated_weights_reopen_checked(small_store_path, tmp_path):
+    from lohp import api
+    from lohp.generation import GeneratedWeights
+
+    api.train(small_store_path, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1})
+    gen = api.load_policy(tmp_path / "p")
+    w = api.generate(gen, gen.family().sample(0, "heldout"))
+    w.save(tmp_path / "w.safetensors")
+    back = GeneratedWeights.load(tmp_path / "w.safetensors")
+    assert torch.equal(back.theta, w.theta) and back.layout == w.layout
+    data = bytearray((tmp_path / "w.safetensors").read_bytes())
+    data[-2] ^= 0x10
+    (tmp_path / "w.safetensors").write_bytes(bytes(data))
+    with pytest.raises(LohpError, match="generated weights .* is corrupt"):
+        GeneratedWeights.load(tmp_path / "w.safetensors")

@@ -314,7 +314,11 @@ def train_cmd(
                   family_options=parse_family_options(family_option))
         return
     with progress_bar(f"training {method}") as update:
+        known: dict[str, float] = {}
+
         def show(i: int, n: int, m: dict[str, float]) -> None:
+            known.update({k_: v for k_, v in m.items() if k_ == "heldout_accuracy"})  # the last one measured
+            m = {**known, **m}
             keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
             text = " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
             update(i, n, f"{method} {text}")

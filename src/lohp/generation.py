@@ -41,6 +41,21 @@ class GeneratedWeights:
         meta = {"layout": json.dumps(self.layout.to_dict()), **(metadata or {})}
         atomic_save_tensors(path, {k: v.contiguous() for k, v in self.named.items()}, metadata=meta)
 
+    @classmethod
+    def load(cls, path: str | Path) -> "GeneratedWeights":
+        """A file written by :meth:`save` (``lohp generate --out``), checked against its sha256."""
+        from safetensors import safe_open
+
+        from lohp.io import load_tensors
+
+        named = load_tensors(path, "generated weights", "generate them again (lohp generate ... --overwrite)")
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "layout" not in meta:
+            raise LohpError(f"{path} was not written by lohp generate (no layout in its metadata)")
+        layout = ParamLayout.from_dict(json.loads(meta["layout"]))
+        return cls(layout.flatten(named), named, layout)
+
 
 class _MeanRollout(nn.Module):
     """The N mean steps as one module, so TorchScript can trace the whole loop."""

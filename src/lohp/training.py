@@ -410,6 +410,10 @@ class Trainer:
         writer.writerows(rows)
         log_fh.flush()
         last: dict[str, float] = {}
+        # the last held-out accuracy measured (reported at the end even when the last
+        # iteration did not evaluate), from the log when resuming
+        known_accuracy = next((float(r["heldout_accuracy"]) for r in reversed(rows)
+                               if r.get("heldout_accuracy") not in (None, "")), None)
         stopped_early = False
         try:
             self.policy.train()
@@ -444,6 +448,7 @@ class Trainer:
                         last["heldout_accuracy"] = heldout_accuracy(
                             self.policy, self.data.family, tc.eval_tasks, self.meta["init"], self.meta["init_sigma"],
                             self.device)
+                        known_accuracy = last["heldout_accuracy"]
                         while next_eval <= clock:
                             next_eval += tc.eval_every_seconds
                     self.policy.train()
@@ -469,6 +474,8 @@ class Trainer:
             last = {k: float(v) for k, v in rows[-1].items()
                     if k not in ("iteration", "seconds", "train_seconds") and v not in ("", None)}
             return {"iteration": self.iteration, "seconds": elapsed0, "train_seconds": train0, **last}
+        if known_accuracy is not None and "heldout_accuracy" not in last:
+            last["heldout_accuracy"] = known_accuracy
         return {"iteration": self.iteration, "seconds": elapsed0 + time.perf_counter() - start,
                 "train_seconds": clock, **last}
 
