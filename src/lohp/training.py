@@ -275,7 +275,6 @@ class Trainer:
             raise LohpError(f"the store {self.store.path} is incomplete; finish it by re-running lohp prepare "
                             "with the same arguments")
         self.out = ensure_writable_dir(Path(out))
-        self.loss_config = loss_config
         self.train_config = train_config or TrainConfig()
         self.dist = Distributed.from_env(device)
         if self.dist.active and str(device).startswith("cuda"):
@@ -284,12 +283,16 @@ class Trainer:
             raise LohpError(f"--batch-size {self.train_config.batch_size} does not split over {self.dist.world} "
                             f"processes; use a multiple of {self.dist.world}")
         self.device = device
-        hyper = loss_config.method == "hypernetwork"
-        k = self.store.config["steps"] if hyper else loss_config.k
-        if hyper:
-            loss_config.k = k
-        pc = policy_config or PolicyConfig()
-        pc.backward = loss_config.backward
+        from dataclasses import replace
+
+        from lohp.losses import get_method
+
+        if get_method(loss_config.method).whole_trajectory:  # one step over the whole trajectory (k = T)
+            loss_config = replace(loss_config, k=self.store.config["steps"])
+        self.loss_config = loss_config
+        k = loss_config.k
+        # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)
+        pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
         self.policy_config = pc
         self.data = OfflineData(self.store, k, self.train_config.optimizers, device)
         structure = make_structure(self.store.layout, {"features": pc.features})
@@ -395,8 +398,12 @@ class Trainer:
         and is what ``time_limit`` and ``eval_every_seconds`` measure."""
         tc = self.train_config
         rows = self._log_rows()  # rows past the last checkpoint are dropped: they will be redone
-        fieldnames = ["iteration", "seconds", "train_seconds", "loss", "loss_on", "loss_off", "loss_reg",
-                      "hessian_trace", "logpf_real", "cos_real", "dist", "dist_final", "heldout_accuracy"]
+        from lohp.losses import loss_diagnostics
+
+        fieldnames = ["iteration", "seconds", "train_seconds", "loss", *loss_diagnostics(self.loss),
+                      "logpf_real", "cos_real", "dist", "dist_final", "heldout_accuracy"]
+        if rows:  # a resumed log keeps its own columns too
+            fieldnames += [k for k in rows[0] if k not in fieldnames]
         elapsed0 = float(rows[-1]["seconds"]) if rows else 0.0
         train0 = float(rows[-1].get("train_seconds") or rows[-1]["seconds"]) if rows else 0.0
         start = time.perf_counter()
@@ -405,7 +412,7 @@ class Trainer:
             if tc.eval_every_seconds else math.inf
         main = self.dist.main
         log_fh = open(self.out / LOG, "w", newline="") if main else open(os.devnull, "w")
-        writer = csv.DictWriter(log_fh, fieldnames=fieldnames, extrasaction="ignore")
+        writer = csv.DictWriter(log_fh, fieldnames=fieldnames, extrasaction="raise")
         writer.writeheader()
         writer.writerows(rows)
         log_fh.flush()
@@ -452,8 +459,14 @@ class Trainer:
                         while next_eval <= clock:
                             next_eval += tc.eval_every_seconds
                     self.policy.train()
-                    writer.writerow({"iteration": i, "seconds": elapsed0 + time.perf_counter() - start,
-                                     "train_seconds": clock, **last})
+                    try:
+                        writer.writerow({"iteration": i, "seconds": elapsed0 + time.perf_counter() - start,
+                                         "train_seconds": clock, **last})
+                    except ValueError:
+                        extra = sorted(set(last) - set(fieldnames))
+                        raise LohpError(f"the {self.loss_config.method} loss returned diagnostics "
+                                        f"{', '.join(extra)} that its class does not declare in `diagnostics`; "
+                                        "add them there") from None
                     log_fh.flush()
                 if i % tc.checkpoint_every == 0 or i == tc.iterations:
                     self._save_checkpoint()

@@ -86,7 +86,8 @@ class LossConfig:
         self.start_widths = [float(w) for w in self.start_widths]
         if not self.start_widths or min(self.start_widths) <= 0:
             raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
-        subtb = self.formulation == "subtb" and self.method not in ("lo-di", "lo-di-noise", "hypernetwork")
+        regression = self.method in _METHODS and _METHODS[self.method].regression
+        subtb = self.formulation == "subtb" and not regression
         if self.flatness_weight > 0 and (self.beta >= 1 or not subtb):
             raise LohpError("the flatness regularizer acts on generated weights of differentiable on-policy "
                             "rollouts; use it with lo-hp-v1 or lo-hp-literal (beta < 1)")
@@ -102,6 +103,40 @@ class LossConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+@dataclass(frozen=True)
+class Method:
+    """A Stage II method: its name, the loss it trains with (``loss(config) -> callable``
+    returning ``(loss, diagnostics)``), its preset over :class:`LossConfig`, and whether it
+    learns one step over the whole trajectory (the hypernetwork: k = T)."""
+
+    name: str
+    loss: Callable[["LossConfig"], Any]
+    preset: dict[str, Any] = field(default_factory=dict)
+    whole_trajectory: bool = False
+    regression: bool = False        # off-policy regression only (no on-policy rollouts)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method, overwrite: bool = False) -> None:
+    """Make ``method.name`` usable everywhere (``lohp train --method``, presets, saved
+    policies record it by name)."""
+    if method.name in _METHODS and _METHODS[method.name] is not method and not overwrite:
+        raise LohpError(f"a method named {method.name!r} is already registered; pick another name")
+    _METHODS[method.name] = method
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        raise LohpError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_METHODS)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # beta 0.8: at 0.5 the on-policy slots (far from the trajectory early in training) slowed
     # whole-network policies down; 0.8 kept the robustness and learned as fast as lo-di.
@@ -114,14 +149,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lo-di-noise": {"input_noise": 5.0},
     "hypernetwork": {},
 }
-METHODS = tuple(PRESETS)
+METHODS = tuple(PRESETS)  # the built-in methods (registered in lohp.losses); method_names() is the live list
 
 
 def loss_config(method: str, **overrides: Any) -> LossConfig:
-    if method not in PRESETS:
-        raise LohpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    m = get_method(method)
     known = {f.name for f in fields(LossConfig)}
     bad = sorted(set(overrides) - known)
     if bad:
         raise LohpError(f"unknown loss option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-    return LossConfig(method=method, **{**PRESETS[method], **{k: v for k, v in overrides.items() if v is not None}})
+    return LossConfig(method=method, **{**m.preset, **{k: v for k, v in overrides.items() if v is not None}})

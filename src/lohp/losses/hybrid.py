@@ -28,6 +28,8 @@ from lohp.policy import LohpPolicy
 
 
 class HybridSubTB:
+    diagnostics = ("loss_on", "loss_off", "hessian_trace")  # the names beside the loss value (the training log's columns)
+
     def __init__(self, config: LossConfig):
         self.config = config
 

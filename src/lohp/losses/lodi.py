@@ -16,6 +16,8 @@ from lohp.policy import LohpPolicy
 
 
 class LocalRegression:
+    diagnostics = ("loss_reg",)  # the names beside the loss value (the training log's columns)
+
     def __init__(self, config: LossConfig):
         self.config = config
 

@@ -39,6 +39,8 @@ from lohp.policy import LohpPolicy
 
 
 class OnPolicyStates:
+    diagnostics = ("loss_on", "loss_off")  # the names beside the loss value (the training log's columns)
+
     def __init__(self, config: LossConfig):
         self.config = config
 

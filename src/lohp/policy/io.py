@@ -22,12 +22,13 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
     """Rebuild the network a ``policy.json`` describes, through the kinds it recorded."""
     from dataclasses import fields
 
-    from lohp.losses import METHODS
+    from lohp.losses import method_names
 
     method = meta.get("method")
-    if method is not None and method not in METHODS:
+    if method is not None and method not in method_names():
         raise LohpError(f"the policy was trained with method {method!r}, which this lohp build does not have "
-                        f"(it has {', '.join(METHODS)}); upgrade lohp, or retrain with one of those")
+                        f"(it has {', '.join(method_names())}); upgrade lohp, register that method, or retrain "
+                        "with one of those")
     known = {f.name for f in fields(PolicyConfig)}
     unknown = sorted(set(meta["policy_config"]) - known)
     if unknown:

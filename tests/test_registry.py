@@ -1,0 +1,64 @@
+"""Extension by registration: a new Stage II method is one loss class plus one call."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from lohp.errors import LohpError
+
+
+class MeanStepLoss:
+    """A toy method: regress the policy's mean step at real states onto the real step."""
+
+    diagnostics = ("my_term",)
+
+    def __init__(self, config):
+        self.config = config
+
+    def __call__(self, policy, batch):
+        th = batch.offline
+        b, n1, d = th.shape
+        j = torch.arange(n1 - 1).repeat(b)
+        mu = policy(th[:, :-1].reshape(-1, d), j, batch.cond.repeat_interleave(n1 - 1, 0))
+        loss = ((mu - (th[:, 1:] - th[:, :-1]).reshape(-1, d)) ** 2).mean() / policy.step_scale.mean() ** 2
+        return loss, {"my_term": loss.item()}
+
+
+def test_a_registered_method_trains_logs_its_diagnostics_and_reopens(small_store_path, tmp_path):
+    from lohp import api
+    from lohp.losses import Method, method_names, register_method
+
+    register_method(Method("test-mean-step", MeanStepLoss, {"beta": 1.0}, regression=True), overwrite=True)
+    assert "test-mean-step" in method_names()
+    api.train(small_store_path, tmp_path / "p", "test-mean-step", policy_options={"channels": 8, "token_size": 8,
+                                                                                  "depth": 1},
+              train_options={"iterations": 4, "batch_size": 2, "log_every": 2, "eval_tasks": 1})
+    with open(tmp_path / "p" / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "my_term" in rows[0] and "loss_on" not in rows[0] and float(rows[-1]["my_term"]) > 0
+    gen = api.load_policy(tmp_path / "p")
+    assert gen.meta["method"] == "test-mean-step"
+
+
+def test_an_undeclared_diagnostic_is_named(small_store_path, tmp_path):
+    from lohp import api
+    from lohp.losses import Method, register_method
+
+    class Sloppy(MeanStepLoss):
+        diagnostics = ()
+
+    register_method(Method("test-sloppy", Sloppy), overwrite=True)
+    with pytest.raises(LohpError, match="returned diagnostics my_term that its class does not declare"):
+        api.train(small_store_path, tmp_path / "p", "test-sloppy", policy_options={"channels": 8, "token_size": 8,
+                                                                                   "depth": 1},
+                  train_options={"iterations": 2, "batch_size": 2, "log_every": 1, "eval_tasks": 1})
+
+
+def test_a_second_method_of_the_same_name_is_refused():
+    from lohp.losses import Method, register_method
+
+    with pytest.raises(LohpError, match="already registered"):
+        register_method(Method("lo-hp", MeanStepLoss))
