@@ -525,7 +525,7 @@ def _digits_table(result: dict[str, Any], title: str) -> None:
     from lohp.bench.harness import print_table
 
     print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
-                                        ("accuracy", "accuracy (mean ± std)", ".4f"),
+                                        ("accuracy", "accuracy (mean ± sample std)", ".4f"),
                                         ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
                                         ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
                                         ("hessian_trace", "Hessian trace", ".3f"),
@@ -573,7 +573,7 @@ def bench_digits(
 
 # --------------------------------------------------------------------------- image scenarios
 SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
-                    ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
+                    ("accuracy", "accuracy (mean ± sample std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
                     ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
                     ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]
 
@@ -949,7 +949,7 @@ def bench_lora(
     print_table(result["rows"], f"MiniLM-L6 LoRA ({result['parameters']} values), {result['heldout_tasks']} held-out "
                                 f"{family} tasks, T={cfg.steps}, {cfg.seeds} seed(s)",
                 [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
-                 ("accuracy", "accuracy (mean ± std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
+                 ("accuracy", "accuracy (mean ± sample std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
                  ("latency_ms", "latency ms", ".1f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".0f"),
                  ("iterations_per_second", "train it/s", ".2f")],
                 console)

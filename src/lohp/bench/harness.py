@@ -22,8 +22,12 @@ WIDE = 10.0  # the robustness column: s_0 drawn this many times wider than in tr
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and *sample* standard deviation (ddof = 1) over seeds: the one spread every
+    benchmark table reports (0 for one value, NaN for none)."""
     v = [float(x) for x in values]
-    return (float(np.mean(v)), float(np.std(v))) if v else (float("nan"), float("nan"))
+    if not v:
+        return float("nan"), float("nan")
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
 
 
 # --------------------------------------------------------------------------- gradient baselines

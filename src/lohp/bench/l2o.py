@@ -139,8 +139,11 @@ def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> f
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = float(np.mean(values))
-    return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+    """:func:`lohp.bench.harness.mean_std` (sample std), None for a single seed."""
+    from lohp.bench.harness import mean_std
+
+    mean, std = mean_std(values)
+    return mean, (std if len(values) > 1 else None)
 
 
 def validate(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1, horizon: int = 32,
@@ -317,7 +320,7 @@ def plot(result: dict[str, Any], path) -> None:
     for xi, r in zip(x, rows):
         ax2.text(xi, r["accuracy"] + (r["accuracy_std"] or 0) + 0.002, f"tr H={r['hessian_trace']:.2f}",
                  ha="center", fontsize=7)
-    ax2.set_title("test accuracy (mean ± std over seeds), tr H of final weights", fontsize=10)
+    ax2.set_title("test accuracy (mean ± sample std over seeds), tr H of final weights", fontsize=10)
     save_figure(fig, path)
 
 
