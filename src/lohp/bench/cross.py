@@ -95,14 +95,15 @@ def run_study(name: str, cfg: CrossBenchConfig, note: Callable[[str], None], pro
     [variant] = budget_variants(cfg.budget, [cfg.method], policy_options=st.policy_options,
                                 train_options=st.train_options)
     policies: dict[Any, Generator] = {}
-    stores = {}
+    stores, iterations = {}, {}
     for arch in [st.trained, *st.unseen]:
         label = f"{st.key}={arch}"
         note(f"{name}: Stage I and a {cfg.method} policy for {label}")
         stores[arch] = stage_one(work / label, st.family, {**st.base, st.key: arch}, st.store_tasks, st.steps,
                                  st.batch_size, device=cfg.device)
-        train_variant(work / label, stores[arch], variant, cfg.seed, 1_000_000, st.train_batch, note, cfg.device,
-                      progress)
+        res = train_variant(work / label, stores[arch], variant, cfg.seed, 1_000_000, st.train_batch, note,
+                            cfg.device, progress)
+        iterations[arch] = int(res.get("iteration", 0))
         policies[arch] = Generator.load(policy_dir(work / label, variant, cfg.seed), cfg.device)
     rows = []
     for arch in [st.trained, *st.unseen]:
@@ -121,7 +122,8 @@ def run_study(name: str, cfg: CrossBenchConfig, note: Callable[[str], None], pro
                      "trained": f"{st.key}={st.trained}", "served": True, "in_distribution": arch == st.trained,
                      "accuracy": cross, "in_distribution_accuracy": own, "adam_accuracy": float(np.mean(adam)),
                      "adam_lr": hp["lr"], "ratio_to_in_distribution": cross / own if own else None,
-                     "heldout_tasks": len(tasks), "d": tasks[0].layout.size})
+                     "heldout_tasks": len(tasks), "d": tasks[0].layout.size,
+                     "iterations": iterations[st.trained], "in_distribution_iterations": iterations[arch]})
     return rows
 
 
