@@ -1,0 +1,209 @@
+"""What every lohp command shares: the typer apps, consoles, progress, option parsers, output checks."""
+
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lohp.errors import LohpError
+
+
+app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks: lohp side by side with its baselines (table, JSON, plot).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+err_console = Console(stderr=True)
+
+
+LOG_INTERVAL = 10.0  # seconds between plain progress lines when stderr is not a terminal
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Any]:
+    """A rich progress bar on a terminal; elsewhere (a log file, CI) a plain line at most every
+    LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress."""
+    if not err_console.is_terminal:
+        import time
+
+        start, last = time.perf_counter(), {"t": -math.inf, "stage": None}
+
+        def plain(done: int, total: int, text: str | None = None) -> None:
+            now = time.perf_counter()
+            text = text or description
+            stage = text.split(":")[0] if ":" in text else text.split(" ")[0]  # the step, not its numbers
+            if now - last["t"] < LOG_INTERVAL and stage == last["stage"]:
+                return
+            last["t"], last["stage"] = now, stage
+            count = f" {done}/{total}" if total else (f" {done}" if done else "")
+            print(f"[{now - start:7.1f} s]{count} {text}", file=sys.stderr, flush=True)
+
+        yield plain
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  transient=False) as prog:
+        task = prog.add_task(description, total=None)
+
+        def update(done: int, total: int, text: str | None = None) -> None:
+            prog.update(task, completed=done, total=total, description=text or description)
+
+        yield update
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _numbers(value: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in _split_list(value)]
+    except ValueError:
+        raise LohpError(f"{option} takes comma-separated numbers, e.g. 1,10 (got {value!r})") from None
+
+
+def _parse_number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise LohpError(f"{text!r} is not a number") from None
+
+
+def parse_hparams(lr: str | None, hparam: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--lr sgd=0.1,adam=0.01`` and ``--hparam sam.rho=0.1`` -> {opt: {name: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in _split_list(lr or ""):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise LohpError(f"--lr takes OPT=VALUE pairs, e.g. sgd=0.1,adam=0.01 (got {item!r})")
+        out.setdefault(name, {})["lr"] = float(_parse_number(value))
+    for item in hparam or []:
+        key, sep, value = item.partition("=")
+        opt, dot, name = key.partition(".")
+        if not (sep and dot):
+            raise LohpError(f"--hparam takes OPT.NAME=VALUE, e.g. sam.rho=0.1 (got {item!r})")
+        out.setdefault(opt, {})[name] = _parse_number(value)
+    return out
+
+
+def parse_family_options(items: list[str] | None) -> dict[str, Any]:
+    """``["rank=4", "targets=query,value", "layers=none"]`` -> {"rank": 4, "targets": [...], "layers": None}."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not (sep and key.strip()):
+            raise LohpError(f"--family-option takes KEY=VALUE, e.g. rank=4 (got {item!r})")
+
+        def one(text: str) -> Any:
+            if text.lower() == "none":
+                return None
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            try:
+                return _parse_number(text)
+            except LohpError:
+                return text
+        out[key.strip()] = [one(v) for v in _split_list(value)] if "," in value else one(value.strip())
+    return out
+
+
+
+data_app = typer.Typer(help="The scenarios' data packages: what is installed, and installing them.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, ValueError) as exc:
+        raise LohpError(f"device {name!r} is not usable here ({str(exc).splitlines()[0]}); try --device cpu") from None
+    return name
+
+
+
+def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
+    """Fail on an unwritable --json/--plot before a long benchmark runs, not after."""
+    from lohp.io import ensure_writable_dir
+
+    if json_out is not None:
+        if json_out.is_dir():
+            raise LohpError(f"--json {json_out} is a folder; give a file name")
+        ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
+    if plot is not None:
+        ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)
+
+
+def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | None, default_name: str,
+                   plot_fn: Any) -> None:
+    from lohp.io import atomic_write_json, ensure_writable_dir
+
+    if json_out is not None:
+        ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
+        atomic_write_json(json_out, result)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        target = plot / default_name if (plot.is_dir() or plot.suffix == "") else plot
+        ensure_writable_dir(target.parent)
+        plot_fn(result, target)
+        console.print(f"wrote {target}")
+
+
+
+def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
+    from lohp.bench import digits as bd
+
+    return _run_bench(bd.run, cfg, label)
+
+
+def _run_bench(run: Any, cfg: Any, label: str) -> dict[str, Any]:
+    """``run(cfg, note, show)`` under one progress bar: stage text plus training progress."""
+    with progress_bar(label) as update:
+        stage = {"text": label}
+
+        def note(text: str) -> None:
+            stage["text"] = text
+            update(0, 0, text)
+
+        def show(i: int, n: int, m: dict[str, float]) -> None:
+            acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
+            update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
+
+        return run(cfg, note, show)
+
+
+def _digits_table(result: dict[str, Any], title: str) -> None:
+    from lohp.bench.harness import print_table
+
+    print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
+                                        ("accuracy", "accuracy (mean ± sample std)", ".4f"),
+                                        ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
+                                        ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                                        ("hessian_trace", "Hessian trace", ".3f"),
+                                        ("iterations_per_second", "train it/s", ".1f")], console)
+
+
+
+
+_CURRENT_ARGV: list[str] | None = None  # the arguments main() was called with (lohp train --nproc re-runs them)
+
+
+# The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate).
+SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
+                    ("accuracy", "accuracy (mean ± sample std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
+                    ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                    ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]

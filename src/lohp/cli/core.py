@@ -1,0 +1,234 @@
+"""The core commands: prepare, inspect, generate, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from lohp.errors import LohpError
+from lohp.cli.common import (SCENARIO_COLUMNS, _check_outputs, _device, _split_list, _write_outputs, app, console,
+                             parse_family_options, parse_hparams, progress_bar)
+
+
+# --------------------------------------------------------------------------- prepare
+@app.command()
+def prepare(
+    out: Path = typer.Option(..., "--out", help="Store folder (created; re-run to resume)."),
+    family: str = typer.Option("digits", help="Task family."),
+    optimizers: str = typer.Option("sgd,adam,sam", help="Comma-separated: sgd, adam, adamw, sam, sam-adam."),
+    tasks: int = typer.Option(16, help="Number of source tasks."),
+    seeds: int = typer.Option(1, help="Runs per task and optimizer (different theta_0)."),
+    steps: int = typer.Option(32, help="Optimizer steps T per run."),
+    batch_size: int = typer.Option(32, help="Minibatch size."),
+    record_every: int = typer.Option(1, help="Store every s-th checkpoint (and always the last)."),
+    lr: Optional[str] = typer.Option(None, help="Learning rates, e.g. sgd=0.1,adam=0.01 (defaults otherwise)."),
+    hparam: Optional[list[str]] = typer.Option(None, help="Other hyper-parameters, e.g. sam.rho=0.1 (repeatable)."),
+    n_way: Optional[int] = typer.Option(None, help="Classes per task (the family's option n_way; digits: 5)."),
+    head: Optional[str] = typer.Option(None, help="Generated target: linear or mlp (the family's option head)."),
+    split: str = typer.Option("source", help="Task set: source or heldout."),
+    task_start: int = typer.Option(0, help="First task seed."),
+    init: str = typer.Option("standard", help="theta_0: standard (layer init), normal, zeros."),
+    init_sigma: float = typer.Option(0.01, help="Std of theta_0 for --init normal."),
+    seed: int = typer.Option(0, help="Base random seed."),
+    shard_runs: Optional[int] = typer.Option(None, help="Runs per shard, the unit of resume (default 64; 4 for "
+                                             "the LoRA families, whose runs are slow)."),
+    device: str = typer.Option("cpu", help="torch device."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store in --out."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE (repeatable), e.g. rank=4 or targets=query,value."),
+    ray: bool = typer.Option(False, "--ray", help="Run the shards as Ray tasks (the cluster in RAY_ADDRESS, or a "
+                                                  "local one); needs pip install -e '.[ray]'."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster HOST:PORT (implies --ray)."),
+    ray_workers: Optional[int] = typer.Option(None, help="With --ray: at most this many shards at once "
+                                                         "(default: the cluster's CPUs)."),
+) -> None:
+    """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
+    from lohp.trajectories import make_config, prepare as run_prepare
+
+    # --n-way / --head are the family options of those names, for every family that has them
+    # (a family without one refuses it in one line).
+    family_config = {k: v for k, v in (("n_way", n_way), ("head", head)) if v is not None}
+    family_config.update(parse_family_options(family_option))
+    if shard_runs is None:
+        from lohp.tasks import family_factory
+
+        shard_runs = getattr(family_factory(family), "default_shard_runs", 64)  # a factory need not be a class
+    config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
+                         hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
+                         seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
+                         init=init, init_sigma=init_sigma, seed=seed, shard_runs=shard_runs)
+    from lohp.trajectories.prepare import claim_output
+
+    dev = _device(device)  # every check fails before the progress bar appears
+    executor = "ray" if (ray or ray_address) else "local"
+    if ray_workers is not None and ray_workers <= 0:
+        raise LohpError(f"--ray-workers must be >= 1 (got {ray_workers})")
+    if executor == "ray":
+        from lohp.trajectories.ray_executor import check_ray
+
+        check_ray(ray_address)
+    from lohp.trajectories.prepare import check_store_tasks
+
+    check_store_tasks(config)  # bad task data: refused before a folder exists
+    if not overwrite:  # (with --overwrite, prepare clears the folder once it holds its lock)
+        claim_output(out, config, overwrite)
+    with progress_bar("preparing") as update:
+        store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update, executor=executor,
+                            ray_address=ray_address, ray_workers=ray_workers)
+    console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
+
+
+# --------------------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    store: Path = typer.Argument(..., help="Store folder written by lohp prepare."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    verify: bool = typer.Option(True, help="Verify every shard's checksum."),
+) -> None:
+    """Summarise a trajectory store and verify its checksums."""
+    from lohp.trajectories import TrajectoryStore, summarize
+
+    summary = summarize(TrajectoryStore.open(store), verify=verify)
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    table = Table(title=f"{summary['path']}: {summary['trajectories']} trajectories, family {summary['family']}")
+    for col in ("optimizer", "trajectories", f"final eval {summary['metric']}", "final train loss"):
+        table.add_column(col, justify="right" if col != "optimizer" else "left")
+    for name, d in summary["optimizers"].items():
+        table.add_row(name, str(d["count"]), f"{d['final_metric_mean']:.4f} ± {d['final_metric_std']:.4f}",
+                      f"{d['final_train_loss_mean']:.4f}")
+    console.print(table)
+    status = "complete" if summary["complete"] else (
+        f"INCOMPLETE ({summary['shards']}/{summary['shards_planned']} shards): re-run lohp prepare with the same arguments")
+    checks = {True: "all shard checksums verified", None: "checksums not verified"}[summary["checksums_ok"]]
+    console.print(f"steps {summary['steps']} (every {summary['record_every']}, {summary['records_per_trajectory']} "
+                  f"records), {summary['parameters']} parameters per trajectory, "
+                  f"{summary['size_bytes'] / 1e6:.2f} MB on disk; {status}; {checks}")
+
+
+# --------------------------------------------------------------------------- generate
+@app.command()
+def generate(
+    policy: Path = typer.Option(..., help="Policy folder written by lohp train."),
+    out: Path = typer.Option(..., help="Output .safetensors file (LoRA policies: an adapter folder)."),
+    family: Optional[str] = typer.Option(None, help="Task family (default: the policy's)."),
+    task_seed: int = typer.Option(0, help="Task seed."),
+    split: str = typer.Option("heldout", help="source or heldout."),
+    seed: int = typer.Option(0, help="Seed of the starting weights s_0."),
+    temperature: float = typer.Option(0.0, help="0: mean path (deterministic); > 0: sample with this temperature."),
+    sample_seed: int = typer.Option(0, help="Seed of the sampling noise."),
+    latency: bool = typer.Option(True, help="Also measure the generation latency."),
+    device: str = typer.Option("cpu", help="torch device."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file (LoRA: an adapter already in --out)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA policies: LoRA rank (default: the policy's)."),
+    targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE (repeatable), over the policy's family config."),
+    refine: Optional[int] = typer.Option(None, help="Then N gradient steps on the task's training split "
+                                                    "(generate-then-refine)."),
+    refine_optimizer: str = typer.Option("adam", help="Refine optimizer: adam, sgd, sam, ..."),
+    refine_lr: Optional[float] = typer.Option(None, help="Refine learning rate (default: Stage I's for that "
+                                                         "optimizer)."),
+) -> None:
+    """Generate weights for one task without computing a task gradient (then --refine N gradient steps).
+
+    With --refine N, N steps of --refine-optimizer on the task's training split follow.
+
+    For a LoRA policy (family wordnet or fortunes) --out is a folder that receives a
+    standard PEFT adapter (adapter_config.json + adapter_model.safetensors, loadable by
+    peft.PeftModel.from_pretrained) plus the head (classifier.safetensors)."""
+    from lohp.generation import GeneratedWeights, Generator
+    from lohp.tasks import make_family
+
+    if refine is not None and refine <= 0:
+        raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
+    gen = Generator.load(policy, _device(device))
+    if refine is not None:
+        gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work
+    lora_target = gen.policy.structure.kind == "lora-dims"
+    overrides = {k: v for k, v in (("rank", rank), ("targets", _split_list(targets) if targets else None))
+                 if v is not None}
+    if overrides and not lora_target:
+        raise LohpError("--rank and --targets apply to LoRA policies only; drop them for this policy")
+    overrides.update(parse_family_options(family_option))
+    fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
+    if lora_target:
+        from lohp.lora import check_adapter_dir
+
+        from lohp.tasks import TaskFamily
+
+        if type(fam).check_policy is TaskFamily.check_policy:  # the LoRA families define it
+            raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
+        fam.check_policy(gen.meta["family_config"])
+        check_adapter_dir(out, overwrite)  # before any work
+    elif out.exists() and not overwrite:  # before any work
+        raise LohpError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    task = fam.sample(task_seed, split)
+    weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
+    generated = task.evaluate(weights.theta)
+    if refine is not None:
+        theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
+        weights = GeneratedWeights(theta, {k: v.clone() for k, v in task.layout.unflatten(theta).items()}, task.layout)
+    if lora_target:
+        from lohp.lora import export_adapter
+
+        model = task.layout.load_into(task.model(), weights.theta)
+        export_adapter(model, out, overwrite, {"task": task.name, "classes": task.info.get("classes"),
+                                               "policy": str(policy), "method": gen.meta["method"],
+                                               "max_length": fam.config().get("max_length")})
+    else:
+        weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"],
+                           "refine": f"{refine} {refine_optimizer} steps" if refine else "none"})
+    metrics = task.evaluate(weights.theta)
+    text = f"wrote {out}: {task.name}, eval {task.metric_name} {metrics[task.metric_name]:.4f}"
+    if refine is not None:
+        text += (f" after {refine} {refine_optimizer} steps (generated: {generated[task.metric_name]:.4f}, "
+                 f"lr {gen.refine_hparams(refine_optimizer, refine_lr)['lr']:g})")
+    if latency:
+        lat = gen.latency(task)
+        text += (f"; latency {lat['latency_ms']:.2f} ms for {lat['steps']} steps "
+                 f"({lat['latency_with_condition_ms']:.2f} ms with the condition)")
+    console.print(text)
+
+
+# --------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    policy: Path = typer.Option(..., help="Policy folder written by lohp train."),
+    family: Optional[str] = typer.Option(None, help="Task family (default: the policy's)."),
+    family_option: Optional[list[str]] = typer.Option(
+        None, "--family-option", help="Family setting KEY=VALUE over the policy's family config (repeatable)."),
+    tasks: int = typer.Option(20, help="Held-out tasks."),
+    baselines: str = typer.Option("adam,adam-n,prototype,linear-probe",
+                                  help="Comma-separated: adam, sgd, adam-n, prototype, prototype-l2, linear-probe."),
+    seeds: int = typer.Option(1, help="Seeds (starting weights s_0 drawn anew per seed)."),
+    tune: bool = typer.Option(True, help="Tune Adam's learning rate on source tasks (never held-out ones)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    plot: Optional[Path] = typer.Option(None, help="Folder for the PNG."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family."""
+    from lohp.bench import evaluate as be
+    from lohp.bench.harness import print_table
+
+    _check_outputs(json_out, plot)
+    options = parse_family_options(family_option)
+    bad = sorted(set(_split_list(baselines)) - set(be.BASELINES))
+    if bad:  # before the progress bar
+        raise LohpError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(be.BASELINES)}")
+    with progress_bar("evaluate") as update:
+        result = be.evaluate(policy, family, options, tasks, _split_list(baselines), seeds, device=_device(device),
+                             tune=tune, note=lambda text: update(0, 0, text))
+    print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
+                SCENARIO_COLUMNS, console)
+    _write_outputs(result, json_out, None, "", None)
+    if plot is not None:
+        for p in be.plots(result, plot):
+            console.print(f"wrote {p}")
+
+
