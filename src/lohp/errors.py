@@ -13,11 +13,7 @@ class LohpError(Exception):
 
 
 def config_from_dict(cls, d: dict, what: str):
-    """Build the dataclass ``cls`` from ``d``, refusing unknown keys with one line."""
-    from dataclasses import fields
+    """Moved to :func:`lohp.config.config_from_dict` (kept here for existing imports)."""
+    from lohp.config import config_from_dict as strict
 
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise LohpError(f"unknown {what} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return cls(**d)
+    return strict(cls, d, what)

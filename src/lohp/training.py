@@ -14,13 +14,14 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from lohp.config import Config
 from lohp.errors import LohpError
 from lohp.losses import Batch, LossConfig, make_loss
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
@@ -111,7 +112,9 @@ class OfflineData:
 
 # --------------------------------------------------------------------------- config
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
+    what = "training"
+
     iterations: int = 1500
     batch_size: int = 16            # trajectories (tasks) per iteration
     lr: float = 1e-3                # backbone + forward head
@@ -144,10 +147,6 @@ class TrainConfig:
             if value is not None and not value > 0:
                 raise LohpError(f"{name} must be > 0 seconds (got {value})")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class _LossModule(torch.nn.Module):
@@ -534,7 +533,7 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
     from lohp.io import OutputLock
 
     lc = loss_config(method, k=k, **(loss_options or {}))
-    pc, tc = PolicyConfig(**(policy_options or {})), TrainConfig(**(train_options or {}))
+    pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})
     # one writer per policy folder (in a data-parallel run, rank 0 is the writer)
     lock = OutputLock(ensure_writable_dir(Path(out)), "lohp train") if os.environ.get("RANK", "0") == "0" \
         else nullcontext()

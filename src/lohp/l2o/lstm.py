@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lohp.errors import LohpError, config_from_dict
+from lohp.config import config_from_dict
+from lohp.errors import LohpError
 from lohp.optim.optimizer import LossAndGrad
 
 WEIGHTS_FILE = "l2o.safetensors"

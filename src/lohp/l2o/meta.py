@@ -33,7 +33,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lohp.errors import LohpError, config_from_dict
+from lohp.config import config_from_dict
+from lohp.errors import LohpError
 from lohp.flatness import task_loss_fn
 from lohp.l2o.lstm import L2OConfig, LearnedOptimizer
 from lohp.l2o.regularizers import Regularizer, make_regularizer

@@ -20,11 +20,12 @@ offline trajectories already strided by k (online time). Method presets:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
 
+from lohp.config import Config
 from lohp.errors import LohpError
 
 FORMULATIONS = ("states", "subtb")
@@ -44,7 +45,9 @@ class Batch:
 
 
 @dataclass
-class LossConfig:
+class LossConfig(Config):
+    what = "loss"
+
     method: str = "lo-hp"
     k: int = 2                      # compression factor: online step j <-> offline step k*j
     # states: on-policy states, off-policy targets (one-step segments, losses/onestep.py);
@@ -94,13 +97,6 @@ class LossConfig:
         if subtb and self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
             raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LossConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)

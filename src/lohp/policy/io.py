@@ -36,7 +36,7 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
                         "this build does not have; upgrade lohp, or retrain the policy")
     layout = ParamLayout.from_dict(meta["layout"])
     structure = make_structure(layout, spec=meta.get("structure"))
-    return LohpPolicy(structure, meta["n_steps"], PolicyConfig(**meta["policy_config"]))
+    return LohpPolicy(structure, meta["n_steps"], PolicyConfig.from_dict(meta["policy_config"]))
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lohp.config import Config
 from lohp.errors import LohpError
 from lohp.policy.flows import LogZ
 from lohp.policy.heads import GaussianHead
@@ -30,7 +31,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class PolicyConfig:
+class PolicyConfig(Config):
+    what = "policy"
+
     token_size: int = 8        # weight values per token
     channels: int = 32         # U-Net width
     depth: int = 2             # U-Net levels (token count is padded to a multiple of 2**depth)

@@ -1,0 +1,51 @@
+"""One strict config base for every settings dataclass in lohp.
+
+``Config.from_dict`` refuses unknown keys with one line (a typo is never silently
+dropped), ``to_dict`` is JSON-able, ``replace`` returns a validated copy (``__post_init__``
+runs again). Subclasses are ordinary dataclasses::
+
+    @dataclass
+    class MyConfig(Config):
+        what = "my"          # how errors name these settings
+        steps: int = 4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from lohp.errors import LohpError
+
+C = TypeVar("C", bound="Config")
+
+
+def config_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """Build the dataclass ``cls`` from ``d``, refusing unknown keys with one line."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise LohpError(f"unknown {what} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return cls(**d)
+
+
+class Config:
+    """Mixin for settings dataclasses: strict ``from_dict``, ``to_dict``, ``replace``."""
+
+    what: str = "config"
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        return config_from_dict(cls, dict(d), cls.what)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self: C, **changes: Any) -> C:
+        config_from_dict(type(self), {}, self.what)  # (a dataclass check)
+        known = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = set(changes) - known
+        if unknown:
+            raise LohpError(f"unknown {self.what} setting(s) {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -1,0 +1,38 @@
+"""One strict config base: unknown keys refused in one line, round trip, validated replace."""
+
+import pytest
+
+from lohp.errors import LohpError
+
+
+@pytest.mark.parametrize("cls_path", ["lohp.policy.PolicyConfig", "lohp.training.TrainConfig",
+                                      "lohp.losses.LossConfig"])
+def test_every_config_is_strict_and_round_trips(cls_path):
+    import importlib
+
+    mod, name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(mod), name)
+    default = cls()
+    assert cls.from_dict(default.to_dict()) == default
+    with pytest.raises(LohpError, match="unknown .* setting\\(s\\) no_such_key; known: "):
+        cls.from_dict({**default.to_dict(), "no_such_key": 1})
+    with pytest.raises(LohpError, match="unknown"):
+        default.replace(no_such_key=1)
+
+
+def test_replace_validates_again():
+    from lohp.policy import PolicyConfig
+    from lohp.training import TrainConfig
+
+    assert PolicyConfig().replace(channels=8).channels == 8
+    with pytest.raises(LohpError, match="channels must be > 0"):
+        PolicyConfig().replace(channels=0)
+    with pytest.raises(LohpError, match="batch_size must be > 0"):
+        TrainConfig().replace(batch_size=0)
+
+
+def test_the_api_refuses_a_misspelt_option_in_one_line(small_store_path, tmp_path):
+    from lohp import api
+
+    with pytest.raises(LohpError, match="unknown policy setting\\(s\\) chanels"):
+        api.train(small_store_path, tmp_path / "p", "lo-hp", policy_options={"chanels": 8})
