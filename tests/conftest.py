@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Fixtures of the image scenarios (made-up features and domains), for every test module.
+pytest_plugins = ["tests.image_fixtures"]
+
 # LOHP_TEST_THREADS=1 leaves the other core to a benchmark running beside the tests.
 torch.set_num_threads(int(os.environ.get("LOHP_TEST_THREADS", "2")))
 

@@ -1,6 +1,5 @@
 """Small objects shared by the core-method tests (made here, no downloads)."""
 
-import pytest
 import torch
 
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
@@ -23,12 +22,3 @@ def tiny_policy(n_steps: int = 4, n_way: int = 3, batch: int = 2, **config):
     thetas = torch.cumsum(0.05 * torch.randn(batch, n_steps + 1, layout.size, generator=g), dim=1)
     cond = torch.stack([t.condition() for t in tasks])
     return policy, thetas, cond
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MiniLM forward passes oversubscribe a busy 2-core machine badly with 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -8,7 +8,6 @@ from lohp.bench import domain as bdom
 from lohp.bench import fewshot as bfs
 from lohp.bench import transfer as btr
 from lohp.bench.scenario import Variant, ci95
-from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
 
 TINY = {"iterations": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 1, "eval_tasks": 2,
         "diagnostic_trajectories": 2}

@@ -12,7 +12,6 @@ from lohp.errors import LohpError
 from lohp.tasks import make_family, register_family
 from lohp.tasks.digits import DigitsFamily
 from lohp.testing import check_family
-from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize("config", [{}, {"n_way": 3}, {"head": "mlp", "hidden": 8}])

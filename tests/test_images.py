@@ -19,7 +19,6 @@ from lohp.data import cache, images, packages
 from lohp.errors import LohpError
 from lohp.tasks import make_family
 from lohp.tasks import images as timg
-from tests.image_fixtures import fake_domains, fake_features  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

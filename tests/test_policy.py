@@ -1,6 +1,5 @@
 """The policy: structure round trip, class-permutation equivariance, Gaussian heads."""
 
-import math
 
 import pytest
 import torch

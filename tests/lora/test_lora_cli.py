@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 FAMILY = ["--family-option", "shots=4", "--family-option", "eval_shots=4", "--family-option", "max_length=16",
           "--family-option", "pool=8"]

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lohp.errors import LohpError
-from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_TEXT = dict(shots=4, eval_shots=4, max_length=16, pool=8)
 

@@ -4,10 +4,8 @@ and the one-line errors of the command."""
 import json
 
 import pytest
-import torch
 
 from lohp.bench import lora as bl
-from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 TINY_FAMILY = {"shots": 4, "eval_shots": 4, "max_length": 16, "pool": 8}
 
