@@ -36,3 +36,19 @@ def test_the_api_refuses_a_misspelt_option_in_one_line(small_store_path, tmp_pat
 
     with pytest.raises(LohpError, match="unknown policy setting\\(s\\) chanels"):
         api.train(small_store_path, tmp_path / "p", "lo-hp", policy_options={"chanels": 8})
+
+
+def test_train_set_reaches_any_setting_and_refuses_unknown_ones(small_store_path, tmp_path, cli):
+    import json
+
+    code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "2",
+                         "--batch-size", "2", "--channels", "8", "--token-size", "8", "--depth", "1",
+                         "--set", "emb_dim=16", "--set", "clip=0.5", "--set", "lam=0.7")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "p" / "policy.json").read_text())
+    assert meta["policy_config"]["emb_dim"] == 16 and meta["train_config"]["clip"] == 0.5
+    assert meta["loss_config"]["lam"] == 0.7
+    code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "q", "--set", "embdim=16")
+    assert code == 2 and "--set embdim: no such setting; settings: " in err and "emb_dim" in err
+    code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "q", "--set", "emb_dim")
+    assert code == 2 and "--set takes KEY=VALUE" in err

@@ -98,13 +98,19 @@ def parse_hparams(lr: str | None, hparam: list[str] | None) -> dict[str, dict[st
     return out
 
 
-def parse_family_options(items: list[str] | None) -> dict[str, Any]:
+def parse_settings(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` items: numbers, true/false, none, and comma lists parsed as for
+    ``--family-option``."""
+    return parse_family_options(items, option)
+
+
+def parse_family_options(items: list[str] | None, option: str = "--family-option") -> dict[str, Any]:
     """``["rank=4", "targets=query,value", "layers=none"]`` -> {"rank": 4, "targets": [...], "layers": None}."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not (sep and key.strip()):
-            raise LohpError(f"--family-option takes KEY=VALUE, e.g. rank=4 (got {item!r})")
+            raise LohpError(f"{option} takes KEY=VALUE, e.g. rank=4 (got {item!r})")
 
         def one(text: str) -> Any:
             if text.lower() == "none":

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from lohp.errors import LohpError
-from lohp.cli.common import _device, _numbers, _split_list, app, console, parse_family_options, progress_bar
+from lohp.cli.common import _device, _numbers, _split_list, app, console, parse_family_options, parse_settings, progress_bar
 
 
 # --------------------------------------------------------------------------- train
@@ -61,6 +61,8 @@ def train_cmd(
         None, "--family-option", help="Family setting KEY=VALUE over the store's (e.g. path=... of moved data)."),
     nproc: Optional[int] = typer.Option(None, help="Data-parallel processes on this machine (runs this command "
                                                    "under torchrun; each draws its share of --batch-size)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any policy / training / loss setting KEY=VALUE "
+                                                                 "(repeatable), e.g. emb_dim=16 or clip=0.5."),
 ) -> None:
     """Stage II: train a policy on a trajectory store (resumable; data-parallel with --nproc).
 
@@ -91,6 +93,9 @@ def train_cmd(
                      "lr_backward": lr_backward, "seed": seed, "checkpoint_every": checkpoint_every,
                      "eval_every": eval_every, "log_every": log_every, "time_limit": time_limit, "eval_every_seconds": eval_every_seconds,
                      "optimizers": _split_list(optimizers) if optimizers else None}
+    for key, value in parse_settings(set_).items():  # --set reaches every config field by name
+        target = _config_of(key)
+        {"loss": loss_options, "policy": policy_options, "training": train_options}[target][key] = value
     if rank != 0:  # other ranks of a data-parallel run train silently; rank 0 reports
         run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
                   policy_options, train_options, device=_device(device), overwrite=overwrite,
@@ -142,3 +147,18 @@ def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
 
 
 
+
+
+def _config_of(key: str) -> str:
+    """Which settings dataclass has the field ``key`` (one line naming them all if none)."""
+    from dataclasses import fields
+
+    from lohp.losses import LossConfig
+    from lohp.policy import PolicyConfig
+    from lohp.training import TrainConfig
+
+    owners = [cls.what for cls in (PolicyConfig, TrainConfig, LossConfig) if key in {f.name for f in fields(cls)}]
+    if not owners or key == "method":
+        known = sorted({f.name for cls in (PolicyConfig, TrainConfig, LossConfig) for f in fields(cls)} - {"method"})
+        raise LohpError(f"--set {key}: no such setting; settings: {', '.join(known)}")
+    return owners[0]
