@@ -46,6 +46,7 @@ class LoraStructure:
     size: int
 
     kind = "lora-dims"
+    serves = "LoRA A [r, H] / B [H, r] pairs + a head [C, H]"
     scale_condition = False
     condition_channels = 1
 

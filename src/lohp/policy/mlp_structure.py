@@ -38,6 +38,7 @@ class MlpUnitStructure:
     size: int
 
     kind = "mlp-units"
+    serves = "a one-hidden-layer MLP: [H, F], [H], [C, H], [C]"
     group_dim = "n_hidden"   # any hidden width (see lohp.policy.structure.retarget)
     scale_condition = False
     condition_channels = 1

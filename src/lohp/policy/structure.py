@@ -60,6 +60,7 @@ class ClassRowStructure:
     features: str = "gradient"
 
     kind = "class-rows"
+    serves = "a linear head: weight [C, F] + bias [C]"
     # The group count: the shared per-group network and mean pooling serve any number of
     # classes (cross-architecture generation); the row (F + 1) must stay the same.
     group_dim = "n_classes"
@@ -204,6 +205,8 @@ def make_structure(layout: ParamLayout, options: dict[str, Any] | None = None, s
             return cls.from_layout(layout, options)
         except LohpError as exc:
             reasons.append(str(exc))
-    shapes = ", ".join(f"{e.name}{list(e.shape)}" for e in layout.entries)
-    raise LohpError(f"no policy structure fits the generated subset ({shapes}): generate a linear head, "
-                    "a one-hidden-layer MLP or LoRA matrices plus a head")
+    shapes = ", ".join(f"{e.name}{list(e.shape)}" for e in layout.entries[:6])
+    more = ", ..." if len(layout.entries) > 6 else ""
+    kinds = ", ".join(f"{k} ({getattr(c, 'serves', k)})" for k, c in registry.items())
+    raise LohpError(f"no policy structure fits the generated subset ({shapes}{more}); the structures are {kinds}: "
+                    "choose parameter patterns that select one of those, or register a structure")
