@@ -524,13 +524,16 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
           loss_options: dict[str, Any] | None = None, policy_options: dict[str, Any] | None = None,
           train_options: dict[str, Any] | None = None, device: str = "cpu", overwrite: bool = False,
           progress: Callable[[int, int, dict[str, float]], None] | None = None,
-          family_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train (or resume) a policy; returns the final iteration's metrics."""
-    from lohp.losses import loss_config
+          family_options: dict[str, Any] | None = None, progress_context: Callable[[], Any] | None = None
+          ) -> dict[str, Any]:
+    """Train (or resume) a policy; returns the final iteration's metrics.
 
+    ``progress_context()`` (a context manager yielding the progress callback) is entered only
+    once every input is validated, so a progress bar never precedes an error."""
     from contextlib import nullcontext
 
     from lohp.io import OutputLock
+    from lohp.losses import loss_config
 
     lc = loss_config(method, k=k, **(loss_options or {}))
     pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})
@@ -539,4 +542,7 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
         else nullcontext()
     with lock:
         trainer = Trainer(store, out, lc, pc, tc, device=device, overwrite=overwrite, family_options=family_options)
-        return trainer.train(progress)
+        if progress_context is None:
+            return trainer.train(progress)
+        with progress_context() as bar:
+            return trainer.train(bar)

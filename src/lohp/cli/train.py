@@ -101,19 +101,25 @@ def train_cmd(
                   policy_options, train_options, device=_device(device), overwrite=overwrite,
                   family_options=parse_family_options(family_option))
         return
-    with progress_bar(f"training {method}") as update:
-        known: dict[str, float] = {}
+    from contextlib import contextmanager
 
-        def show(i: int, n: int, m: dict[str, float]) -> None:
-            known.update({k_: v for k_, v in m.items() if k_ == "heldout_accuracy"})  # the last one measured
-            m = {**known, **m}
-            keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
-            text = " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
-            update(i, n, f"{method} {text}")
+    @contextmanager
+    def bar():  # entered once the store, the options and the output are validated
+        with progress_bar(f"training {method}") as update:
+            known: dict[str, float] = {}
 
-        res = run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
-                        policy_options, train_options, device=_device(device), overwrite=overwrite, progress=show,
-                        family_options=parse_family_options(family_option))
+            def show(i: int, n: int, m: dict[str, float]) -> None:
+                known.update({k_: v for k_, v in m.items() if k_ == "heldout_accuracy"})  # the last measured
+                m = {**known, **m}
+                keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
+                text = " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
+                update(i, n, f"{method} {text}")
+
+            yield show
+
+    res = run_train(store, out, method, k, {k_: v for k_, v in loss_options.items() if v is not None},
+                    policy_options, train_options, device=_device(device), overwrite=overwrite,
+                    family_options=parse_family_options(family_option), progress_context=bar)
     summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
     console.print(f"policy in {out} after {res['iteration']} iterations ({res['seconds']:.0f} s): {summary}; "
                   f"curves in {out / 'curves.png'}")
