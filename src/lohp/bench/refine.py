@@ -32,7 +32,7 @@ from lohp.bench.scenario import (ADAM_LRS, budget_variants, policy_dir, s0_sampl
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
-from lohp.trajectories.collect import collect
+from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 STEP_COUNTS = (0, 1, 2, 4, 8, 16, 32)
 TARGET_FRACTION = 0.99
@@ -128,8 +128,10 @@ def steps_to_target(curve: Sequence[float], target: float) -> int | None:
 def refine_curves(tasks: Sequence[Any], theta0: torch.Tensor, lr: float, hp: dict[str, Any], steps: int,
                   batch_size: int, seed: int) -> np.ndarray:
     """Held-out accuracy after 0..steps Adam steps from ``theta0`` [R, d]: ``[R, steps + 1]``."""
-    res = collect(tasks, make_optimizer("adam", **{**hp, "lr": lr}), theta0, steps, batch_size, 1, seed)
-    return res.eval_metric.numpy()
+    thetas, _, _ = train_runs(tasks, make_optimizer("adam", **{**hp, "lr": lr}), theta0, steps, batch_size, 1, seed)
+    if not torch.isfinite(thetas).all():
+        raise LohpError(f"Adam at lr {lr:g} diverged")
+    return evaluate_checkpoints(tasks, thetas, splits=("eval",))["eval_metric"].numpy()
 
 
 def _tune_warm_lr(tune_tasks, theta0, hp, lrs, step_counts, batch_size) -> tuple[float, dict[float, float]]:

@@ -113,8 +113,9 @@ def train_runs(tasks: Sequence[Task], optimizer: Optimizer, theta0: torch.Tensor
 
 @torch.no_grad()
 def evaluate_checkpoints(tasks: Sequence[Task], thetas: torch.Tensor, device: str | torch.device = "cpu",
-                         chunk: int = 64) -> dict[str, torch.Tensor]:
-    """Full-split train loss, eval loss and eval metric of ``thetas [R, n, d]`` -> [R, n]."""
+                         chunk: int = 64, splits: Sequence[str] = ("train", "eval")) -> dict[str, torch.Tensor]:
+    """Full-split train loss, eval loss and eval metric of ``thetas [R, n, d]`` -> [R, n]
+    (``splits=("eval",)``: the evaluation split only)."""
     device = torch.device(device)
     batch = TaskBatch.stack(tasks)
     model = tasks[0].model().to(device)
@@ -128,11 +129,14 @@ def evaluate_checkpoints(tasks: Sequence[Task], thetas: torch.Tensor, device: st
         def f(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return torch.stack([torch.stack([single(t, x[r]) for t in th[r]]) for r in range(len(th))])
     loss_fn, metric_fn = tasks[0].loss_fn, tasks[0].metric_fn
-    result = {"train_loss": [], "eval_loss": [], "eval_metric": []}
+    result = {f"{sp}_loss": [] for sp in splits}
+    if "eval" in splits:
+        result["eval_metric"] = []
     for lo in range(0, thetas.shape[1], chunk):
         th = thetas[:, lo:lo + chunk].to(device)
-        for split, x, y, n in (("train", batch.x_train, batch.y_train, batch.n_train),
-                               ("eval", batch.x_eval, batch.y_eval, batch.n_eval)):
+        for split, x, y, n in [(sp, x, y, n) for sp, x, y, n in (("train", batch.x_train, batch.y_train, batch.n_train),
+                                                                ("eval", batch.x_eval, batch.y_eval, batch.n_eval))
+                               if sp in splits]:
             x, y = x.to(device), y.to(device)
             mask = (torch.arange(x.shape[1], device=device)[None, :] < n.to(device)[:, None]).to(th.dtype)
             logits = f(th, x)  # [R, c, n, C]
