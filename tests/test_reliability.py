@@ -151,7 +151,11 @@ def test_a_missing_extra_names_its_install_command(tmp_path, cli, monkeypatch, m
         args = ["prepare", "--family", "image-folder", "--family-option", f"path={tmp_path / 'imgs'}",
                 "--family-option", "n_way=2", "--family-option", "size=16"]
     elif module == "transformers":
+        from lohp import lora
+
         monkeypatch.setenv("LOHP_HOME", str(tmp_path / "empty-cache"))  # no cached token ids to hide the need
+        for cached in (lora.tokenizer, lora.base_model, lora._template):  # nor a model loaded by an earlier test
+            cached.cache_clear()
         args = ["prepare", "--family", "fortunes", "--tasks", "1", "--steps", "1"]
     else:
         args = ["prepare", "--ray"]
