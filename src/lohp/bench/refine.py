@@ -259,6 +259,7 @@ def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
         target = next(r["target_accuracy"] for r in result["rows"] if r["scenario"] == name)
         ax.axhline(target, ls=":", c="k", lw=1, label=f"target: {TARGET_FRACTION} x scratch at T={info['T']}")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, max(len(r["curve"]) for r in result["rows"] if r["scenario"] == name) - 1)
         ax.set_xlabel("Adam steps on the task's training split")
         ax.set_ylabel("held-out accuracy")
         ax.set_title(f"generate-then-refine: {name} ({info['heldout_tasks']} held-out tasks)", fontsize=9)
