@@ -66,19 +66,28 @@ def _new_temp(path: Path) -> str:
     return tmp
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _replace_with(path: Path, write: Any) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path`` (and fsyncs it); the rename then
+    makes it ``path`` in one step. On any failure the temporary file is removed."""
     path = Path(path)
     tmp = _new_temp(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _replace_with(path, write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -99,20 +108,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     """A safetensors file, written atomically, with the digest of its data in its metadata."""
-    path = Path(path)
-    tmp = _new_temp(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {**(metadata or {}), DIGEST_KEY: tensor_digest(tensors)}
-    try:
+
+    def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "r+b") as fh:
             _sort_metadata(fh)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+
+    _replace_with(path, write)
 
 
 def _sort_metadata(fh) -> None:
