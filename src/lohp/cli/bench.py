@@ -376,18 +376,7 @@ def bench_lora(
     from lohp.tasks import make_family
 
     make_family(family, **cfg.family_config)  # a missing package or bad option fails before the progress bar
-    with progress_bar("bench lora") as update:
-        stage = {"text": "bench lora"}
-
-        def note(text: str) -> None:
-            stage["text"] = text
-            update(0, 0, text)
-
-        def show(i: int, n: int, m: dict[str, float]) -> None:
-            acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
-            update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
-
-        result = bl.run(cfg, note, show, update)
+    result = _run_bench(bl.run, cfg, "bench lora", stage_progress=True)
     print_table(result["rows"], f"MiniLM-L6 LoRA ({result['parameters']} values), {result['heldout_tasks']} held-out "
                                 f"{family} tasks, T={cfg.steps}, {cfg.seeds} seed(s)",
                 [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),

@@ -176,8 +176,9 @@ def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
     return _run_bench(bd.run, cfg, label)
 
 
-def _run_bench(run: Any, cfg: Any, label: str) -> dict[str, Any]:
-    """``run(cfg, note, show)`` under one progress bar: stage text plus training progress."""
+def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
+    """``run(cfg, note, show)`` under one progress bar: stage text plus training progress
+    (``stage_progress``: ``run(cfg, note, show, update)``, the bar itself for Stage I)."""
     with progress_bar(label) as update:
         stage = {"text": label}
 
@@ -189,7 +190,7 @@ def _run_bench(run: Any, cfg: Any, label: str) -> dict[str, Any]:
             acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
             update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
 
-        return run(cfg, note, show)
+        return run(cfg, note, show, update) if stage_progress else run(cfg, note, show)
 
 
 def _digits_table(result: dict[str, Any], title: str) -> None:
