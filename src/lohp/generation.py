@@ -84,7 +84,7 @@ class Generator:
         self.device = device
         self.compiled = compiled
         self.layout = ParamLayout.from_dict(meta["layout"])
-        self._traced: dict[tuple[str, int], Any] = {}
+        self._traced: dict[tuple[int, int], Any] = {}
         self._retargeted: dict[str, LohpPolicy] = {}
 
     @classmethod
@@ -97,7 +97,7 @@ class Generator:
         b = s0.shape[0]
         if not self.compiled or b > 1:  # batches amortise the per-operator overhead anyway
             return policy.rollout(s0, cond)
-        key = (json.dumps(policy.structure.to_dict(), sort_keys=True), b)
+        key = (id(policy), b)  # self.policy or one of the (kept) retargeted policies
         if key not in self._traced:
             self._traced[key] = self._trace(s0, cond, policy)
         traced = self._traced[key]
