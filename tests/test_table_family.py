@@ -142,6 +142,16 @@ def test_image_folder_family_features_split_and_bad_images(tmp_path, monkeypatch
         make_family("image-folder", path=str(tmp_path))
 
 
+def _word_csv(path, words):
+    """A text table: one row "a word: W" labelled with its group, per word."""
+    with open(path, "w") as fh:
+        fh.write("label,text\n")
+        for k, ws in words.items():
+            for w in ws:
+                fh.write(f"{k},a word: {w}\n")
+    return path
+
+
 def test_text_table_family_embeds_texts_and_refuses_empty_ones(tmp_path):
     """Frozen MiniLM embeddings of each text (real model, a few dozen short texts)."""
     import torch
@@ -154,12 +164,7 @@ def test_text_table_family_embeds_texts_and_refuses_empty_ones(tmp_path):
              "city": ["paris", "tokyo", "lagos", "lima", "oslo", "cairo"],
              "sport": ["tennis", "rugby", "golf", "hockey", "boxing", "rowing"],
              "metal": ["iron", "copper", "zinc", "gold", "silver", "tin"]}
-    path = tmp_path / "t.csv"
-    with open(path, "w") as fh:
-        fh.write("label,text\n")
-        for k, ws in words.items():
-            for w in ws:
-                fh.write(f"{k},a word: {w}\n")
+    path = _word_csv(tmp_path / "t.csv", words)
     fam = make_family("text-table", path=str(path), n_way=2)
     check_family(fam, name="text-table")
     assert fam.n_features == 384 and len(fam.heldout_classes) == 2
@@ -182,12 +187,7 @@ def test_text_table_lora_generates_lora_and_head_on_token_ids(tmp_path):
     words = {"fruit": ["apple", "pear", "plum", "cherry"], "tool": ["hammer", "saw", "drill", "wrench"],
              "animal": ["horse", "tiger", "otter", "eagle"], "city": ["paris", "tokyo", "lagos", "lima"],
              "metal": ["iron", "copper", "zinc", "gold"]}
-    path = tmp_path / "t.csv"
-    with open(path, "w") as fh:
-        fh.write("label,text\n")
-        for k, ws in words.items():
-            for w in ws:
-                fh.write(f"{k},a word: {w}\n")
+    path = _word_csv(tmp_path / "t.csv", words)
     fam = make_family("text-table", path=str(path), n_way=2, lora="true", rank=2, standardize=False)
     assert fam.config()["lora"] is True and fam.config()["rank"] == 2
     assert fam.patterns == LORA_PATTERNS and fam.optimizer_defaults["adam"]["lr"] == 5e-3

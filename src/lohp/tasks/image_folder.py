@@ -37,10 +37,8 @@ def _files(folder: Path) -> dict[str, list[Path]]:
 def _decode(path: Path, size: int) -> np.ndarray:
     from lohp.extras import require_module
 
-    pil = require_module("PIL", "the image-folder family")
-    from PIL import Image, UnidentifiedImageError  # noqa: F401 (present: checked above)
-
-    del pil
+    require_module("PIL", "the image-folder family")
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
