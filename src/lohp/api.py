@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from lohp.bench.evaluate import evaluate as _evaluate
 from lohp.generation import GeneratedWeights, Generator
 from lohp.tasks import Task
 from lohp.training import train
@@ -53,7 +54,6 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
              **kwargs: Any) -> dict[str, Any]:
     """The policy against gradient and closed-form baselines on held-out tasks (``lohp evaluate``);
     ``result["rows"]`` as the benchmarks' rows. Options as :func:`lohp.bench.evaluate.evaluate`."""
-    from lohp.bench.evaluate import evaluate as _evaluate
 
     return _evaluate(policy, family, family_options, **kwargs)
 

@@ -7,7 +7,10 @@ runs again). Subclasses are ordinary dataclasses::
     @dataclass
     class MyConfig(Config):
         what = "my"          # how errors name these settings
-        steps: int = 4
+        steps: int = setting(4, "Steps per run.")
+
+:func:`setting` attaches the help text a field's command-line option shows, so the CLI
+derives its options (name, type, default, help) from the dataclass: one place per default.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from typing import Any, TypeVar
 from lohp.errors import LohpError
 
 C = TypeVar("C", bound="Config")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            cli: bool = True) -> Any:
+    """A dataclass field with the help text of its command-line option.
+
+    ``factory`` is ``default_factory``; ``cli=False`` keeps a field off the command line
+    (still reachable through ``--set KEY=VALUE`` where a command offers it)."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help, "cli": cli})
+
+
+def setting_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
 
 
 def config_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:

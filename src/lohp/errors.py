@@ -11,9 +11,3 @@ class LohpError(Exception):
 
     exit_code = 2
 
-
-def config_from_dict(cls, d: dict, what: str):
-    """Moved to :func:`lohp.config.config_from_dict` (kept here for existing imports)."""
-    from lohp.config import config_from_dict as strict
-
-    return strict(cls, d, what)

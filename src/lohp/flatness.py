@@ -56,6 +56,7 @@ import torch
 from torch.func import grad, hessian, jvp, vmap
 
 from lohp.errors import LohpError
+from lohp.tasks import Task, TaskBatch
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -308,7 +309,6 @@ def task_loss_fn(tasks, split: str = "train") -> LossFn:
     weights on that task) or a sequence of R tasks of one family (a loss of ``[R, d]``,
     run ``r`` on task ``r``'s data, padding masked out).
     """
-    from lohp.tasks import Task, TaskBatch
 
     if split not in ("train", "eval"):
         raise LohpError(f"unknown split {split!r}; choose train or eval")

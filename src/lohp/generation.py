@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from lohp.errors import LohpError
+from lohp.io import atomic_save_tensors, check_finite, ensure_writable_dir, load_tensors
 from lohp.layout import ParamLayout
+from lohp.optim import DEFAULTS, OPTIMIZERS, make_optimizer
 from lohp.policy import LohpPolicy
 from lohp.policy.io import load_policy
+from lohp.policy.structure import retarget
 from lohp.tasks import Task, TaskFamily, make_family
+from lohp.trajectories.collect import train_runs
 
 
 @dataclass
@@ -34,7 +39,6 @@ class GeneratedWeights:
     layout: ParamLayout
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        from lohp.io import atomic_save_tensors, ensure_writable_dir
 
         path = Path(path)
         ensure_writable_dir(path.parent)
@@ -44,9 +48,7 @@ class GeneratedWeights:
     @classmethod
     def load(cls, path: str | Path) -> "GeneratedWeights":
         """A file written by :meth:`save` (``lohp generate --out``), checked against its sha256."""
-        from safetensors import safe_open
 
-        from lohp.io import load_tensors
 
         named = load_tensors(path, "generated weights", "generate them again (lohp generate ... --overwrite)")
         with safe_open(str(path), framework="pt") as fh:
@@ -144,7 +146,6 @@ class Generator:
             return self.policy
         key = json.dumps(layout.to_dict(), sort_keys=True)
         if key not in self._retargeted:
-            from lohp.policy.structure import retarget
 
             names_a, names_b = [e.name for e in self.layout.entries], [e.name for e in layout.entries]
             if names_a != names_b:
@@ -172,7 +173,6 @@ class Generator:
         seeds = seeds if seeds is not None else [0] * len(tasks)
         if s0 is None:
             s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
-        from lohp.io import check_finite
 
         conds = [t.condition() for t in tasks]
         for t, c in zip(tasks, conds):
@@ -202,7 +202,6 @@ class Generator:
     def refine_hparams(self, optimizer: str = "adam", lr: float | None = None) -> dict[str, Any]:
         """The refine optimizer's settings: those Stage I used for it on this policy's store
         (recorded in the policy), else the family's defaults, else lohp's; ``lr`` wins."""
-        from lohp.optim import DEFAULTS, OPTIMIZERS
 
         if optimizer not in OPTIMIZERS:
             raise LohpError(f"unknown refine optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
@@ -225,8 +224,6 @@ class Generator:
                batch_size: int | None = None, seed: int = 0) -> torch.Tensor:
         """``steps`` gradient steps of ``optimizer`` on the task's training split from ``theta``
         (the Stage I protocol: minibatches of ``batch_size`` drawn with replacement)."""
-        from lohp.optim import make_optimizer
-        from lohp.trajectories.collect import train_runs
 
         steps = _refine_steps(steps)
         if steps == 0:

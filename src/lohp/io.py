@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lohp.errors import LohpError
@@ -168,7 +168,6 @@ def ensure_writable_dir(path: Path) -> Path:
 def load_tensors(path: Path | str, what: str, fix: str) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file lohp wrote, checked against the digest it was written
     with; a truncated, unreadable or altered file is one LohpError naming ``what`` and ``fix``."""
-    from safetensors import safe_open
 
     path = Path(path)
     try:

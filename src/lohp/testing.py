@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from lohp.tasks import make_family
 from lohp.tasks.base import SPLITS, Task, TaskFamily
 
 
@@ -85,7 +86,6 @@ def check_family(family: TaskFamily, name: str | None = None, n_tasks: int = 2) 
     if src.layout.size != held.layout.size:
         _fail(family, "source and held-out tasks have different generated subsets; one policy must serve both")
     if name is not None:
-        from lohp.tasks import make_family
 
         again = make_family(name, **config)
         if again.config() != config or not torch.equal(again.sample(0, "source").x_train, src.x_train):

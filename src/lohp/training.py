@@ -14,20 +14,34 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from lohp.config import Config
+from lohp.config import Config, setting
 from lohp.errors import LohpError
-from lohp.losses import Batch, LossConfig, make_loss
+from lohp.flatness import task_loss_fn
+from lohp.io import (
+    POLICY_FORMAT,
+    OutputLock,
+    atomic_save_tensors,
+    atomic_write_json,
+    ensure_writable_dir,
+    load_tensors,
+    read_json,
+    sha256_file,
+)
+from lohp.losses import Batch, LossConfig, get_method, loss_config, loss_diagnostics, make_loss
+from lohp.plotting import pyplot, save_figure
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
 from lohp.policy.io import META, WEIGHTS, load_state, save_policy
 from lohp.trajectories import TrajectoryStore
-from lohp.io import POLICY_FORMAT, atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
@@ -100,7 +114,6 @@ class OfflineData:
 
     def task_loss(self, seeds: list[int]):
         """``f(theta [len(seeds), d]) -> [len(seeds)]``: each task's full training-split loss."""
-        from lohp.flatness import task_loss_fn
 
         return task_loss_fn([self._task(s) for s in seeds])
 
@@ -115,24 +128,26 @@ class OfflineData:
 class TrainConfig(Config):
     what = "training"
 
-    iterations: int = 1500
-    batch_size: int = 16            # trajectories (tasks) per iteration
-    lr: float = 1e-3                # backbone + forward head
-    lr_backward: float = 1e-3       # backward head (learned P_B only)
-    lr_flow: float = 0.1            # log Z (learned log Z only): it must follow large scales
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    checkpoint_every: int = 100
-    log_every: int = 25
-    eval_every: int = 250
-    eval_tasks: int = 16
-    diagnostic_trajectories: int = 64     # trajectories the logged diagnostics are computed on
-    seed: int = 0
-    optimizers: list[str] | None = None   # use only these optimizers' trajectories
-    time_limit: float | None = None       # seconds of training (evaluation off the clock); stop when reached
-    # Also evaluate held-out accuracy whenever this many more training seconds have passed
-    # (learning curves against time that compare methods of different iteration costs).
-    eval_every_seconds: float | None = None
+    iterations: int = setting(1500, "Training iterations.")
+    batch_size: int = setting(16, "Trajectories (tasks) per iteration.")
+    lr: float = setting(1e-3, "Learning rate of the backbone and forward head.")
+    lr_backward: float = setting(1e-3, "Learning rate of the backward head (learned P_B only).")
+    # log Z must follow large scales, hence its larger rate
+    lr_flow: float = setting(0.1, "Learning rate of log Z (learned log Z only).")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    clip: float = setting(1.0, "Gradient-norm clip.")
+    checkpoint_every: int = setting(100, "Checkpoint interval (iterations).")
+    log_every: int = setting(25, "Log (diagnostics) interval (iterations).")
+    eval_every: int = setting(250, "Held-out accuracy interval (iterations).")
+    eval_tasks: int = setting(16, "Held-out tasks of that evaluation.")
+    diagnostic_trajectories: int = setting(64, "Trajectories the logged diagnostics are computed on.")
+    seed: int = setting(0, "Random seed (initialisation and batches).")
+    optimizers: list[str] | None = setting(None, "Use only these optimizers' trajectories, e.g. sgd,adam.")
+    time_limit: float | None = setting(None, "Stop after this many training seconds (evaluation off the clock; "
+                                             "checkpointed).")
+    # learning curves against time compare methods of different iteration costs
+    eval_every_seconds: float | None = setting(None, "Also evaluate held-out accuracy every this many training "
+                                                     "seconds (a learning curve).")
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "eval_every", "eval_tasks",
@@ -179,12 +194,10 @@ class Distributed:
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> "Distributed":
-        import os
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        import torch.distributed as dist
 
         if not dist.is_initialized():
             backend = "nccl" if str(device).startswith("cuda") else "gloo"
@@ -195,7 +208,6 @@ class Distributed:
         """The mean of a number over ranks (the global batch's loss from each rank's share)."""
         if not self.active:
             return value
-        import torch.distributed as dist
 
         t = torch.tensor([float(value)], dtype=torch.float64)
         dist.all_reduce(t)
@@ -204,7 +216,6 @@ class Distributed:
     def any(self, flag: bool) -> bool:
         if not self.active:
             return flag
-        import torch.distributed as dist
 
         t = torch.tensor([1.0 if flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -212,7 +223,6 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist
 
             dist.barrier()
 
@@ -282,9 +292,7 @@ class Trainer:
             raise LohpError(f"--batch-size {self.train_config.batch_size} does not split over {self.dist.world} "
                             f"processes; use a multiple of {self.dist.world}")
         self.device = device
-        from dataclasses import replace
 
-        from lohp.losses import get_method
 
         if get_method(loss_config.method).whole_trajectory:  # one step over the whole trajectory (k = T)
             loss_config = replace(loss_config, k=self.store.config["steps"])
@@ -316,7 +324,6 @@ class Trainer:
             self._load_checkpoint()  # every rank resumes from rank 0's last checkpoint
         self.step_module: torch.nn.Module = _LossModule(self.policy, self.loss)
         if self.dist.active:
-            from torch.nn.parallel import DistributedDataParallel
 
             ids = [torch.device(self.device).index] if str(self.device).startswith("cuda") else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids,
@@ -325,7 +332,6 @@ class Trainer:
     # -- bookkeeping --------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         st = self.store
-        from lohp.io import sha256_file
 
         return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
@@ -397,7 +403,6 @@ class Trainer:
         and is what ``time_limit`` and ``eval_every_seconds`` measure."""
         tc = self.train_config
         rows = self._log_rows()  # rows past the last checkpoint are dropped: they will be redone
-        from lohp.losses import loss_diagnostics
 
         fieldnames = ["iteration", "seconds", "train_seconds", "loss", *loss_diagnostics(self.loss),
                       "logpf_real", "cos_real", "dist", "dist_final", "heldout_accuracy"]
@@ -499,7 +504,6 @@ class Trainer:
         rows = self._log_rows()
         if not rows:
             return None
-        from lohp.plotting import pyplot, save_figure
 
         plt = pyplot()
 
@@ -530,10 +534,7 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
 
     ``progress_context()`` (a context manager yielding the progress callback) is entered only
     once every input is validated, so a progress bar never precedes an error."""
-    from contextlib import nullcontext
 
-    from lohp.io import OutputLock
-    from lohp.losses import loss_config
 
     lc = loss_config(method, k=k, **(loss_options or {}))
     pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})

@@ -23,12 +23,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
+from lohp.bench.fewshot import HEAD_POLICY
 from lohp.bench.harness import gradient_accuracy
-from lohp.bench.scenario import (budget_variants, policy_dir, s0_sampler, stage_one, task_metrics, train_variant,
-                                 tune_adam)
+from lohp.bench.scenario import (
+    budget_variants,
+    policy_dir,
+    s0_sampler,
+    stage_one,
+    task_metrics,
+    train_variant,
+    tune_adam,
+)
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
+from lohp.plotting import pyplot, save_figure
 
 
 @dataclass
@@ -50,8 +60,6 @@ class CrossStudy:
 
 
 def _studies() -> dict[str, CrossStudy]:
-    from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
-    from lohp.bench.fewshot import HEAD_POLICY
 
     return {
         "mlp-width": CrossStudy("rotated-mnist", {"heldout_domain": 0, "n_way": 5}, "hidden", 32, [16, 64, 128],
@@ -142,11 +150,7 @@ def run(cfg: CrossBenchConfig, note: Callable[[str], None] | None = None, train_
 
 
 def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [r for r in result["rows"] if r["served"]]
@@ -165,6 +169,5 @@ def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = folder / "cross.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return [path]

@@ -18,11 +18,32 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import (WIDE, gradient_accuracy, mean_std, plot_accuracy_latency, plot_cosine_histograms,
-                                plot_learning_curves)
-from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budgeted, gradient_rows, hessian_trace,
-                                 learned_row, policy_dir, public, s0_sampler, speedup, stage_one)
+from lohp.bench.harness import (
+    WIDE,
+    gradient_accuracy,
+    mean_std,
+    plot_accuracy_latency,
+    plot_cosine_histograms,
+    plot_learning_curves,
+)
+from lohp.bench.l2o import regularizers_for
+from lohp.bench.scenario import (
+    Variant,
+    ablation_order,
+    baseline_hparams,
+    budgeted,
+    gradient_rows,
+    hessian_trace,
+    learned_row,
+    policy_dir,
+    public,
+    s0_sampler,
+    speedup,
+    stage_one,
+)
 from lohp.generation import Generator
+from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
+from lohp.optim import make_optimizer
 from lohp.trajectories.collect import train_runs
 
 
@@ -128,8 +149,6 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
 
 def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
     """Meta-train (or load the cached) coordinate-wise LSTM optimizer on the store's family."""
-    from lohp.bench.l2o import regularizers_for
-    from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
 
     out = Path(cfg.work) / "l2o" / f"{name}-s{seed}"
     if (out / "l2o.json").exists():
@@ -146,7 +165,6 @@ def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
 @torch.no_grad()
 def _step_cosines(cfg: DigitsBenchConfig, gen: Generator, tasks, s0: torch.Tensor, adam_hp: dict[str, Any]) -> list[float]:
     """Cosines between the policy's step at real Adam states and Adam's own stride-k step."""
-    from lohp.optim import make_optimizer
 
     k = gen.meta["k"]
     thetas, _, _ = train_runs(tasks, make_optimizer("adam", **adam_hp), s0, gen.meta["total_steps"],

@@ -17,8 +17,20 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
-from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budget_variants, gradient_rows,
-                                 learned_row, closed_form_row, probe_accuracy, public, s0_sampler, speedup, stage_one)
+from lohp.bench.scenario import (
+    Variant,
+    ablation_order,
+    baseline_hparams,
+    budget_variants,
+    closed_form_row,
+    gradient_rows,
+    learned_row,
+    probe_accuracy,
+    public,
+    s0_sampler,
+    speedup,
+    stage_one,
+)
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 

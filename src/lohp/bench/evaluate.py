@@ -16,12 +16,22 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
-from lohp.bench.scenario import (closed_form_row, gradient_rows, probe_accuracy, prototype_accuracy,
-                                 prototype_l2_accuracy, public, speedup, task_metrics,
-                                 tuned_hparams)
+from lohp.bench.scenario import (
+    closed_form_row,
+    gradient_rows,
+    probe_accuracy,
+    prototype_accuracy,
+    prototype_l2_accuracy,
+    public,
+    speedup,
+    task_metrics,
+    tuned_hparams,
+)
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
+from lohp.tasks import make_family
+from lohp.trajectories import TrajectoryStore
 
 BASELINES = ("adam", "sgd", "adam-n", "prototype", "prototype-l2", "linear-probe")
 _CLOSED = {"prototype": prototype_accuracy, "prototype-l2": prototype_l2_accuracy, "linear-probe": probe_accuracy}
@@ -32,8 +42,6 @@ def _hparams(gen: Generator, family: Any, tune: bool, batch_size: int) -> dict[s
     family's; Adam's lr tuned on source tasks for T and N steps when ``tune``."""
     hp: dict[str, dict[str, Any]] = {}
     try:
-        from lohp.trajectories import TrajectoryStore
-
         store = TrajectoryStore.open(gen.meta["store"])
         hp = {o["name"]: dict(o["hparams"]) for o in store.config["optimizers"]}
     except (LohpError, KeyError, OSError):
@@ -62,7 +70,6 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     t_start = time.perf_counter()
     gen = Generator.load(policy, device)
     overrides = dict(family_options or {})
-    from lohp.tasks import make_family
 
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
     held = fam.heldout_tasks(tasks)

@@ -14,7 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from lohp.bench.prepare import per_run_loop
+from lohp.plotting import pyplot, save_figure
 from lohp.tasks import Task
 from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
@@ -42,7 +47,6 @@ def gradient_accuracy(tasks: Sequence[Task], optimizer: Any, theta0: torch.Tenso
 def single_run_seconds(task: Task, optimizer: str, hparams: dict[str, Any], theta0: torch.Tensor, steps: int,
                        batch_size: int, seed: int) -> float:
     """Wall time of ``steps`` steps of one run with torch.optim (what a user would run)."""
-    from lohp.bench.prepare import per_run_loop
 
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -75,9 +79,6 @@ def adam_time_to_accuracy(task: Task, theta0: torch.Tensor, target: float, hpara
 # --------------------------------------------------------------------------- output
 def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str, str, str]], console=None) -> None:
     """``columns``: (key, header, format) with format like '.4f' or '' for str."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     table = Table(title=title)
     for _, header, _ in columns:
@@ -104,7 +105,6 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str,
 
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    from lohp.plotting import pyplot, save_figure
 
     plt = pyplot()
 
@@ -126,7 +126,6 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) ->
 
 
 def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: str) -> None:
-    from lohp.plotting import pyplot, save_figure
 
     plt = pyplot()
 
@@ -147,7 +146,6 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     curved = [r for r in rows if r.get("curves")]
     if not curved:
         return False
-    from lohp.plotting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

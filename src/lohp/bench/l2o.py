@@ -33,17 +33,27 @@ in this process with ``threads`` torch threads.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from lohp.bench.harness import mean_std
 from lohp.errors import LohpError
+from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
+from lohp.io import ensure_writable_dir
+from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, make_regularizer, run_optimizee
+from lohp.optim import make_optimizer
+from lohp.plotting import pyplot, save_figure
+from lohp.tasks import make_family
+from lohp.trajectories.collect import train_runs
 
 METHODS = ("adam", "sgd", "l2o", "l2o-hessian", "l2o-entropy")
 LEARNED = {"l2o": None, "l2o-hessian": "hessian", "l2o-entropy": "entropy"}
@@ -68,7 +78,6 @@ def regularizers_for(method: str, target: str, hessian: str | None = None,
     ``hessian`` / ``entropy``: extra settings ``"KEY=VALUE,..."`` applied over the
     defaults (:data:`HESSIAN`, :data:`ENTROPY`) at every active target.
     """
-    from lohp.l2o import make_regularizer
 
     if target not in TARGETS:
         raise LohpError(f"unknown regularizer target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -88,7 +97,6 @@ def regularizers_for(method: str, target: str, hessian: str | None = None,
 def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Meta-train one learned optimizer (runs in a worker process) and save it."""
     torch.set_num_threads(int(job.get("threads", 1)))
-    from lohp.l2o import MetaConfig, MetaTrainer
 
     trainer = MetaTrainer(MetaConfig(**job["config"]))
     trainer.optimizer.name = job["method"]
@@ -107,8 +115,6 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, note: Callable[[str], No
             note(f"meta-training {job['method']} (seed {job['config']['seed']})")
             out.append(_train_job(job))
         return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -128,7 +134,6 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, note: Callable[[str], No
 
 
 def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> float:
-    from lohp.trajectories.collect import train_runs
 
     times = []
     for i, task in enumerate([tasks[0]] + list(tasks)):  # the first run is a warm-up
@@ -140,7 +145,6 @@ def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> f
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     """:func:`lohp.bench.harness.mean_std` (sample std), None for a single seed."""
-    from lohp.bench.harness import mean_std
 
     mean, std = mean_std(values)
     return mean, (std if len(values) > 1 else None)
@@ -152,8 +156,6 @@ def validate(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1,
              entropy: str | None = None, probes: int = 1, latency_tasks: int = 1, workers: int = 1,
              threads: int = 1, family_config: dict[str, Any] | None = None, **_: Any) -> None:
     """Raise a one-line :class:`LohpError` for any setting :func:`run` would reject."""
-    from lohp.l2o import check_unroll
-    from lohp.tasks import make_family
 
     make_family("digits", **{"n_way": 5, "head": "linear", **(family_config or {})})
 
@@ -183,10 +185,6 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
         save: str | Path | None = None, quick: bool = False,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Meta-train the learned rows, evaluate every row on held-out tasks; one JSON-able dict."""
-    from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
-    from lohp.l2o import LearnedOptimizer, MetaConfig, run_optimizee
-    from lohp.optim import make_optimizer
-    from lohp.tasks import make_family
 
     note = progress or (lambda text: None)
     start = time.perf_counter()
@@ -211,8 +209,6 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
     tmp = None
     try:
         if save is not None:
-            from lohp.io import ensure_writable_dir
-
             root = ensure_writable_dir(Path(save))
         else:
             tmp = tempfile.TemporaryDirectory(prefix="lohp-l2o-")
@@ -290,7 +286,6 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
 
 
 def plot(result: dict[str, Any], path) -> None:
-    from lohp.plotting import pyplot, save_figure
 
     plt = pyplot()
 

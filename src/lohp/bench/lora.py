@@ -26,12 +26,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import plot_learning_curves, adam_time_to_accuracy, gradient_accuracy, mean_std, plot_accuracy_latency
+from lohp import lora
+from lohp.bench.harness import (
+    adam_time_to_accuracy,
+    gradient_accuracy,
+    mean_std,
+    plot_accuracy_latency,
+    plot_learning_curves,
+    single_run_seconds,
+)
 from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_row, policy_dir, public, s0_sampler
+from lohp.io import read_json
 from lohp.optim import make_optimizer
 from lohp.policy.io import META
+from lohp.tasks import class_means
 from lohp.trajectories import make_config, prepare
-from lohp.io import read_json
 
 POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
 # The earlier SubTB hybrid (lo-hp-v1): rollouts are N sequential passes over 384 groups, so 4 of
@@ -142,7 +151,6 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
 
 def _run_ms(tasks, name: str, hparams: dict[str, Any], s0: torch.Tensor, steps: int, batch_size: int) -> float:
     """Median wall time (ms) of one run of ``steps`` minibatch steps with torch.optim."""
-    from lohp.bench.harness import single_run_seconds
 
     return statistics.median(single_run_seconds(t, name, hparams, s0[i], steps, batch_size, i)
                              for i, t in enumerate(tasks)) * 1e3
@@ -169,8 +177,6 @@ def _probe_row(family, tasks) -> dict[str, Any]:
 @torch.no_grad()
 def _condition_ms(family, task, repeats: int) -> float:
     """Median ms of computing c from scratch: frozen MiniLM over the training texts, class means."""
-    from lohp import lora
-    from lohp.tasks import class_means
 
     x = task.x_train
     times = []

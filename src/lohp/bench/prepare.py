@@ -8,13 +8,17 @@ sits outside the clock).
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from lohp.optim import make_optimizer
+from lohp.plotting import pyplot, save_figure
 from lohp.tasks import make_family
+from lohp.trajectories import make_config, prepare, ray_executor
 from lohp.trajectories.collect import train_runs
 
 
@@ -98,7 +102,6 @@ def run(family: str = "digits", family_config: dict[str, Any] | None = None,
 
 
 def plot(result: dict[str, Any], path) -> None:
-    from lohp.plotting import pyplot, save_figure
 
     plt = pyplot()
 
@@ -127,11 +130,7 @@ def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
     """Stage I on a local Ray cluster with 1 and 2 workers, the same workload (a whole
     ``prepare`` into a fresh folder each time, shards written by the driver): run-steps
     per second side by side and ``ray_speedup`` = (2 workers) / (1 worker)."""
-    import tempfile
-    from pathlib import Path
 
-    from lohp.trajectories import make_config, prepare
-    from lohp.trajectories import ray_executor
 
     cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks, seeds=seeds,
                       steps=steps, batch_size=batch_size, shard_runs=shard_runs)

@@ -26,12 +26,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
+from lohp.bench.fewshot import HEAD_POLICY
 from lohp.bench.harness import single_run_seconds
-from lohp.bench.scenario import (ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant,
-                                 tune_adam)
+from lohp.bench.lora import POLICY as LORA_POLICY
+from lohp.bench.scenario import ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant, tune_adam
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
+from lohp.plotting import pyplot, save_figure
 from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 STEP_COUNTS = (0, 1, 2, 4, 8, 16, 32)
@@ -73,9 +76,6 @@ def register_refine_scenario(name: str, scenario: RefineScenario) -> None:
 
 
 def _register_builtin() -> None:
-    from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
-    from lohp.bench.fewshot import HEAD_POLICY
-    from lohp.bench.lora import POLICY as LORA_POLICY
 
     register_refine_scenario("digits", RefineScenario("digits", {}))
     register_refine_scenario("transfer", RefineScenario("openclipart", {"n_way": 5}, policy_options=HEAD_POLICY))
@@ -243,11 +243,7 @@ def run(cfg: RefineBenchConfig, note: Callable[[str], None] | None = None, train
 
 
 def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -266,7 +262,6 @@ def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = folder / f"refine_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
         out.append(path)
     return out

@@ -13,7 +13,9 @@ a row's ``per_task`` list (seed 0) feeds confidence intervals and is dropped fro
 
 from __future__ import annotations
 
+import csv
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,9 +25,11 @@ import torch
 
 from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, single_run_seconds
 from lohp.errors import LohpError
+from lohp.flatness import hutchinson_trace, task_loss_fn
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
 from lohp.tasks import Task
+from lohp.tasks.base import class_means
 from lohp.training import train
 from lohp.trajectories import TrajectoryStore, make_config, prepare
 
@@ -98,7 +102,6 @@ def s0_sampler(tasks: Sequence[Task], store: TrajectoryStore, offset: int = 50_0
 
 def hessian_trace(tasks: Sequence[Task], thetas: torch.Tensor) -> float:
     """Mean Hutchinson Hessian trace of the training loss at the given weights (flatness)."""
-    from lohp.flatness import hutchinson_trace, task_loss_fn
 
     g = torch.Generator().manual_seed(0)
     return float(hutchinson_trace(task_loss_fn(list(tasks)), thetas.detach(), 32, g).mean())
@@ -237,7 +240,6 @@ DIVERGED = "DIVERGED"
 
 
 def _log_rows(out: Path) -> list[dict[str, str]]:
-    import csv
 
     with open(out / "log.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -279,7 +281,6 @@ def speedup(tasks: Sequence[Task], s0: torch.Tensor, lohp_acc: Sequence[float], 
 
 # --------------------------------------------------------------------------- closed-form baselines
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    import time
 
     t0 = time.perf_counter()
     out = fn()
@@ -290,7 +291,6 @@ def prototype_accuracy(task: Task, normalize: bool = False) -> tuple[float, floa
     """Nearest class mean (Euclidean) on the task's own features; with ``normalize`` every
     example is first scaled to unit L2 norm (the usual prototype classifier on frozen
     embeddings, row ``prototype-l2``); (accuracy, ms)."""
-    from lohp.tasks.base import class_means
 
     def prep(x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(len(x), -1)
@@ -354,8 +354,8 @@ def baseline_hparams(store: TrajectoryStore, steps: int, batch_size: int, note: 
 def probe_accuracy(task: Task, max_iter: int = 1000) -> tuple[float, float]:
     """scikit-learn logistic regression on the task's features (the linear probe); (accuracy, ms)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
     from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     x = task.x_train.reshape(len(task.x_train), -1).numpy()
     clf, ms = _timed(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter)).fit(

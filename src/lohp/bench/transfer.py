@@ -15,11 +15,22 @@ from typing import Any, Callable
 import torch
 
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
-from lohp.bench.scenario import (Variant, ablation_order, baseline_hparams, budget_variants, closed_form_row,
-                                 gradient_rows, learned_row, probe_accuracy, prototype_rows, public, s0_sampler,
-                                 speedup, stage_one)
+from lohp.bench.scenario import (
+    Variant,
+    ablation_order,
+    baseline_hparams,
+    budget_variants,
+    closed_form_row,
+    gradient_rows,
+    learned_row,
+    probe_accuracy,
+    prototype_rows,
+    public,
+    s0_sampler,
+    speedup,
+    stage_one,
+)
 from lohp.tasks import make_family
-
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
 # the policy steps on the surrogate gradient of the class means (the default head features).

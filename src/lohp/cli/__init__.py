@@ -6,8 +6,12 @@ commands live in ``core`` (prepare, inspect, generate, evaluate), ``train``, ``b
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
+
+from rich.markup import escape
 
 from lohp.cli import bench, common, core, data, train  # noqa: F401  (importing them registers the commands)
 from lohp.cli.common import app, console, err_console, parse_family_options, parse_hparams  # noqa: F401
@@ -21,7 +25,6 @@ def _on_signal(signum: int, frame: Any) -> None:
     """Ctrl-C / SIGTERM: unwind (finally blocks close logs; files are written atomically, so
     nothing half-written stays), say how to resume, exit 130 / 143. Click would otherwise
     turn Ctrl-C into a bare "Aborted"."""
-    import signal
 
     signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
     err_console.print("interrupted; re-run the same command to resume where it stopped "
@@ -30,8 +33,6 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import signal
-    import threading
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,8 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="lohp")
     except LohpError as exc:
-        from rich.markup import escape
-
         # escaped: messages hold install commands such as pip install -e '.[images]'
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(LohpError.exit_code)

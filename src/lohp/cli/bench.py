@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import typer
 from rich.table import Table
 
+from lohp.bench import cross as bc
+from lohp.bench import digits as bd
+from lohp.bench import l2o as bl2o
+from lohp.bench import lora as blora
+from lohp.bench import prepare as bp
+from lohp.bench import refine as br
+from lohp.bench.harness import print_table
+from lohp.cli.common import (
+    SCENARIO_COLUMNS,
+    _check_outputs,
+    _device,
+    _digits_table,
+    _run_bench,
+    _run_digits_bench,
+    _split_list,
+    _write_outputs,
+    app,
+    bench_app,
+    console,
+    parse_family_options,
+    progress_bar,
+)
 from lohp.errors import LohpError
-from lohp.cli.common import (SCENARIO_COLUMNS, _check_outputs, _device, _digits_table, _run_bench, _run_digits_bench,
-                             _split_list, _write_outputs, app, bench_app, console,
-                             parse_family_options, progress_bar)
+from lohp.tasks import make_family
+from lohp.trajectories.ray_executor import check_ray
 
 
 # --------------------------------------------------------------------------- demo
@@ -22,7 +45,6 @@ def demo(
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
     """The main job on the built-in digits default: prepare, train lo-hp, generate, compare."""
-    from lohp.bench import digits as bd
 
     cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, budget=None, seeds=1,
                                eval_tasks=20, speedup_tasks=5, device=_device(device),
@@ -48,7 +70,6 @@ def bench_digits(
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
     """Every method on held-out digits tasks: accuracy, robustness, latency, speedup."""
-    from lohp.bench import digits as bd
 
     _check_outputs(json_out, plot)
     if iterations is not None and budget is not None:
@@ -79,7 +100,6 @@ def bench_digits(
 def _scenario_bench(module: str, config_cls: str, label: str, json_out: Optional[Path], plot: Optional[Path],
                     quick: bool, work: Optional[Path], budget: Optional[float], seeds: Optional[int], device: str,
                     **overrides: Any) -> tuple[dict[str, Any], Any]:
-    import importlib
 
     mod = importlib.import_module(f"lohp.bench.{module}")
     _check_outputs(json_out, plot)
@@ -131,7 +151,6 @@ def bench_transfer(
     family_option: Optional[list[str]] = _BENCH_OPTIONS["family_option"],
 ) -> None:
     """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
-    from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("transfer", "TransferBenchConfig", "bench transfer", json_out, plot, quick, work,
                                   budget, seeds, device, family_options=parse_family_options(family_option))
@@ -151,7 +170,6 @@ def bench_few_shot(
     episodes: Optional[int] = typer.Option(None, help="Held-out test episodes per shot count."),
 ) -> None:
     """5-way 1-shot and 5-shot episodes from held-out Openclipart classes (95 % CI over episodes)."""
-    from lohp.bench.harness import print_table
 
     result, mod = _scenario_bench("fewshot", "FewShotBenchConfig", "bench few-shot", json_out, plot, quick, work,
                                   budget, seeds, device, episodes=episodes,
@@ -174,7 +192,6 @@ def bench_domain(
     domains: Optional[str] = typer.Option(None, help="Held-out angles, comma-separated, from 0,15,30,45,60,75."),
 ) -> None:
     """Leave-one-domain-out on rotated MNIST / Fashion-MNIST; the whole MLP is generated."""
-    from lohp.bench.harness import print_table
 
     angles = None
     if domains:
@@ -208,8 +225,6 @@ def bench_refine(
 
     Starts: the standard init, hypernetwork, lo-di and lo-hp weights; accuracy by gradient
     step and the steps each needs to reach 0.99 x Adam-from-scratch at T."""
-    from lohp.bench import refine as br
-    from lohp.bench.harness import print_table
 
     _check_outputs(json_out, plot)
     kw: dict[str, Any] = {"device": _device(device), "seed": seed}
@@ -245,8 +260,6 @@ def bench_cross(
     """Cross-architecture generation: a policy serves MLP widths / class counts it never saw.
 
     Each unseen architecture beside a policy trained on it and Adam after T steps."""
-    from lohp.bench import cross as bc
-    from lohp.bench.harness import print_table
 
     _check_outputs(json_out, plot)
     kw: dict[str, Any] = {"device": _device(device), "seed": seed, "method": method, "quick": quick}
@@ -289,13 +302,11 @@ def bench_prepare(
     """Vectorised Stage I collector vs a per-run torch.optim loop (run-steps per second).
 
     With --ray: 1 vs 2 Ray workers on the same workload (ray_speedup)."""
-    from lohp.bench import prepare as bp
 
     _check_outputs(json_out, plot)
     if quick:
         tasks, seeds, steps, repeats = 4, 2, 16, 1
     if ray:
-        from lohp.trajectories.ray_executor import check_ray
 
         check_ray("local")
         with progress_bar("bench prepare --ray") as update:
@@ -354,15 +365,12 @@ def bench_lora(
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
     """LoRA for MiniLM-L6 on held-out text tasks: fine-tuning, linear probe and every generator."""
-    import torch
 
-    from lohp.bench import lora as bl
-    from lohp.bench.harness import print_table
 
     _check_outputs(json_out, plot)
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    cfg = bl.LoraBenchConfig.quick() if quick else bl.LoraBenchConfig()
+    cfg = blora.LoraBenchConfig.quick() if quick else blora.LoraBenchConfig()
     cfg.family, cfg.family_config = family, parse_family_options(family_option)
     if work is not None:
         cfg.work = str(work)
@@ -373,10 +381,9 @@ def bench_lora(
                 raise LohpError(f"--{key.replace('_', '-')} must be > 0 (got {value})")
             setattr(cfg, key, value)
     cfg.device = _device(device)
-    from lohp.tasks import make_family
 
     make_family(family, **cfg.family_config)  # a missing package or bad option fails before the progress bar
-    result = _run_bench(bl.run, cfg, "bench lora", stage_progress=True)
+    result = _run_bench(blora.run, cfg, "bench lora", stage_progress=True)
     print_table(result["rows"], f"MiniLM-L6 LoRA ({result['parameters']} values), {result['heldout_tasks']} held-out "
                                 f"{family} tasks, T={cfg.steps}, {cfg.seeds} seed(s)",
                 [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
@@ -388,7 +395,7 @@ def bench_lora(
                                           if v is not None) + f"; total {result['seconds']:.0f} s")
     _write_outputs(result, json_out, None, "", None)
     if plot is not None:
-        for p in bl.plots(result, plot):
+        for p in blora.plots(result, plot):
             console.print(f"wrote {p}")
 
 
@@ -415,9 +422,8 @@ def bench_l2o(
     save: Optional[Path] = typer.Option(None, help="Keep the meta-trained optimizers here (safetensors + JSON)."),
 ) -> None:
     """Learned LSTM optimizer (L2O-DM) with/without flatness regularizers vs Adam and SGD."""
-    from lohp.bench import l2o as bl
 
-    preset = dict(bl.QUICK if quick else bl.FULL)
+    preset = dict(bl2o.QUICK if quick else bl2o.FULL)
     given = {"tasks": tasks, "seeds": seeds, "iterations": iterations, "horizon": horizon,
              "long_horizon": long_horizon, "truncation": truncation, "meta_batch": meta_batch}
     preset.update({k: v for k, v in given.items() if v is not None})
@@ -425,12 +431,12 @@ def bench_l2o(
         preset["long_horizon"] = 4 * preset["horizon"]
     options = dict(methods=tuple(_split_list(methods)), target=target, hessian=hessian, entropy=entropy,
                    workers=workers, threads=threads, family_config={"head": head}, **preset)
-    bl.validate(**options)  # fail before the progress bar appears
+    bl2o.validate(**options)  # fail before the progress bar appears
     with progress_bar("bench l2o") as update:
         def note(text: str) -> None:
             update(0, 0, text)
 
-        result = bl.run(save=save, quick=quick, progress=note, **options)
+        result = bl2o.run(save=save, quick=quick, progress=note, **options)
     table = Table(title=f"L2O on {result['heldout_tasks']} held-out digits tasks ({head} head, "
                         f"d={result['parameters']}), {result['seeds']} seeds, T={result['horizon']}")
     cols = ("method", "accuracy ± std", f"acc@{result['long_horizon']}", "loss", "tr H", "ms", "meta s")
@@ -446,6 +452,6 @@ def bench_l2o(
                   "trained horizon); loss = training loss; tr H = Hessian trace of the final weights; "
                   "ms = training wall time per task")
     console.print(f"regularizers on: {result['regularizer_target']}; total {result['seconds']:.0f} s")
-    _write_outputs(result, json_out, plot, "bench_l2o.png", bl.plot)
+    _write_outputs(result, json_out, plot, "bench_l2o.png", bl2o.plot)
 
 

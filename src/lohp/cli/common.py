@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lohp.bench import digits as bd
+from lohp.bench.harness import print_table
 from lohp.errors import LohpError
-
+from lohp.io import atomic_write_json, ensure_writable_dir
 
 app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -32,7 +36,6 @@ def progress_bar(description: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; elsewhere (a log file, CI) a plain line at most every
     LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress."""
     if not err_console.is_terminal:
-        import time
 
         start, last = time.perf_counter(), {"t": -math.inf, "stage": None}
 
@@ -132,7 +135,6 @@ app.add_typer(data_app, name="data")
 
 
 def _device(name: str) -> str:
-    import torch
 
     try:
         torch.empty(0, device=name)
@@ -144,7 +146,6 @@ def _device(name: str) -> str:
 
 def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
     """Fail on an unwritable --json/--plot before a long benchmark runs, not after."""
-    from lohp.io import ensure_writable_dir
 
     if json_out is not None:
         if json_out.is_dir():
@@ -156,7 +157,6 @@ def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
 
 def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | None, default_name: str,
                    plot_fn: Any) -> None:
-    from lohp.io import atomic_write_json, ensure_writable_dir
 
     if json_out is not None:
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
@@ -171,7 +171,6 @@ def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | N
 
 
 def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
-    from lohp.bench import digits as bd
 
     return _run_bench(bd.run, cfg, label)
 
@@ -194,7 +193,6 @@ def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> 
 
 
 def _digits_table(result: dict[str, Any], title: str) -> None:
-    from lohp.bench.harness import print_table
 
     print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
                                         ("accuracy", "accuracy (mean ± sample std)", ".4f"),

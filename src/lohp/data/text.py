@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from lohp import lora
 from lohp.data.cache import cached_tensors
 from lohp.data.packages import require
 from lohp.errors import LohpError
@@ -78,7 +79,6 @@ def fortune_topics(directory: str | None = None, min_texts: int = 400) -> dict[s
 
 
 def _tokenizer_key() -> str:
-    from lohp import lora
 
     vocab = lora.model_dir() / "tokenizer.json"
     return hashlib.sha256(vocab.read_bytes()).hexdigest()[:16] if vocab.exists() else "no-tokenizer-json"
@@ -94,7 +94,6 @@ def _texts_key(texts: Sequence[str]) -> str:
 
 def token_ids(texts: Sequence[str], max_length: int) -> torch.Tensor:
     """MiniLM token ids ``[n, max_length]`` (0 = padding), cached on disk."""
-    from lohp import lora
 
     spec = {"texts": _texts_key(texts), "n": len(texts), "max_length": int(max_length), "tokenizer": _tokenizer_key()}
     return cached_tensors("tokens", spec, lambda: {"ids": lora.tokenize(list(texts), max_length)})["ids"]
@@ -102,7 +101,6 @@ def token_ids(texts: Sequence[str], max_length: int) -> torch.Tensor:
 
 def frozen_embeddings(texts: Sequence[str], max_length: int) -> torch.Tensor:
     """Mean-pooled frozen MiniLM embeddings ``[n, 384]`` of the texts, cached on disk."""
-    from lohp import lora
 
     spec = {"texts": _texts_key(texts), "n": len(texts), "max_length": int(max_length), "tokenizer": _tokenizer_key(),
             "model": "minilm-l6-meanpool"}

@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from lohp.config import config_from_dict
 from lohp.errors import LohpError
+from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
 from lohp.optim.optimizer import LossAndGrad
 
 WEIGHTS_FILE = "l2o.safetensors"
@@ -186,7 +187,6 @@ class LearnedOptimizer:
     # ----------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
         """Write ``l2o.safetensors`` + ``l2o.json`` into ``folder`` (atomically)."""
-        from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir
 
         folder = ensure_writable_dir(Path(folder))
         tensors = {k: v.detach() for k, v in self.net.state_dict().items()}
@@ -200,7 +200,6 @@ class LearnedOptimizer:
     @classmethod
     def load(cls, folder: str | Path) -> "LearnedOptimizer":
         """Read a folder written by :meth:`save`."""
-        from lohp.io import read_json
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -211,7 +210,6 @@ class LearnedOptimizer:
         config = L2OConfig.from_dict(dict(meta.get("config", {})))
         if not (folder / WEIGHTS_FILE).exists():
             raise LohpError(f"L2O weights {folder / WEIGHTS_FILE} are missing")
-        from lohp.io import load_tensors
 
         tensors = load_tensors(folder / WEIGHTS_FILE, "L2O weights", "re-train or restore them")
         net = CoordinateLSTM(config)

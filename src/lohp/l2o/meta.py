@@ -35,10 +35,12 @@ import torch
 
 from lohp.config import config_from_dict
 from lohp.errors import LohpError
-from lohp.flatness import task_loss_fn
+from lohp.flatness import local_entropy_mean, task_loss_fn
+from lohp.io import ensure_writable_dir
 from lohp.l2o.lstm import L2OConfig, LearnedOptimizer
 from lohp.l2o.regularizers import Regularizer, make_regularizer
 from lohp.tasks import Task, TaskBatch, make_family
+from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 
 def check_unroll(horizon: int, truncation: int) -> None:
@@ -185,7 +187,6 @@ class MetaTrainer:
     def _meta_entropy_grads(self, reg: Regularizer, ep: _Episode, start: int, theta: torch.Tensor,
                             state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """``gamma (phi - mu_phi)`` per LSTM tensor (Entropy-SGD on the optimizer's weights)."""
-        from lohp.flatness import local_entropy_mean
 
         names = [n for n, _ in self.optimizer.net.named_parameters()]
         shapes = [p.shape for p in self.params]
@@ -254,7 +255,6 @@ class MetaTrainer:
         c = self.config
         out = Path(out) if out is not None else None
         if out is not None:
-            from lohp.io import ensure_writable_dir
 
             ensure_writable_dir(out)
         start_time = time.perf_counter()
@@ -312,7 +312,6 @@ def run_optimizee(optimizer: Any, tasks: Sequence[Task], steps: int, seed: int =
     seed start from the same weights. Returns the recorded weights, full-split train loss,
     eval loss and eval metric of every record, and the training wall time.
     """
-    from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
     theta0 = torch.stack([t.init_theta(1000 * int(seed) + i, init) for i, t in enumerate(tasks)])
     thetas, rec, seconds = train_runs(tasks, optimizer, theta0, steps, batch_size, record_every, seed)

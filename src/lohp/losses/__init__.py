@@ -11,8 +11,17 @@ from typing import Callable
 
 import torch
 
-from lohp.losses.base import (METHODS, PRESETS, Batch, LossConfig, Method, get_method, loss_config, method_names,
-                              register_method)
+from lohp.losses.base import (
+    METHODS,
+    PRESETS,
+    Batch,
+    LossConfig,
+    Method,
+    get_method,
+    loss_config,
+    method_names,
+    register_method,
+)
 from lohp.losses.hybrid import HybridSubTB
 from lohp.losses.lodi import LocalRegression
 from lohp.losses.onestep import OnPolicyStates

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from lohp.config import Config
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 
 FORMULATIONS = ("states", "subtb")
@@ -48,28 +48,34 @@ class Batch:
 class LossConfig(Config):
     what = "loss"
 
-    method: str = "lo-hp"
-    k: int = 2                      # compression factor: online step j <-> offline step k*j
+    method: str = setting("lo-hp", "Stage II method (lohp.losses.method_names(): lo-hp, lo-op, lo-hp-v1, "
+                                   "lo-hp-literal, lo-di, lo-di-noise, hypernetwork, and registered ones).")
+    k: int = setting(2, "Compression factor: online step j <-> offline step k*j, N = T/k policy steps.")
     # states: on-policy states, off-policy targets (one-step segments, losses/onestep.py);
     # subtb: SubTB residuals over whole on-policy rollouts (losses/hybrid.py: lo-hp-v1, literal)
-    formulation: str = "states"
-    beta: float = 0.5               # weight of the off-policy term
-    lam: float = 0.9                # SubTB(lambda) segment weights
-    rollouts: int = 4               # on-policy rollouts per task (K)
-    on_policy_tasks: int | None = 8  # roll out only the first n tasks of a batch (cost); None = all
-    rollout: str = "reparam"        # reparam | detached
-    log_z: str = "mean-residual"    # mean-residual | learned
-    off_policy: str = "ml"          # ml | subtb
-    normalize: bool = True          # divide each term by its detached value before mixing
-    reward_width: float | None = None  # per-coordinate reward width / step_scale; None -> sigma_f
-    input_noise: float = 0.0        # lo-di-noise: input noise std in units of the theta_0 RMS
-    backward: str = "fixed"         # fixed | bridge | learned (the policy's P_B)
-    flatness_weight: float = 0.0    # L2O-Entropy regularizer: weight * Hessian trace of the task's
-    flatness_probes: int = 1        # training loss at the generated s_N (Hutchinson, on-policy)
+    formulation: str = setting("states", "states (one-step segments from visited states) or subtb (SubTB "
+                                         "residuals over whole on-policy rollouts).")
+    beta: float = setting(0.5, "Weight of the off-policy term.")
+    lam: float = setting(0.9, "SubTB(lambda) segment weight.")
+    rollouts: int = setting(4, "On-policy rollouts per task (K).")
+    on_policy_tasks: int | None = setting(8, "Roll out only the first n tasks of a batch (cost); none = all.")
+    rollout: str = setting("reparam", "On-policy rollouts: reparam or detached.")
+    log_z: str = setting("mean-residual", "log Z: mean-residual or learned.")
+    off_policy: str = setting("ml", "Off-policy term: ml (maximum likelihood) or subtb.")
+    normalize: bool = setting(True, "Divide each loss term by its detached value before mixing.")
+    reward_width: float | None = setting(None, "Per-coordinate reward width, in units of the step scale "
+                                               "(default: sigma_f).")
+    input_noise: float = setting(0.0, "lo-di-noise: input noise std, in units of the theta_0 RMS.")
+    backward: str = setting("fixed", "Backward policy P_B: fixed, bridge or learned.")
+    # L2O-Entropy regularizer: weight * Hutchinson Hessian trace of the task's training loss
+    # at the generated s_N (on-policy).
+    flatness_weight: float = setting(0.0, "Flatness regularizer weight (Hessian trace at the generated weights).")
+    flatness_probes: int = setting(1, "Hutchinson probes of the flatness regularizer.")
     # formulation "states": the rollouts' starts are theta_0 x a width drawn from these, so the
     # policy also learns to correct from far-away starts; rollout_noise adds sigma_F noise.
-    start_widths: list[float] = field(default_factory=lambda: [1.0])
-    rollout_noise: bool = True
+    start_widths: list[float] = setting(factory=lambda: [1.0], help="Rollouts start at theta_0 x one of these "
+                                                                   "widths, e.g. 1,10 (states formulation).")
+    rollout_noise: bool = setting(True, "Add sigma_F noise to the visiting rollouts (states formulation).")
 
     def __post_init__(self) -> None:
         if self.k < 1:

@@ -19,9 +19,9 @@ at matched points, learned log Z).
 
 from __future__ import annotations
 
-
 import torch
 
+from lohp.flatness import hutchinson_trace
 from lohp.losses.base import Batch, LossConfig
 from lohp.losses.subtb import subtb_loss, subtb_residuals, subtb_weights
 from lohp.policy import LohpPolicy
@@ -59,7 +59,6 @@ class HybridSubTB:
     def flatness(self, batch: Batch, s_final: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Mean Hutchinson Hessian trace of each task's training loss at the generated s_N;
         differentiable, so the policy learns to generate flatter weights (L2O-Entropy)."""
-        from lohp.flatness import hutchinson_trace
 
         if batch.task_loss is None:
             raise ValueError("the flatness regularizer needs Batch.task_loss")

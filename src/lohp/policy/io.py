@@ -3,26 +3,32 @@ what it may be used for) + ``policy.safetensors`` (weights and buffers). No pick
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lohp.errors import LohpError
+from lohp.io import (
+    POLICY_FORMAT,  # noqa: E402 (re-exported)
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 from lohp.layout import ParamLayout
+from lohp.losses import method_names
 from lohp.policy.policy import LohpPolicy, PolicyConfig
 from lohp.policy.structure import make_structure
 
-from lohp.io import POLICY_FORMAT  # noqa: E402 (re-exported)
 META = "policy.json"
 WEIGHTS = "policy.safetensors"
 
 
 def build_policy(meta: dict[str, Any]) -> LohpPolicy:
     """Rebuild the network a ``policy.json`` describes, through the kinds it recorded."""
-    from dataclasses import fields
 
-    from lohp.losses import method_names
 
     method = meta.get("method")
     if method is not None and method not in method_names():
@@ -40,7 +46,6 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:
-    from lohp.io import atomic_save_tensors, atomic_write_json
 
     directory = Path(directory)
     atomic_save_tensors(directory / WEIGHTS, dict(policy.state_dict()), metadata={"format": POLICY_FORMAT})
@@ -49,7 +54,6 @@ def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> No
 
 def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
                fix: str = "retrain the policy (lohp train --overwrite), or restore the file from a copy") -> None:
-    from lohp.io import load_tensors
 
     tensors = load_tensors(path, "policy weights" if not prefix else "training checkpoint", fix)
     if prefix:
@@ -62,7 +66,6 @@ def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy, dict[str, Any]]:
-    from lohp.io import read_json
 
     directory = Path(directory)
     if not (directory / META).exists():

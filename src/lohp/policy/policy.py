@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lohp.config import Config
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.policy.flows import LogZ
 from lohp.policy.heads import GaussianHead
+from lohp.policy.structure import HEAD_FEATURES
 from lohp.policy.unet import UNet1d, sinusoidal
 
 BACKWARD_KINDS = ("fixed", "bridge", "learned")
@@ -34,23 +35,25 @@ LOG_2PI = math.log(2 * math.pi)
 class PolicyConfig(Config):
     what = "policy"
 
-    token_size: int = 8        # weight values per token
-    channels: int = 32         # U-Net width
-    depth: int = 2             # U-Net levels (token count is padded to a multiple of 2**depth)
-    emb_dim: int = 32          # time embedding size
-    kernel: int = 3            # conv kernel over tokens
-    sigma_f: float = 0.25      # forward std, in units of step_scale[j]
-    sigma_b: float = 2.5       # backward std, in units of step_scale[j]
-    learn_sigma_f: bool = False
-    learn_sigma_b: bool = False
-    backward: str = "fixed"    # fixed | bridge | learned
+    token_size: int = setting(8, "Weight values per token.")
+    channels: int = setting(32, "U-Net width.")
+    depth: int = setting(2, "U-Net levels (the token count is padded to a multiple of 2**depth).")
+    emb_dim: int = setting(32, "Time-embedding size.")
+    kernel: int = setting(3, "Convolution kernel over tokens.")
+    sigma_f: float = setting(0.25, "Forward std, in units of the step scale.")
+    sigma_b: float = setting(2.5, "Backward std, in units of the step scale.")
+    learn_sigma_f: bool = setting(False, "Learn the forward std.")
+    learn_sigma_b: bool = setting(False, "Learn the backward std.")
+    # the loss's backward kind, copied in by the trainer (one setting: --backward)
+    backward: str = setting("fixed", "Backward policy: fixed, bridge or learned.", cli=False)
     # Forward mean += gain[j, position] * surrogate-gradient feature (channel 0 of the
     # structure's condition features, unit RMS): a learned, step- and position-wise
     # preconditioned step that the U-Net corrects. Started at skip_init (in units of the
     # real step size), so an untrained policy is already a descent method on the surrogate.
-    condition_skip: bool = True
-    skip_init: float = 1.0
-    features: str = "gradient"  # head (class-rows) features: gradient (+ class means) | means
+    condition_skip: bool = setting(True, "The learned per-step preconditioned step on the surrogate-gradient "
+                                         "features.")
+    skip_init: float = setting(1.0, "Initial gain of that step, in units of the real step size (0 = no step).")
+    features: str = setting("gradient", "Head (class-rows) condition features: gradient (+ class means) or means.")
 
     def __post_init__(self) -> None:
         if self.backward not in BACKWARD_KINDS:
@@ -60,7 +63,6 @@ class PolicyConfig(Config):
                 raise LohpError(f"policy {name} must be > 0")
         if self.sigma_f <= 0 or self.sigma_b <= 0:
             raise LohpError("sigma_f and sigma_b must be > 0")
-        from lohp.policy.structure import HEAD_FEATURES
 
         if self.features not in HEAD_FEATURES:
             raise LohpError(f"unknown head features {self.features!r}; choose one of {', '.join(HEAD_FEATURES)}")

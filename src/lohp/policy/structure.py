@@ -161,10 +161,7 @@ register_structure(ClassRowStructure)
 
 
 def _registry() -> dict[str, Any]:
-    # The built-in structures register on import of their modules.
-    import lohp.policy.lora_structure  # noqa: F401
-    import lohp.policy.mlp_structure  # noqa: F401
-
+    # The built-in structures register when ``lohp.policy`` imports their modules.
     return _STRUCTURES
 
 

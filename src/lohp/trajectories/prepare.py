@@ -18,11 +18,21 @@ import numpy as np
 import torch
 
 from lohp.errors import LohpError
+from lohp.io import (
+    LOCK_FILE,
+    OutputLock,
+    atomic_save_tensors,
+    atomic_write_json,
+    check_finite,
+    ensure_writable_dir,
+    read_json,
+    sha256_file,
+)
 from lohp.optim import make_optimizer
 from lohp.tasks import make_family
 from lohp.trajectories.collect import collect
+from lohp.trajectories.ray_executor import check_ray, run_shards
 from lohp.trajectories.store import CONFIG, FORMAT, MANIFEST, SHARD_DIR, TrajectoryStore
-from lohp.io import LOCK_FILE, atomic_save_tensors, atomic_write_json, ensure_writable_dir, read_json, sha256_file
 
 INIT_SCHEMES = ("standard", "normal", "zeros")
 
@@ -197,7 +207,6 @@ def check_store_tasks(config: dict[str, Any]) -> Any:
 def check_task_data(task: Any) -> None:
     """One line naming the task, the split and the count when a task cannot be trained on:
     fewer than two classes, or NaN / inf in its features or its condition."""
-    from lohp.io import check_finite
 
     if task.n_classes < 2:
         raise LohpError(f"task {task.name} has {task.n_classes} class; a task needs at least 2 (n_way >= 2)")
@@ -220,11 +229,9 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     if executor not in EXECUTORS:
         raise LohpError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor == "ray":
-        from lohp.trajectories.ray_executor import check_ray
 
         check_ray(ray_address)  # before any file is touched
     family = check_store_tasks(config)  # bad data fail here, before a folder exists
-    from lohp.io import OutputLock
 
     with OutputLock(ensure_writable_dir(Path(out)), "lohp prepare"):
         out = claim_output(out, config, overwrite)
@@ -272,9 +279,7 @@ def _prepare_locked(out: Path, config: dict[str, Any], family: Any, device: str,
     for plan in [p for p in plans if p.index in done]:
         finish(plan, done[plan.index])
     if executor == "ray":
-        from lohp.trajectories.ray_executor import run_shards
-
-        for plan, (tensors, record) in run_shards(config, todo, device, ray_address, ray_workers):
+        for plan, (tensors, record) in run_shards(compute_shard, config, todo, device, ray_address, ray_workers):
             finish(plan, write_shard(out, plan, tensors, record))
     else:
         for plan in todo:

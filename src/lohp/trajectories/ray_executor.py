@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
 
 from lohp.errors import LohpError
+from lohp.extras import require_module
 
 INSTALL = "pip install -e '.[ray]'"
 CONNECT_TIMEOUT = 3.0  # seconds to reach a cluster address before giving up
@@ -26,7 +29,6 @@ CRASH_ONCE: str | None = None
 
 
 def _import_ray():
-    from lohp.extras import require_module
 
     return require_module("ray", "--ray (Stage I on Ray)")
 
@@ -73,25 +75,24 @@ def init(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
-def _shard_task(config: dict[str, Any], plan_dict: dict[str, Any], device: str,
+def _shard_task(compute: Callable[..., tuple[dict, dict]], config: dict[str, Any], plan: Any, device: str,
                 crash_once: str | None = None) -> tuple[dict, dict]:
-    import torch
-
-    from lohp.trajectories.prepare import ShardPlan, compute_shard
-
     torch.set_num_threads(1)
     if crash_once and not os.path.exists(crash_once):
         open(crash_once, "w").close()
         os._exit(1)
-    tensors, record = compute_shard(config, ShardPlan(**plan_dict), device)
+    tensors, record = compute(config, plan, device)
     return {k: v.numpy() for k, v in tensors.items()}, record
 
 
-def run_shards(config: dict[str, Any], plans: Sequence[Any], device: str = "cpu", address: str | None = None,
-               workers: int | None = None, max_retries: int = 3) -> Iterator[tuple[Any, tuple[dict, dict]]]:
-    """Yield ``(plan, (tensors, record))`` as shards finish, at most ``workers`` in flight."""
-    import torch
+def run_shards(compute: Callable[..., tuple[dict, dict]], config: dict[str, Any], plans: Sequence[Any],
+               device: str = "cpu", address: str | None = None, workers: int | None = None,
+               max_retries: int = 3) -> Iterator[tuple[Any, tuple[dict, dict]]]:
+    """Yield ``(plan, (tensors, record))`` as shards finish, at most ``workers`` in flight.
 
+    ``compute(config, plan, device)`` is one shard's work (Stage I passes ``compute_shard``);
+    it and the plans travel to the workers by pickle, so this module needs no Stage I import.
+    """
     if not plans:
         return
     ray = init(address, workers)
@@ -103,8 +104,7 @@ def run_shards(config: dict[str, Any], plans: Sequence[Any], device: str = "cpu"
     while pending or running:
         while pending and len(running) < limit:
             plan = pending.pop(0)
-            ref = remote.remote(cfg_ref, {"index": plan.index, "optimizer": plan.optimizer, "runs": plan.runs},
-                                device, CRASH_ONCE)
+            ref = remote.remote(compute, cfg_ref, plan, device, CRASH_ONCE)
             running[ref] = plan
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from lohp.errors import LohpError
 from lohp.io import TRAJECTORIES_FORMAT, read_json, sha256_file
 from lohp.layout import ParamLayout
+from lohp.tasks import make_family
 
 FORMAT = TRAJECTORIES_FORMAT
 MANIFEST = "manifest.json"
@@ -180,7 +181,6 @@ class TrajectoryStore:
     def family(self):
         """The store's task family (recorded options, replaced by the ``family_options`` it was
         opened with)."""
-        from lohp.tasks import make_family
 
         return make_family(self.config["family"], **{**self.config["family_config"], **self.family_options})
 

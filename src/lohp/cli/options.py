@@ -1,0 +1,141 @@
+"""Command-line options derived from settings dataclasses, so a default lives in one place.
+
+``@with_options(Group("train_options", TrainConfig))`` adds one typer option per field of
+``TrainConfig`` (name ``--field-name``, the field's type, its default, the help text given
+with :func:`lohp.config.setting`) to the decorated command, and passes the values to it
+as one dict keyword ``train_options``. A group with ``unset=True`` defaults every option
+to "not given" (``None``) and passes only the given ones, for settings whose defaults
+another layer decides (a method's preset, a benchmark's ``--quick`` settings).
+
+Fields typer cannot show as an option (dicts, nested configs) and fields declared with
+``setting(..., cli=False)`` are left out; commands reach them with ``--set KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import typer
+
+from lohp.config import setting_help
+from lohp.errors import LohpError
+
+SCALARS = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One settings dataclass offered as options; the command receives ``name=dict``."""
+
+    name: str
+    cls: type
+    include: tuple[str, ...] | None = None   # only these fields (default: every CLI field)
+    exclude: tuple[str, ...] = ()
+    unset: bool | tuple[str, ...] = False     # True or field names: default None, passed only when given
+    unset_help: str = "(default: {default})"  # how an unset option's help names the default in effect
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else tp), True
+    return tp, False
+
+
+def _list_parser(item: type, flag: str) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            return [item(p) for p in parts]
+        except ValueError:
+            raise LohpError(f"{flag} takes a comma-separated list of {item.__name__} (got {text!r})") from None
+    return parse
+
+
+def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tuple[Any, Any, Callable[[Any], Any]] | None:
+    """``(annotation, typer.Option, convert)`` for one field, or None when it has no option form."""
+    flag = "--" + f.name.replace("_", "-")
+    base, optional = _unwrap_optional(tp)
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+    convert: Callable[[Any], Any] = lambda v: v  # noqa: E731
+    if typing.get_origin(base) is list and typing.get_args(base) and typing.get_args(base)[0] in SCALARS:
+        item = typing.get_args(base)[0]
+        shown = ",".join(str(x) for x in default) if isinstance(default, list) else default
+        convert = _list_parser(item, flag)
+        annotation: Any = Optional[str]
+        default = shown
+    elif base in SCALARS:
+        annotation = Optional[base] if (optional or unset) else base
+    else:
+        return None
+    help_text = setting_help(f)
+    if unset:
+        if default is not None:
+            help_text = f"{help_text} {unset_help.format(default=default)}".strip()
+        default = None
+    return annotation, typer.Option(default, help=help_text, show_default=not unset), convert
+
+
+def with_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a typer command: add each group's fields as options (see the module doc)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(func)
+        group_names = {g.name for g in groups}
+        own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(func).parameters.values() if p.name not in group_names]
+        taken = {p.name for p in own}
+        generated: list[inspect.Parameter] = []
+        owners: dict[str, tuple[Group, str, Callable[[Any], Any], bool]] = {}
+        for g in groups:
+            field_hints = typing.get_type_hints(g.cls)
+            for f in dataclasses.fields(g.cls):
+                if (g.include is not None and f.name not in g.include) or f.name in g.exclude:
+                    continue
+                if g.include is None and not f.metadata.get("cli", True):
+                    continue
+                unset = g.unset is True or (isinstance(g.unset, tuple) and f.name in g.unset)
+                made = _option(f, field_hints[f.name], unset, g.unset_help)
+                if made is None:
+                    continue
+                if f.name in taken:  # a programming error: two groups (or the command) claim one option
+                    raise TypeError(f"option --{f.name} of {func.__name__} comes from two places")
+                taken.add(f.name)
+                annotation, option, convert = made
+                generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                   annotation=annotation))
+                owners[f.name] = (g, f.name, convert, unset)
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            given: dict[str, dict[str, Any]] = {g.name: {} for g in groups}
+            for name, (g, field_name, convert, unset) in owners.items():
+                value = kwargs.pop(name)
+                if value is None and unset:
+                    continue
+                given[g.name][field_name] = convert(value) if value is not None else None
+            return func(**kwargs, **given)
+
+        params = own + generated
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+def config_fields(*classes: type) -> dict[str, type]:
+    """``{field name: the class that owns it}`` over several settings classes (first wins)."""
+    out: dict[str, type] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, cls)
+    return out
