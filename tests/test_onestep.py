@@ -17,6 +17,15 @@ from tests.helpers import tiny_policy
 
 
 # --------------------------------------------------------------------------- surrogate gradient
+def assert_unit_rms_multiple(got: torch.Tensor, direction: torch.Tensor) -> None:
+    """``got`` is ``direction`` times a positive number, and its RMS is 1 (the features'
+    stated scaling), checked without re-typing the normalisation."""
+    assert got.square().mean().item() == pytest.approx(1.0, rel=1e-9)
+    scale = (got * direction).sum() / direction.square().sum()
+    assert scale.item() > 0
+    assert torch.allclose(got, scale * direction, atol=1e-10, rtol=0)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_class_mean_ce_grad_is_minus_the_autograd_gradient(bias):
     torch.manual_seed(1)
@@ -45,15 +54,13 @@ def test_head_structure_features_are_the_unit_rms_negative_gradient_and_the_clas
     t = theta.clone().requires_grad_()
     logits = task.layout.functional(task.model().double())(t, cond)
     (g,) = torch.autograd.grad(nn.functional.cross_entropy(logits, torch.arange(5)), t)
-    want = st.rows(-g)
-    want = want / want.square().mean().sqrt()
     feats = st.condition_rows(cond, theta)
     assert feats.shape == (5, 65, 2)
-    assert torch.allclose(feats[..., 0], want, atol=1e-10)
+    assert_unit_rms_multiple(feats[..., 0], st.rows(-g))
+    # the class means in the weight slots, 0 in the bias slot, unit RMS over all 5 x 65 entries
     means = feats[..., 1]
-    rms = (cond.square().sum() / (5 * 65)).sqrt()  # unit RMS over the rows, the bias slot counted as 0
-    assert torch.allclose(means[:, :64] * rms, cond, atol=1e-10)
     assert torch.all(means[:, 64] == 0)
+    assert_unit_rms_multiple(means, torch.cat([cond, torch.zeros(5, 1, dtype=cond.dtype)], 1))
 
 
 def test_lora_head_features_are_the_unit_rms_negative_gradient():
@@ -68,8 +75,7 @@ def test_lora_head_features_are_the_unit_rms_negative_gradient():
     cond = torch.randn(c, h, dtype=torch.float64)
     w = theta[st.head_offset:st.head_offset + c * h].reshape(c, h).clone().requires_grad_()
     (g,) = torch.autograd.grad(nn.functional.cross_entropy(cond @ w.T, torch.arange(c)), w)
-    want = (-g / g.square().mean().sqrt()).T
-    assert torch.allclose(st.condition_rows(cond, theta)[..., 2 * r:, 0], want, atol=1e-10)
+    assert_unit_rms_multiple(st.condition_rows(cond, theta)[..., 2 * r:, 0], -g.T)
 
 
 def test_an_untrained_head_policy_steps_toward_lower_surrogate_loss(digits):
