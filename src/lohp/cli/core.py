@@ -29,8 +29,6 @@ from lohp.lora import check_adapter_dir, export_adapter
 from lohp.tasks import TaskFamily, family_factory, make_family
 from lohp.trajectories import TrajectoryStore, make_config, summarize
 from lohp.trajectories import prepare as run_prepare
-from lohp.trajectories.prepare import check_store_tasks, claim_output
-from lohp.trajectories.ray_executor import check_ray
 
 
 # --------------------------------------------------------------------------- prepare
@@ -79,20 +77,11 @@ def prepare(
                          seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
                          init=init, init_sigma=init_sigma, seed=seed, shard_runs=shard_runs)
 
-    dev = _device(device)  # every check fails before the progress bar appears
     executor = "ray" if (ray or ray_address) else "local"
-    if ray_workers is not None and ray_workers <= 0:
-        raise LohpError(f"--ray-workers must be >= 1 (got {ray_workers})")
-    if executor == "ray":
-
-        check_ray(ray_address)
-
-    check_store_tasks(config)  # bad task data: refused before a folder exists
-    if not overwrite:  # (with --overwrite, prepare clears the folder once it holds its lock)
-        claim_output(out, config, overwrite)
-    with progress_bar("preparing") as update:
-        store = run_prepare(out, config, device=dev, overwrite=overwrite, progress=update, executor=executor,
-                            ray_address=ray_address, ray_workers=ray_workers)
+    # prepare() checks everything (Ray, the output, every task's data) before it opens the bar
+    store = run_prepare(out, config, device=_device(device), overwrite=overwrite, executor=executor,
+                        ray_address=ray_address, ray_workers=ray_workers,
+                        progress_context=lambda: progress_bar("preparing"))
     console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
 
 

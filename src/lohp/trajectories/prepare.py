@@ -196,10 +196,13 @@ def write_shard(out: Path, plan: ShardPlan, tensors: dict[str, torch.Tensor], re
 EXECUTORS = ("local", "ray")
 
 
-def check_store_tasks(config: dict[str, Any]) -> Any:
-    """Every task the store will train on passes :func:`check_task_data`; the family."""
+def check_store_tasks(config: dict[str, Any], seeds: Sequence[int] | None = None) -> Any:
+    """Every task the store will train on (or those of ``seeds``) passes
+    :func:`check_task_data`; returns the family."""
     family = make_family(config["family"], **config["family_config"])
-    for seed in range(config["task_start"], config["task_start"] + config["tasks"]):
+    if seeds is None:
+        seeds = range(config["task_start"], config["task_start"] + config["tasks"])
+    for seed in seeds:
         check_task_data(family.sample(seed, config["split"]))
     return family
 
@@ -218,24 +221,39 @@ def check_task_data(task: Any) -> None:
 
 def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
             progress: Callable[[int, int, str], None] | None = None, executor: str = "local",
-            ray_address: str | None = None, ray_workers: int | None = None) -> TrajectoryStore:
+            ray_address: str | None = None, ray_workers: int | None = None,
+            progress_context: Callable[[], Any] | None = None) -> TrajectoryStore:
     """Run (or resume) Stage I into ``out`` and return the opened store.
 
-    ``progress(done, total, text)`` is called with run-steps done so far. ``executor="ray"``
-    runs each missing shard as one Ray task (``ray_address``: a cluster; default
-    ``RAY_ADDRESS`` or a local one; ``ray_workers``: at most this many shards at once); the
-    driver writes shards and the manifest exactly as the local loop does.
+    ``progress(done, total, text)`` is called with run-steps done so far; or
+    ``progress_context()``, a context manager yielding that callback, is entered once every
+    input is checked (so a progress bar never precedes an error). ``executor="ray"`` runs
+    each missing shard as one Ray task (``ray_address``: a cluster; default ``RAY_ADDRESS``
+    or a local one; ``ray_workers``: at most this many shards at once); the driver writes
+    shards and the manifest exactly as the local loop does.
+
+    Every check runs once, before a folder is created: the executor (and the Ray address),
+    the output, and the data of each task a missing shard trains on (a finished store
+    samples no task data again).
     """
     if executor not in EXECUTORS:
         raise LohpError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if ray_workers is not None and ray_workers <= 0:
+        raise LohpError(f"--ray-workers must be >= 1 (got {ray_workers})")
     if executor == "ray":
-
-        check_ray(ray_address)  # before any file is touched
-    family = check_store_tasks(config)  # bad data fail here, before a folder exists
-
-    with OutputLock(ensure_writable_dir(Path(out)), "lohp prepare"):
+        check_ray(ray_address)
+    out = Path(out)
+    # tasks of shards without a record (a record's checksum is verified under the lock)
+    pending = [p for p in plan_shards(config) if overwrite or not (out / SHARD_DIR / p.record_file).exists()]
+    family = check_store_tasks(config, sorted({r["task_seed"] for p in pending for r in p.runs}))
+    if not overwrite and out.exists():
+        claim_output(out, config)  # a store made with other arguments: refused before the bar appears
+    with OutputLock(ensure_writable_dir(out), "lohp prepare"):
         out = claim_output(out, config, overwrite)
-        return _prepare_locked(out, config, family, device, progress, executor, ray_address, ray_workers)
+        if progress_context is None:
+            return _prepare_locked(out, config, family, device, progress, executor, ray_address, ray_workers)
+        with progress_context() as bar:
+            return _prepare_locked(out, config, family, device, bar, executor, ray_address, ray_workers)
 
 
 def _prepare_locked(out: Path, config: dict[str, Any], family: Any, device: str, progress: Any, executor: str,

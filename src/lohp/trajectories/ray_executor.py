@@ -60,8 +60,7 @@ def init(address: str | None = None, num_cpus: int | None = None):
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    addr = resolve_address(address)
-    check_ray(addr)
+    addr = resolve_address(address)  # (callers check it first: lohp.trajectories.prepare does)
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
     if addr in (None, "local"):
