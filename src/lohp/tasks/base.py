@@ -4,19 +4,57 @@ A :class:`Task` is a training split (the only thing a policy may look at), an ev
 split, a loss, a metric, a target model and the patterns naming its generated subset. A
 :class:`TaskFamily` deterministically builds tasks from a seed, from disjoint *source*
 and *held-out* sets (the learned_optimization Task/TaskFamily pattern).
+
+Writing a family: one file, one ``Options`` dataclass, one registration. The options are
+declared once, with their defaults and one line of help each; the family's constructor
+takes them as keyword arguments, ``config()`` (what stores and policies record) is derived
+from them, and an unknown option is refused in one line that names the known ones::
+
+    from dataclasses import dataclass
+
+    from lohp.config import Config, setting
+    from lohp.errors import LohpError
+    from lohp.tasks import Task, TaskFamily, register_family
+
+    @dataclass
+    class MyOptions(Config):
+        n_way: int = setting(5, "Classes per task.")
+        split_seed: int = setting(0, "Seed of the fixed source / held-out split.")
+
+        def __post_init__(self):  # checks of the values alone (they run again on replace())
+            if self.n_way < 2:
+                raise LohpError(f"n_way must be >= 2 (got {self.n_way})")
+
+    class MyFamily(TaskFamily):
+        name = "mine"
+        Options = MyOptions
+
+        def __init__(self, **options):
+            super().__init__(**options)  # self.options; self.n_way reads self.options.n_way
+            ...                          # load the data, split it once (checks that need the data)
+
+        def sample(self, seed: int, split: str = "source") -> Task:
+            ...
+
+    register_family("mine", MyFamily)
+
+A family that needs no options, or builds its config another way, declares no ``Options``
+and overrides :meth:`TaskFamily.config` instead.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lohp.config import Config, config_from_dict
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 
@@ -125,21 +163,82 @@ def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tenso
     return (onehot.T @ x.reshape(len(x), -1)) / counts[:, None]
 
 
+def as_type(value: Any, to: Callable[[Any], Any], name: str, what: str = "") -> Any:
+    """``to(value)`` (e.g. ``int("3")``), or a one-line LohpError naming the option."""
+    try:
+        return to(value)
+    except (TypeError, ValueError):
+        kind = "an integer" if to is int else "a number" if to is float else getattr(to, "__name__", repr(to))
+        raise LohpError(f"{what + ': ' if what else ''}{name} must be {kind} (got {value!r})") from None
+
+
+def build_options(cls: type, given: dict[str, Any], family: str) -> Any:
+    """The ``cls`` (an Options dataclass) of ``given``: unknown or missing options refused in
+    one line that names the known ones."""
+    fields = dataclasses.fields(cls)
+    known = ", ".join(sorted(f.name for f in fields))
+    missing = [f.name for f in fields if f.name not in given
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise LohpError(f"the {family} family needs the option(s) {', '.join(missing)} (e.g. --family-option "
+                        f"{missing[0]}=...); known: {known}")
+    return config_from_dict(cls, given, f"{family} family")
+
+
+def jsonable(value: Any) -> Any:
+    """Tuples as lists, recursively (what a JSON round trip gives back)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 class TaskFamily(abc.ABC):
     """Builds tasks deterministically from (seed, split).
 
-    Subclasses implement :meth:`sample` and :meth:`config`; the optional hooks below have
-    defaults that suit a small classifier family, and a family overrides only what it needs.
-    Register a family with :func:`lohp.tasks.register_family` (or a ``lohp.families``
-    entry point) and check it with :func:`lohp.testing.check_family`.
+    Subclasses implement :meth:`sample` and declare their options as ``Options``, a
+    :class:`lohp.config.Config` dataclass (see the module docstring): ``__init__(**options)``
+    validates them into ``self.options`` (readable as attributes too: ``self.n_way``) and
+    :meth:`config` is ``self.options`` as JSON. A family without ``Options`` overrides
+    :meth:`config` itself. The optional hooks below have defaults that suit a small classifier
+    family, and a family overrides only what it needs. Register a family with
+    :func:`lohp.tasks.register_family` (or a ``lohp.families`` entry point) and check it with
+    :func:`lohp.testing.check_family`.
     """
 
     name: str = "family"
+    #: The family's options (a lohp.config.Config dataclass); None: the family overrides config().
+    Options: ClassVar[type[Config] | None] = None
     #: Optimizer hyper-parameters that replace lohp's defaults for this family in Stage I,
     #: e.g. ``{"adam": {"lr": 5e-3}}`` (read-only; a user's ``--lr`` still wins).
     optimizer_defaults: dict[str, dict[str, Any]] = {}
     #: Runs per Stage I shard: the unit of resume (slow targets want small shards).
     default_shard_runs: int = 64
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.Options is not None:
+            hidden = [f.name for f in dataclasses.fields(cls.Options) if hasattr(cls, f.name)]
+            if hidden:  # self.<option> would read the class attribute, not the option
+                raise TypeError(f"{cls.__name__}: option(s) {', '.join(hidden)} of {cls.Options.__name__} share "
+                                "their name with an attribute of the family class; rename one of them")
+
+    def __init__(self, **options: Any) -> None:
+        """Validate ``options`` into ``self.options`` (an instance of ``Options``)."""
+        if self.Options is None:
+            if options:
+                raise LohpError(f"task family {self.name!r} takes no options (got {', '.join(sorted(options))})")
+            return
+        self.options = build_options(self.Options, options, self.name)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when ordinary lookup fails: an option read as an attribute.
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("__") \
+                and any(f.name == name for f in dataclasses.fields(options)):
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def check_policy(self, trained_config: dict[str, Any]) -> None:
         """Refuse (LohpError) to serve a policy trained on a family config this family
@@ -149,9 +248,13 @@ class TaskFamily(abc.ABC):
     def sample(self, seed: int, split: str = "source") -> Task:
         """The task with this seed from the source or held-out set."""
 
-    @abc.abstractmethod
     def config(self) -> dict[str, Any]:
-        """JSON-able arguments that rebuild this family (stored in manifests)."""
+        """JSON-able arguments that rebuild this family (stored in manifests): the options."""
+        options = self.__dict__.get("options")
+        if options is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no Options dataclass (or did not call "
+                                      "TaskFamily.__init__); declare one or override config()")
+        return jsonable(options.to_dict())
 
     def source_tasks(self, n: int, start: int = 0) -> list[Task]:
         return [self.sample(s, "source") for s in range(start, start + n)]

@@ -11,6 +11,7 @@ task's training split.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.tasks.base import Task, TaskFamily, relabelled_splits
+from lohp.tasks.registry import register_family
 
 HEADS = ("linear", "mlp")
 
@@ -40,41 +43,49 @@ def make_head(kind: str, in_features: int, n_classes: int, hidden: int) -> nn.Mo
     raise LohpError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
 
 
+@dataclass
+class DigitsOptions(Config):
+    what = "digits family"
+
+    n_way: int = setting(5, "Classes per task (2-9).")
+    head: str = setting("linear", "Target model: linear (a linear head) or mlp (one hidden layer).")
+    hidden: int = setting(32, "Hidden width of the mlp head.")
+    heldout_fraction: float = setting(0.3, "Fraction of the class combinations held out.")
+    train_fraction: float = setting(0.6, "Fraction of each class's images in the training pool.")
+    split_seed: int = setting(0, "Seed of the fixed class-combination and image splits.")
+    patterns: tuple[str, ...] = setting(("*",), "Parameter-name patterns of the generated subset.")
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n_way <= 9:
+            raise LohpError(f"n_way must be between 2 and 9 for digits (got {self.n_way}); "
+                            "10 classes leave no held-out class combination")
+        if self.head not in HEADS:
+            raise LohpError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if not 0 < self.heldout_fraction < 1 or not 0 < self.train_fraction < 1:
+            raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
+        self.patterns = tuple(self.patterns)
+
+
 class DigitsFamily(TaskFamily):
     name = "digits"
+    Options = DigitsOptions
+    options: DigitsOptions
 
-    def __init__(self, n_way: int = 5, head: str = "linear", hidden: int = 32,
-                 heldout_fraction: float = 0.3, train_fraction: float = 0.6,
-                 split_seed: int = 0, patterns: tuple[str, ...] | list[str] = ("*",)):
-        if not 2 <= n_way <= 9:
-            raise LohpError(f"n_way must be between 2 and 9 for digits (got {n_way}); "
-                            "10 classes leave no held-out class combination")
-        if head not in HEADS:
-            raise LohpError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-        if not 0 < heldout_fraction < 1 or not 0 < train_fraction < 1:
-            raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
-        self.n_way, self.head, self.hidden = n_way, head, hidden
-        self.heldout_fraction, self.train_fraction = heldout_fraction, train_fraction
-        self.split_seed, self.patterns = split_seed, tuple(patterns)
-
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         x, y = _digits()
-        rng = np.random.default_rng(split_seed)
+        rng = np.random.default_rng(self.split_seed)
         self._x = torch.from_numpy(x)
         self._train_idx, self._eval_idx = {}, {}
         for c in range(10):
             idx = rng.permutation(np.flatnonzero(y == c))
-            cut = int(round(train_fraction * len(idx)))
+            cut = int(round(self.train_fraction * len(idx)))
             self._train_idx[c], self._eval_idx[c] = idx[:cut], idx[cut:]
-        combos = list(itertools.combinations(range(10), n_way))
+        combos = list(itertools.combinations(range(10), self.n_way))
         order = rng.permutation(len(combos))
-        n_held = max(1, int(round(heldout_fraction * len(combos))))
+        n_held = max(1, int(round(self.heldout_fraction * len(combos))))
         self.heldout_combos = [combos[i] for i in sorted(order[:n_held])]
         self.source_combos = [combos[i] for i in sorted(order[n_held:])]
-
-    def config(self) -> dict[str, Any]:
-        return {"n_way": self.n_way, "head": self.head, "hidden": self.hidden,
-                "heldout_fraction": self.heldout_fraction, "train_fraction": self.train_fraction,
-                "split_seed": self.split_seed, "patterns": list(self.patterns)}
 
     def model_factory(self) -> nn.Module:
         return make_head(self.head, 64, self.n_way, self.hidden)
@@ -93,3 +104,6 @@ class DigitsFamily(TaskFamily):
             n_classes=self.n_way, model_factory=self.model_factory, patterns=self.patterns,
             info={"classes": classes, "combo": sorted(classes)},
         )
+
+
+register_family(DigitsFamily.name, DigitsFamily)

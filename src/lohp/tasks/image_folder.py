@@ -9,7 +9,9 @@ Needs the ``images`` extra (``pip install -e '.[images]'``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from lohp.config import setting
+from lohp.data import features as feature_cache  # (module attribute: tests patch features)
+from lohp.data.text import frozen_embeddings, token_ids
 from lohp.errors import LohpError
+from lohp.extras import require_module
+from lohp.lora import LORA_PATTERNS, LoraSpec, make_classifier
 from lohp.tasks.base import Task, class_means, relabelled_splits
-from lohp.tasks.table import TableFamily, class_index
+from lohp.tasks.registry import register_family
+from lohp.tasks.table import FileOptions, TableFamily, TableOptions, class_index
+from lohp.tasks.text import TextFamily
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -35,7 +44,6 @@ def _files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    from lohp.extras import require_module
 
     require_module("PIL", "the image-folder family")
     from PIL import Image, UnidentifiedImageError
@@ -51,20 +59,25 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise LohpError(f"image {path} does not decode ({exc}); remove or replace it") from None
 
 
+@dataclass
+class ImageFolderOptions(FileOptions):
+    what = "image-folder family"
+
+    size: int = setting(64, "Image side (px) each image is fitted into (>= 16).")
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise LohpError(f"size must be >= 16 px (got {self.size})")
+        self.size = int(self.size)
+        super().__post_init__()
+
+
 class ImageFolderFamily(TableFamily):
     name = "image-folder"
     what = "image folder"
     is_folder = True
-
-    def __init__(self, path: str, n_way: int = 5, heldout: float = 0.3, split_seed: int = 0,
-                 per_class: int | None = None, standardize: bool = True, hidden: int = 0,
-                 train_fraction: float = 0.5, sha256: str | None = None, size: int = 64,
-                 patterns: tuple[str, ...] | list[str] = ("*",)):
-        if size < 16:
-            raise LohpError(f"size must be >= 16 px (got {size})")
-        self.size = int(size)
-        super().__init__(path, "class folder", n_way, heldout, split_seed, per_class, standardize, hidden,
-                         train_fraction, sha256, patterns)
+    Options = ImageFolderOptions
+    options: ImageFolderOptions
 
     def _digest(self, folder: Path) -> str:
         h = hashlib.sha256()
@@ -75,19 +88,40 @@ class ImageFolderFamily(TableFamily):
         return h.hexdigest()
 
     def _load(self, folder: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from lohp.data.features import features
 
         classes = _files(folder)
         names = list(classes)
         files = [(i, f) for i, c in enumerate(names) for f in classes[c]]
         images = np.stack([_decode(f, self.size) for _, f in files])
-        feats = features({"image-folder": digest, "decode": f"rgb-fit-white-{self.size}"}, images, size=self.size)
+        feats = feature_cache.features({"image-folder": digest, "decode": f"rgb-fit-white-{self.size}"}, images,
+                                       size=self.size)
         return feats.numpy().astype(np.float32), np.asarray([i for i, _ in files], dtype=np.int64), names
 
-    def config(self) -> dict[str, Any]:
-        out = super().config()
-        out.pop("label")
-        return {**out, "size": self.size}
+
+@dataclass
+class TextTableOptions(TableOptions):
+    what = "text-table family"
+
+    patterns: tuple[str, ...] | None = setting(None, "Parameter-name patterns of the generated subset "
+                                                     "(none: *, or the LoRA patterns with lora=true).")
+    text: str = setting("text", "The text column of the CSV / TSV table.")
+    max_length: int = setting(32, "Tokens per text (MiniLM).")
+    lora: bool = setting(False, "Generate LoRA adapters of MiniLM-L6 plus a head, not a head on frozen embeddings.")
+    rank: int = setting(8, "LoRA rank (lora=true only).")
+    alpha: int = setting(16, "LoRA scaling alpha (lora=true only).")
+
+    def __post_init__(self) -> None:
+        self.max_length, self.lora = int(self.max_length), _flag(self.lora)
+        if self.lora:
+            if self.hidden:
+                raise LohpError("text-table: hidden applies to the frozen-embedding head; with lora=true the "
+                                "target is LoRA + a linear head (drop hidden)")
+            if int(self.rank) < 1:
+                raise LohpError(f"text-table: rank must be >= 1 (got {self.rank})")
+            self.rank, self.alpha = int(self.rank), int(self.alpha)
+        if self.patterns is None:
+            self.patterns = LORA_PATTERNS if self.lora else ("*",)
+        super().__post_init__()
 
 
 class TextTableFamily(TableFamily):
@@ -102,36 +136,18 @@ class TextTableFamily(TableFamily):
 
     name = "text-table"
     what = "text table"
+    Options = TextTableOptions
+    options: TextTableOptions
 
-    def __init__(self, path: str, text: str = "text", label: str = "label", n_way: int = 5, heldout: float = 0.3,
-                 split_seed: int = 0, per_class: int | None = None, standardize: bool = True, hidden: int = 0,
-                 train_fraction: float = 0.5, sha256: str | None = None, max_length: int = 32,
-                 lora: bool = False, rank: int = 8, alpha: int = 16,
-                 patterns: tuple[str, ...] | list[str] | None = None):
-        self.text, self.max_length, self.lora = text, int(max_length), _flag(lora)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         if self.lora:
-            from lohp.lora import LORA_PATTERNS, LoraSpec
-
-            if hidden:
-                raise LohpError("text-table: hidden applies to the frozen-embedding head; with lora=true the "
-                                "target is LoRA + a linear head (drop hidden)")
-            if int(rank) < 1:
-                raise LohpError(f"text-table: rank must be >= 1 (got {rank})")
-            self.spec = LoraSpec(int(rank), int(alpha), ("query", "value"), None)
+            self.spec = LoraSpec(self.rank, self.alpha, ("query", "value"), None)
             # LoRA runs are slow and want the LoRA learning rates (see lohp.tasks.text.TextFamily).
-            from lohp.tasks.text import TextFamily
-
             self.optimizer_defaults = TextFamily.optimizer_defaults
             self.default_shard_runs = TextFamily.default_shard_runs
-            patterns = LORA_PATTERNS if patterns is None else patterns
-        super().__init__(path, label, n_way, heldout, split_seed, per_class, standardize, hidden, train_fraction,
-                         sha256, ("*",) if patterns is None else patterns)
 
     def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        import csv
-
-        from lohp.data.text import frozen_embeddings, token_ids
-
         with open(file, newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if file.suffix in (".tsv", ".tab") else ",")
             missing = [c for c in (self.text, self.label) if c not in (reader.fieldnames or [])]
@@ -153,15 +169,14 @@ class TextTableFamily(TableFamily):
         return (x, *class_index(labels))
 
     def config(self) -> dict[str, Any]:
-        out = {**super().config(), "text": self.text, "max_length": self.max_length, "lora": self.lora}
-        if self.lora:
-            out.update(rank=self.spec.rank, alpha=self.spec.alpha)
+        out = super().config()
+        if not self.lora:  # rank and alpha only mean something with lora=true
+            del out["rank"], out["alpha"]
         return out
 
     def model_factory(self) -> nn.Module:
         if not self.lora:
             return super().model_factory()
-        from lohp.lora import make_classifier
 
         return make_classifier(self.spec, self.n_way)
 
@@ -205,3 +220,7 @@ def _flag(value: Any) -> bool:
             return False
         raise LohpError(f"expected true or false, got {value!r}")
     return bool(value)
+
+
+register_family(ImageFolderFamily.name, ImageFolderFamily)
+register_family(TextTableFamily.name, TextTableFamily)

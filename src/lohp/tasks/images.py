@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -25,8 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lohp.data import features as feats
+from lohp.data import images
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.tasks.base import Task, TaskFamily
+from lohp.tasks.registry import register_family
 
 FEATURE_DATASETS = ("openclipart", "fashion-mnist")
 
@@ -35,8 +42,6 @@ FEATURE_DATASETS = ("openclipart", "fashion-mnist")
 @lru_cache(maxsize=4)
 def feature_data(dataset: str, size: int = 64, per_class: int = 60) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
     """Frozen features ``[n, 1280]``, labels and class names of a dataset (disk-cached)."""
-    from lohp.data import features as feats
-    from lohp.data import images
 
     bar = _progress()
     if dataset == "openclipart":
@@ -62,8 +67,6 @@ def _per_class(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _progress():
     """Progress of long cache builds on stderr (silent when nothing needs building): a tqdm
     bar on a terminal when tqdm is installed, else a plain line every 10 % (logs, CI)."""
-    import sys
-    import time
 
     state: dict[str, Any] = {}
     fancy = sys.stderr.isatty()
@@ -118,46 +121,58 @@ def _build_task(family: str, seed: int, split: str, x: torch.Tensor, classes: li
 
 
 # --------------------------------------------------------------------------- frozen features
+@dataclass
+class FeatureOptions(Config):
+    what = "frozen-feature family"
+
+    n_way: int = setting(5, "Classes per task.")
+    shots: int | None = setting(None, "Training images per class of a few-shot episode (none: the whole pool).")
+    queries: int = setting(15, "Evaluation images per class of a few-shot episode.")
+    heldout_fraction: float = setting(0.35, "Fraction of the classes held out.")
+    train_fraction: float = setting(0.6, "Fraction of each class's images in the training pool.")
+    split_seed: int = setting(0, "Seed of the fixed class and image splits.")
+    size: int = setting(64, "Image side (px) fed to the backbone.")
+    per_class: int = setting(60, "Images per class.")
+    patterns: tuple[str, ...] = setting(("*",), "Parameter-name patterns of the generated subset.")
+
+    def __post_init__(self) -> None:
+        if self.n_way < 2:
+            raise LohpError(f"n_way must be >= 2 (got {self.n_way})")
+        if self.shots is not None and self.shots < 1:
+            raise LohpError(f"shots must be >= 1 (got {self.shots})")
+        if not 0 < self.heldout_fraction < 1 or not 0 < self.train_fraction < 1:
+            raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
+        self.patterns = tuple(self.patterns)
+
+
 class FeatureFamily(TaskFamily):
     """n-way tasks on frozen EfficientNet-Lite0 features; a linear head is generated."""
 
     dataset = "openclipart"
+    Options = FeatureOptions
+    options: FeatureOptions
 
-    def __init__(self, n_way: int = 5, shots: int | None = None, queries: int = 15, heldout_fraction: float = 0.35,
-                 train_fraction: float = 0.6, split_seed: int = 0, size: int = 64, per_class: int = 60,
-                 patterns: tuple[str, ...] | list[str] = ("*",)):
-        if n_way < 2:
-            raise LohpError(f"n_way must be >= 2 (got {n_way})")
-        if shots is not None and shots < 1:
-            raise LohpError(f"shots must be >= 1 (got {shots})")
-        if not 0 < heldout_fraction < 1 or not 0 < train_fraction < 1:
-            raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
-        self.n_way, self.shots, self.queries = n_way, shots, queries
-        self.heldout_fraction, self.train_fraction, self.split_seed = heldout_fraction, train_fraction, split_seed
-        self.size, self.per_class, self.patterns = size, per_class, tuple(patterns)
-        self._x, y, self.class_names = feature_data(self.dataset, size, per_class)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        n_way, shots, queries = self.n_way, self.shots, self.queries
+        self._x, y, self.class_names = feature_data(self.dataset, self.size, self.per_class)
         self._y = y
-        rng = np.random.default_rng(split_seed)
+        rng = np.random.default_rng(self.split_seed)
         order = rng.permutation(len(self.class_names))
-        n_held = max(1, int(round(heldout_fraction * len(order))))
+        n_held = max(1, int(round(self.heldout_fraction * len(order))))
         self.heldout_classes = sorted(int(c) for c in order[:n_held])
         self.source_classes = sorted(int(c) for c in order[n_held:])
         for split, cls in (("source", self.source_classes), ("held-out", self.heldout_classes)):
             if len(cls) < n_way:
                 raise LohpError(f"{self.dataset} has {len(cls)} {split} classes, fewer than n_way={n_way}; "
                                 "ask for fewer ways or change heldout_fraction")
-        self._train_idx, self._eval_idx = _split_pools(y, list(range(len(self.class_names))), train_fraction, rng)
+        self._train_idx, self._eval_idx = _split_pools(y, list(range(len(self.class_names))), self.train_fraction,
+                                                       rng)
         if shots is not None:
             smallest = min(len(self._train_idx[c]) + len(self._eval_idx[c]) for c in self._train_idx)
             if shots + queries > smallest:
                 raise LohpError(f"{self.dataset} classes hold too few images for {shots} shots and {queries} "
                                 f"queries (the smallest class has {smallest}); ask for fewer shots or queries")
-
-    def config(self) -> dict[str, Any]:
-        return {"n_way": self.n_way, "shots": self.shots, "queries": self.queries,
-                "heldout_fraction": self.heldout_fraction, "train_fraction": self.train_fraction,
-                "split_seed": self.split_seed, "size": self.size, "per_class": self.per_class,
-                "patterns": list(self.patterns)}
 
     def model_factory(self) -> nn.Module:
         return nn.Linear(self._x.shape[1], self.n_way)
@@ -182,14 +197,20 @@ class OpenclipartFamily(FeatureFamily):
     dataset = "openclipart"
 
 
+@dataclass
+class FashionOptions(FeatureOptions):
+    """Fashion-MNIST's defaults: 10 classes, so half held out, and more images per class."""
+
+    heldout_fraction: float = setting(0.5, "Fraction of the classes held out.")
+    per_class: int = setting(400, "Images per class.")
+
+
 class FashionFeatureFamily(FeatureFamily):
     """Fashion-MNIST through the same frozen backbone (the cross-dataset row)."""
 
     name = "fashion"
     dataset = "fashion-mnist"
-
-    def __init__(self, n_way: int = 5, per_class: int = 400, heldout_fraction: float = 0.5, **kw: Any):
-        super().__init__(n_way=n_way, per_class=per_class, heldout_fraction=heldout_fraction, **kw)
+    Options = FashionOptions
 
 
 # --------------------------------------------------------------------------- rotated domains
@@ -210,7 +231,6 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 def rotated_domains(dataset: str, per_domain: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DomainBed-style: shuffle, cut into one disjoint image set per angle, rotate each.
     Returns pixels ``[n, 784]`` in [0, 1], labels, domain index."""
-    from lohp.data import images
 
     x, y, _ = images.mnist() if dataset == "mnist" else images.fashion_mnist()
     idx = np.random.default_rng(seed).permutation(len(y))[:per_domain * len(ANGLES)]
@@ -222,38 +242,49 @@ def rotated_domains(dataset: str, per_domain: int, seed: int = 0) -> tuple[torch
     return torch.cat(xs), torch.from_numpy(y[idx]), torch.cat(ds)
 
 
+@dataclass
+class RotatedOptions(Config):
+    what = "rotated-domain family"
+
+    heldout_domain: int = setting(0, "The held-out domain: one of the angles 0, 15, ..., 75.")
+    n_way: int = setting(5, "Classes per task (2-10).")
+    hidden: int = setting(32, "Hidden width of the generated MLP.")
+    per_domain: int = setting(1600, "Images per domain.")
+    train_fraction: float = setting(0.6, "Fraction of each (domain, class) pool's images for training.")
+    split_seed: int = setting(0, "Seed of the fixed image and pool splits.")
+    patterns: tuple[str, ...] = setting(("*",), "Parameter-name patterns of the generated subset.")
+
+    def __post_init__(self) -> None:
+        if self.heldout_domain not in ANGLES:
+            raise LohpError(f"unknown domain {self.heldout_domain!r}; the domains are the angles "
+                            f"{', '.join(map(str, ANGLES))}")
+        if not 2 <= self.n_way <= 10:
+            raise LohpError(f"n_way must be between 2 and 10 (got {self.n_way})")
+        if self.hidden < 1:
+            raise LohpError("hidden must be >= 1")
+        self.heldout_domain = int(self.heldout_domain)
+        self.patterns = tuple(self.patterns)
+
+
 class RotatedFamily(TaskFamily):
     """n-way tasks in rotated domains; a whole MLP (784 -> hidden -> n_way) is generated."""
 
     dataset = "mnist"
+    Options = RotatedOptions
+    options: RotatedOptions
 
-    def __init__(self, heldout_domain: int = 0, n_way: int = 5, hidden: int = 32, per_domain: int = 1600,
-                 train_fraction: float = 0.6, split_seed: int = 0, patterns: tuple[str, ...] | list[str] = ("*",)):
-        if heldout_domain not in ANGLES:
-            raise LohpError(f"unknown domain {heldout_domain!r}; the domains are the angles "
-                            f"{', '.join(map(str, ANGLES))}")
-        if not 2 <= n_way <= 10:
-            raise LohpError(f"n_way must be between 2 and 10 (got {n_way})")
-        if hidden < 1:
-            raise LohpError("hidden must be >= 1")
-        self.heldout_domain, self.n_way, self.hidden = int(heldout_domain), n_way, hidden
-        self.per_domain, self.train_fraction, self.split_seed = per_domain, train_fraction, split_seed
-        self.patterns = tuple(patterns)
-        self._x, y, dom = rotated_domains(self.dataset, per_domain, split_seed)
-        rng = np.random.default_rng(split_seed)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._x, y, dom = rotated_domains(self.dataset, self.per_domain, self.split_seed)
+        rng = np.random.default_rng(self.split_seed)
         # Pools per (domain, class): one key space so every domain keeps its own images.
         keys = (dom * 10 + y).numpy()
-        self._train_idx, self._eval_idx = _split_pools(keys, sorted(set(keys.tolist())), train_fraction, rng)
+        self._train_idx, self._eval_idx = _split_pools(keys, sorted(set(keys.tolist())), self.train_fraction, rng)
         self.source_domains = [a for a in ANGLES if a != self.heldout_domain]
 
     @property
     def domains(self) -> tuple[int, ...]:
         return ANGLES
-
-    def config(self) -> dict[str, Any]:
-        return {"heldout_domain": self.heldout_domain, "n_way": self.n_way, "hidden": self.hidden,
-                "per_domain": self.per_domain, "train_fraction": self.train_fraction,
-                "split_seed": self.split_seed, "patterns": list(self.patterns)}
 
     def model_factory(self) -> nn.Module:
         return nn.Sequential(nn.Linear(784, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.n_way))
@@ -278,3 +309,9 @@ class RotatedMnistFamily(RotatedFamily):
 class RotatedFashionFamily(RotatedFamily):
     name = "rotated-fashion"
     dataset = "fashion-mnist"
+
+
+register_family(OpenclipartFamily.name, OpenclipartFamily)
+register_family(FashionFeatureFamily.name, FashionFeatureFamily)
+register_family(RotatedMnistFamily.name, RotatedMnistFamily)
+register_family(RotatedFashionFamily.name, RotatedFashionFamily)

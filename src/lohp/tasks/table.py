@@ -17,6 +17,8 @@ that changed since is refused; one that moved is found again with ``path=NEW``.
 from __future__ import annotations
 
 import csv
+import dataclasses
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lohp.config import Config, setting
 from lohp.errors import LohpError
+from lohp.io import sha256_file
 from lohp.tasks.base import Task, TaskFamily, relabelled_splits
+from lohp.tasks.registry import register_family
 
 
 @lru_cache(maxsize=4)
@@ -94,41 +99,69 @@ def _is_number(text: str) -> bool:
         return False
 
 
+@dataclass
+class FileOptions(Config):
+    """The options of the families on a user's own labelled data (``table``, ``image-folder``,
+    ``text-table``): the data, and how classes, rows and tasks are split."""
+
+    what = "table family"
+
+    path: str = setting(help="The data: a file (a folder for image-folder); pass path=NEW if it moved.")
+    n_way: int = setting(5, "Classes per task.")
+    heldout: float = setting(0.3, "Fraction of the classes held out (no source task sees them).")
+    split_seed: int = setting(0, "Seed of the fixed class and row splits.")
+    per_class: int | None = setting(None, "At most this many training and evaluation rows per class (none: all).")
+    standardize: bool = setting(True, "Standardise features with statistics of the source classes.")
+    hidden: int = setting(0, "Target model: 0 a linear head, > 0 a one-hidden-layer MLP of this width.")
+    train_fraction: float = setting(0.5, "Fraction of each class's rows in the training pool.")
+    sha256: str | None = setting(None, "Content hash the data must have (recorded; a changed file is refused).")
+    patterns: tuple[str, ...] = setting(("*",), "Parameter-name patterns of the generated subset.")
+
+    def __post_init__(self) -> None:
+        if self.n_way < 2:
+            raise LohpError(f"n_way must be >= 2 (got {self.n_way}): a task needs at least two classes")
+        if not 0 < self.heldout < 1 or not 0 < self.train_fraction < 1:
+            raise LohpError("heldout and train_fraction must lie strictly between 0 and 1")
+        if self.hidden < 0 or (self.per_class is not None and self.per_class < 1):
+            raise LohpError("hidden must be >= 0 and per_class >= 1")
+        self.path, self.n_way, self.heldout = str(self.path), int(self.n_way), float(self.heldout)
+        self.split_seed, self.standardize = int(self.split_seed), bool(self.standardize)
+        self.hidden, self.train_fraction = int(self.hidden), float(self.train_fraction)
+        self.patterns = tuple(self.patterns)
+
+
+@dataclass
+class TableOptions(FileOptions):
+    label: str = setting("label", "The label column of a CSV / TSV table.")
+
+
 class TableFamily(TaskFamily):
     name = "table"
     what = "table file"      # how errors name the data
     is_folder = False
+    Options = TableOptions
+    options: TableOptions
 
     def _digest(self, file: Path) -> str:
-        from lohp.io import sha256_file
-
         return sha256_file(file)
 
     def _load(self, file: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(features [n, F] float32, class index [n], class names) of the data at ``file``."""
         return _read(str(file.resolve()), self.label, digest)
 
-    def __init__(self, path: str, label: str = "label", n_way: int = 5, heldout: float = 0.3, split_seed: int = 0,
-                 per_class: int | None = None, standardize: bool = True, hidden: int = 0,
-                 train_fraction: float = 0.5, sha256: str | None = None, patterns: tuple[str, ...] | list[str] = ("*",)):
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        path = self.path
         file = Path(path).expanduser()
         if not (file.is_dir() if self.is_folder else file.is_file()):
             raise LohpError(f"{self.what} {path} not found (from {Path.cwd()}); if it moved, pass "
                             "--family-option path=NEW_LOCATION")
         digest = self._digest(file)
-        if sha256 is not None and sha256 != digest:
+        if self.sha256 is not None and self.sha256 != digest:
             raise LohpError(f"{self.what} {path} changed since the store was made (sha256 {digest[:12]} vs "
-                            f"{sha256[:12]}); pass --family-option path=... to the original data, or prepare a new store")
-        if n_way < 2:
-            raise LohpError(f"n_way must be >= 2 (got {n_way}): a task needs at least two classes")
-        if not 0 < heldout < 1 or not 0 < train_fraction < 1:
-            raise LohpError("heldout and train_fraction must lie strictly between 0 and 1")
-        if hidden < 0 or (per_class is not None and per_class < 1):
-            raise LohpError("hidden must be >= 0 and per_class >= 1")
-        self.path, self.label, self.n_way, self.heldout = str(path), label, int(n_way), float(heldout)
-        self.split_seed, self.per_class, self.standardize = int(split_seed), per_class, bool(standardize)
-        self.hidden, self.train_fraction, self.sha256 = int(hidden), float(train_fraction), digest
-        self.patterns = tuple(patterns)
+                            f"{self.sha256[:12]}); pass --family-option path=... to the original data, or prepare a "
+                            "new store")
+        self.options = dataclasses.replace(self.options, sha256=digest)  # recorded in config()
 
         x, y, names = self._load(file, digest)
         n_classes = len(names)
@@ -150,8 +183,8 @@ class TableFamily(TaskFamily):
                 raise LohpError(f"{path}: class {names[c]!r} has {len(idx)} row(s); each class needs at least 2 "
                                 "(one for training, one for evaluation)")
             tr, ev = idx[:cut], idx[cut:]
-            if per_class is not None:
-                tr, ev = tr[:per_class], ev[:per_class]
+            if self.per_class is not None:
+                tr, ev = tr[:self.per_class], ev[:self.per_class]
             self._train_idx[c], self._eval_idx[c] = tr, ev
         if self.standardize:
             src = np.concatenate([np.flatnonzero(y == c) for c in self.source_classes])
@@ -160,12 +193,6 @@ class TableFamily(TaskFamily):
         self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.class_names = names
         self.n_features = x.shape[1]
-
-    def config(self) -> dict[str, Any]:
-        return {"path": self.path, "label": self.label, "n_way": self.n_way, "heldout": self.heldout,
-                "split_seed": self.split_seed, "per_class": self.per_class, "standardize": self.standardize,
-                "hidden": self.hidden, "train_fraction": self.train_fraction, "sha256": self.sha256,
-                "patterns": list(self.patterns)}
 
     def model_factory(self) -> nn.Module:
         if self.hidden == 0:
@@ -182,3 +209,6 @@ class TableFamily(TaskFamily):
                     x_train=x_train, y_train=y_train, x_eval=x_eval, y_eval=y_eval,
                     n_classes=self.n_way, model_factory=self.model_factory, patterns=self.patterns,
                     info={"classes": [self.class_names[c] for c in classes]})
+
+
+register_family(TableFamily.name, TableFamily)

@@ -15,47 +15,88 @@ c is the per-class mean of the *frozen* MiniLM embeddings of the training texts
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from lohp.config import Config, setting
+from lohp.data.text import fortune_topics, frozen_embeddings, token_ids, wordnet_glosses
 from lohp.errors import LohpError
-from lohp.tasks.base import Task, TaskFamily
+from lohp.lora import LORA_PATTERNS, LoraSpec, make_classifier
+from lohp.tasks.base import Task, TaskFamily, as_type
+from lohp.tasks.registry import register_family
+
+
+@dataclass
+class TextOptions(Config):
+    """Options of the text families; ``n_way`` and ``heldout`` default per family (None: that default)."""
+
+    what = "text family"
+
+    n_way: int | None = setting(5, "Categories per task.")
+    shots: int = setting(16, "Training texts per class.")
+    eval_shots: int = setting(16, "Evaluation texts per class.")
+    heldout: int | None = setting(8, "Categories held out (no source task sees them).")
+    max_length: int = setting(32, "Tokens per text (MiniLM).")
+    rank: int = setting(8, "LoRA rank.")
+    alpha: int = setting(16, "LoRA scaling alpha.")
+    targets: tuple[str, ...] = setting(("query", "value"), "LoRA target modules of MiniLM-L6.")
+    layers: tuple[int, ...] | None = setting(None, "MiniLM-L6 layers (0-5) that get LoRA (none: all).")
+    pool: int = setting(64, "At most this many training and evaluation texts per category.")
+    split_seed: int = setting(0, "Seed of the fixed category and text splits.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in ("n_way", "heldout") and getattr(self, f.name) is None:
+                setattr(self, f.name, f.default)
+        for f in dataclasses.fields(self):
+            if f.name not in ("targets", "layers"):
+                setattr(self, f.name, as_type(getattr(self, f.name), int, f.name, self.what))
+        targets = [self.targets] if isinstance(self.targets, str) else self.targets
+        layers = [self.layers] if isinstance(self.layers, int) else self.layers
+        spec = LoraSpec(self.rank, self.alpha, tuple(targets), None if layers is None else tuple(layers))
+        self.targets, self.layers = spec.targets, spec.layers
+        for key in ("shots", "eval_shots", "pool"):
+            if getattr(self, key) <= 0:
+                raise LohpError(f"{self.what}: {key} must be > 0 (got {getattr(self, key)})")
+        if self.n_way < 2:
+            raise LohpError(f"{self.what}: n_way must be at least 2 (got {self.n_way})")
+
+
+@dataclass
+class WordNetOptions(TextOptions):
+    what = "wordnet"
+
+
+@dataclass
+class FortunesOptions(TextOptions):
+    what = "fortunes"
+
+    n_way: int | None = setting(4, "Categories per task.")
+    heldout: int | None = setting(6, "Categories held out (no source task sees them).")
 
 
 class TextFamily(TaskFamily):
-    """Shared machinery; subclasses provide :meth:`_texts` and defaults."""
+    """Shared machinery; subclasses provide :meth:`_texts` and their ``Options``."""
 
     name = "text"
-    default_heldout = 8
-    default_n_way = 5
+    Options = TextOptions
+    options: TextOptions
     # Stage I learning rates for LoRA + head (the digits defaults diverge here); measured on
     # 3 wordnet tasks, T = 32, batch 16: Adam 2e-3 / 5e-3 -> 0.84 / 0.85, SGD 0.1 -> 0.77, 0.2 diverges.
     default_shard_runs = 4  # a LoRA run is slow: resume in units of 4 runs
     optimizer_defaults = {"adam": {"lr": 5e-3}, "adamw": {"lr": 5e-3}, "sam-adam": {"lr": 5e-3},
                           "sgd": {"lr": 0.1}, "sam": {"lr": 0.1}}
 
-    def __init__(self, n_way: int | None = None, shots: int = 16, eval_shots: int = 16, heldout: int | None = None,
-                 max_length: int = 32, rank: int = 8, alpha: int = 16, targets: Sequence[str] = ("query", "value"),
-                 layers: Sequence[int] | None = None, pool: int = 64, split_seed: int = 0):
-        from lohp.lora import LoraSpec
-
-        targets = [targets] if isinstance(targets, str) else targets
-        layers = [layers] if isinstance(layers, int) else layers
-        self.n_way = int(n_way if n_way is not None else self.default_n_way)
-        self.heldout = int(heldout if heldout is not None else self.default_heldout)
-        self.shots, self.eval_shots, self.pool = int(shots), int(eval_shots), int(pool)
-        self.max_length, self.split_seed = int(max_length), int(split_seed)
-        self.spec = LoraSpec(int(rank), int(alpha), tuple(targets), None if layers is None else tuple(layers))
-        for key in ("shots", "eval_shots", "pool"):
-            if getattr(self, key) <= 0:
-                raise LohpError(f"{self.name}: {key} must be > 0 (got {getattr(self, key)})")
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.spec = LoraSpec(self.rank, self.alpha, self.targets, self.layers)
         texts = self._texts()
         names = sorted(texts)
-        if self.n_way < 2:
-            raise LohpError(f"{self.name}: n_way must be at least 2 (got {self.n_way})")
         if not self.n_way <= self.heldout <= len(names) - self.n_way:
             raise LohpError(f"{self.name} has {len(names)} categories: heldout must lie between n_way={self.n_way} "
                             f"and {len(names) - self.n_way} so both sides can form {self.n_way}-way tasks "
@@ -74,33 +115,25 @@ class TextFamily(TaskFamily):
             if half < need:
                 raise LohpError(f"{self.name} category {cat!r} has {len(items)} texts, too few for {self.shots} "
                                 f"training and {self.eval_shots} evaluation texts per class; lower --shots")
-            self._pools[cat] = {"train": [items[i] for i in perm[:half]], "eval": [items[i] for i in perm[half:2 * half]]}
+            self._pools[cat] = {"train": [items[i] for i in perm[:half]],
+                                "eval": [items[i] for i in perm[half:2 * half]]}
 
     # ------------------------------------------------------------------ subclass API
     def _texts(self) -> dict[str, list[str]]:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ family API
-    def config(self) -> dict[str, Any]:
-        return {"n_way": self.n_way, "shots": self.shots, "eval_shots": self.eval_shots, "heldout": self.heldout,
-                "max_length": self.max_length, "rank": self.spec.rank, "alpha": self.spec.alpha,
-                "targets": list(self.spec.targets), "layers": None if self.spec.layers is None else list(self.spec.layers),
-                "pool": self.pool, "split_seed": self.split_seed}
-
     def model_factory(self):
-        from lohp.lora import make_classifier
 
         return make_classifier(self.spec, self.n_way)
 
     @functools.lru_cache(maxsize=64)
     def _tokens(self, category: str, part: str) -> torch.Tensor:
-        from lohp.data.text import token_ids
 
         return token_ids(self._pools[category][part], self.max_length)
 
     @functools.lru_cache(maxsize=64)
     def _embeddings(self, category: str, part: str) -> torch.Tensor:
-        from lohp.data.text import frozen_embeddings
 
         return frozen_embeddings(self._pools[category][part], self.max_length)
 
@@ -158,7 +191,6 @@ class TextFamily(TaskFamily):
 
 
 def _patterns() -> tuple[str, ...]:
-    from lohp.lora import LORA_PATTERNS
 
     return LORA_PATTERNS
 
@@ -167,11 +199,9 @@ class WordNetFamily(TextFamily):
     """WordNet 3.0 noun definitions, 26 lexicographer categories (8 held out)."""
 
     name = "wordnet"
-    default_heldout = 8
-    default_n_way = 5
+    Options = WordNetOptions
 
     def _texts(self) -> dict[str, list[str]]:
-        from lohp.data.text import wordnet_glosses
 
         return wordnet_glosses()
 
@@ -180,10 +210,12 @@ class FortunesFamily(TextFamily):
     """Fortune cookies, the 16 topics with at least 400 texts (6 held out)."""
 
     name = "fortunes"
-    default_heldout = 6
-    default_n_way = 4
+    Options = FortunesOptions
 
     def _texts(self) -> dict[str, list[str]]:
-        from lohp.data.text import fortune_topics
 
         return fortune_topics()
+
+
+register_family(WordNetFamily.name, WordNetFamily)
+register_family(FortunesFamily.name, FortunesFamily)

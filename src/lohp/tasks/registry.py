@@ -1,0 +1,90 @@
+"""The registry of task families by name: :func:`register_family` (the built-in families
+register themselves through it, each at the end of its own module, as a user's family
+does), and the ``lohp.families`` entry-point group (a package declaring
+``[project.entry-points."lohp.families"] myfam = "mypkg:MyFamily"`` works in every ``lohp``
+command of a fresh process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from lohp.errors import LohpError
+from lohp.tasks.base import TaskFamily
+
+ENTRY_POINT_GROUP = "lohp.families"
+
+# The registry (read it through family_factory / family_names; add with register_family).
+FAMILIES: dict[str, Callable[..., TaskFamily]] = {}
+_entry_points: dict[str, Any] | None = None
+
+
+def register_family(name: str, factory: Callable[..., TaskFamily], overwrite: bool = False) -> None:
+    """Make ``make_family(name, **config)`` (and every lohp command in this process) build
+    ``factory(**config)``; stores and policies then record the family by this name."""
+    if not name or not isinstance(name, str):
+        raise LohpError("a task family needs a non-empty name")
+    if not callable(factory):
+        raise LohpError(f"the factory of task family {name!r} must be callable (a TaskFamily subclass)")
+    if name in FAMILIES and FAMILIES[name] is not factory and not overwrite:
+        raise LohpError(f"a task family named {name!r} is already registered; pick another name or pass "
+                        "overwrite=True")
+    FAMILIES[name] = factory
+
+
+def _plugins() -> dict[str, Any]:
+    """Entry points of installed packages, read once (loaded only when used)."""
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return _entry_points
+
+
+def family_names() -> list[str]:
+    return sorted(set(FAMILIES) | set(_plugins()))
+
+
+def family_factory(name: str) -> Callable[..., TaskFamily]:
+    if name in FAMILIES:
+        return FAMILIES[name]
+    ep = _plugins().get(name)
+    if ep is None:
+        raise LohpError(f"unknown task family {name!r}; choose one of {', '.join(family_names())}, or register "
+                        f"yours: lohp.tasks.register_family({name!r}, MyFamily) in Python, or an entry point "
+                        f'[project.entry-points."{ENTRY_POINT_GROUP}"] {name} = "mypkg:MyFamily" in your '
+                        "package's pyproject.toml (then pip install it)")
+    try:
+        factory = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a plugin can fail in any way
+        raise LohpError(f"task family {name!r} comes from entry point {ep.value!r}, which failed to load "
+                        f"({type(exc).__name__}: {exc}); fix or reinstall that package") from None
+    register_family(name, factory)
+    return factory
+
+
+def family_options(factory: Callable[..., Any]) -> list[str] | None:
+    """The option names ``factory`` takes: its ``Options`` dataclass's fields, else the
+    keyword parameters of its signature; None when they cannot be told."""
+    options = getattr(factory, "Options", None)
+    if options is not None and dataclasses.is_dataclass(options):
+        return sorted(f.name for f in dataclasses.fields(options))
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return sorted(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def make_family(name: str, **config: Any) -> TaskFamily:
+    """Build a registered task family by name, e.g. ``make_family("digits", n_way=5)``."""
+    factory = family_factory(name)
+    try:
+        return factory(**config)
+    except TypeError as exc:
+        known = family_options(factory)
+        hint = "" if known is None else f"; known options: {', '.join(known) or '(none)'}"
+        raise LohpError(f"bad configuration for family {name!r}: {exc}{hint}") from None
