@@ -9,28 +9,24 @@ angle, or ``mean`` over the held-out angles run).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
-from lohp.bench.scenario import (
-    Variant,
-    ablation_order,
-    baseline_hparams,
-    budget_variants,
-    closed_form_row,
-    gradient_rows,
-    learned_row,
-    probe_accuracy,
-    public,
-    s0_sampler,
-    speedup,
-    stage_one,
+from lohp.bench.runner import (
+    SCENARIO_COLUMNS,
+    TableSpec,
+    check_positive,
+    distinct,
+    register_benchmark,
+    result,
+    rows_where,
 )
+from lohp.bench.scenario import Part, Variant, budget_variants, public, run_parts
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
@@ -46,31 +42,43 @@ MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole
 HYBRID = {"lo-hp-v1": {"beta": 0.9, "rollouts": 2}}
 
 
+def accuracy_latency_png(dataset: str) -> str:
+    return f"domain_{dataset}_accuracy_latency.png"
+
+
+def learning_curves_png(dataset: str, angle: str) -> str:
+    return f"domain_{dataset}_{angle}_learning_curves.png"
+
+
 def default_variants(budget: float = 100) -> list[Variant]:
     """Every learned method gets the same training-time budget (seconds, per seed)."""
     return budget_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN, loss_options=HYBRID)
 
 
 @dataclass
-class DomainBenchConfig:
-    work: str = "runs/bench-domain"
-    datasets: list[str] = field(default_factory=lambda: ["mnist"])  # --datasets mnist,fashion for both
-    domains: list[int] = field(default_factory=lambda: [0, 75])
-    n_way: int = 5
-    hidden: int = 32
-    family_options: dict[str, Any] = field(default_factory=dict)  # extra rotated-family options
-    store_tasks: int = 64
-    steps: int = 32
-    batch_size: int = 32
-    train_batch: int = 8
-    seeds: int = 3
-    eval_tasks: int = 20
-    speedup_tasks: int = 5
-    latency_repeats: int = 10
-    device: str = "cpu"
-    variants: list[Variant] = field(default_factory=default_variants)
+class DomainBenchConfig(Config):
+    what = "bench domain"
+
+    work: str = setting("runs/bench-domain", "Working folder (stores and policies; resumable).")
+    datasets: list[str] = setting(factory=lambda: ["mnist"], help="Comma-separated: mnist, fashion.")
+    domains: list[int] = setting(factory=lambda: [0, 75],
+                                 help="Held-out angles, comma-separated, from 0,15,30,45,60,75.")
+    n_way: int = setting(5, "Classes per task.")
+    hidden: int = setting(32, "Hidden units of the generated MLP.")
+    family_options: dict[str, Any] = setting(factory=dict, help="Extra rotated-family options.")
+    store_tasks: int = setting(64, "Source tasks in Stage I (per held-out domain).")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
+    train_batch: int = setting(8, "Trajectories per policy training iteration.")
+    seeds: int = setting(3, "Seeds per learned method.")
+    eval_tasks: int = setting(20, "Held-out tasks per held-out domain.")
+    speedup_tasks: int = setting(5, "Tasks of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(10, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
 
     def __post_init__(self) -> None:
+        check_positive(self)
         bad = [d for d in self.datasets if d not in DATASETS]
         if bad:
             raise LohpError(f"unknown dataset {', '.join(bad)}; choose from {', '.join(DATASETS)}")
@@ -81,48 +89,23 @@ class DomainBenchConfig:
 
     @classmethod
     def quick(cls, work: str = "runs/bench-domain-quick") -> "DomainBenchConfig":
-        return cls(work=work, datasets=["mnist"], domains=[0], store_tasks=16, steps=16, 
+        return cls(work=work, datasets=["mnist"], domains=[0], store_tasks=16, steps=16,
                    train_batch=4, seeds=1, eval_tasks=6, speedup_tasks=2, latency_repeats=5,
                    variants=default_variants(15))
 
 
 def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
-    note = note or (lambda s: None)
     t_start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    families = {}
-    for ds in cfg.datasets:
-        for angle in cfg.domains:
-            work = Path(cfg.work) / f"{ds}-{angle}"
-            note(f"{ds}, held-out {angle} degrees: Stage I on the other domains")
-            store = stage_one(work, DATASETS[ds], {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden, **cfg.family_options},
-                              cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
-            families[ds] = store.family().config()
-            T = cfg.steps
-            hp, _ = baseline_hparams(store, T, cfg.batch_size, note)
-            tasks = store.family().heldout_tasks(cfg.eval_tasks)
-            s0_for = s0_sampler(tasks, store)
-            part = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size,
-                                 [("adam", "adam", T), ("sgd", "sgd", T), ("adam-n", "adam", T // 2)], note)
-            part.append(closed_form_row("linear-probe", tasks, probe_accuracy))
-            for v in cfg.variants:
-                row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
-                                     cfg.device, cfg.latency_repeats, progress=train_progress)
-                if v.method == "lo-hp":
-                    note("time-to-accuracy of Adam vs lo-hp")
-                    row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
-                                       cfg.speedup_tasks))
-                part.append(row)
-            order = ablation_order(part)
-            for r in part:
-                r.update({"dataset": ds, "domain": str(angle)})
-                if r["method"] == "lo-hp":
-                    r["ablation_order_held"] = order["held"]
-            rows += part
-    rows += mean_rows(rows)
-    return {"benchmark": "domain", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
-            "families": families, "threads": torch.get_num_threads(), "rows": public(rows),
-            "seconds": time.perf_counter() - t_start}
+    parts = [Part(Path(cfg.work) / f"{ds}-{angle}", DATASETS[ds],
+                  {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden, **cfg.family_options},
+                  cfg.eval_tasks, ("adam", "sgd", "adam-n"), ("linear-probe",),
+                  tags={"dataset": ds, "domain": str(angle)}, label=f"{ds}, held-out {angle} degrees: ",
+                  stage_note="Stage I on the other domains")
+             for ds in cfg.datasets for angle in cfg.domains]
+    done = run_parts(cfg, parts, note, train_progress)
+    rows = [r for d in done for r in d.rows]
+    families = {p.tags["dataset"]: d.store.family().config() for p, d in zip(parts, done)}
+    return result("domain", cfg, public(rows + mean_rows(rows)), t_start, families=families)
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,17 +130,33 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    out = []
+    for ds in distinct(result["rows"], "dataset"):
+        for dom in distinct(rows_where(result["rows"], dataset=ds), "domain"):
+            what = "mean over held-out domains" if dom == "mean" else f"held-out domain {dom} degrees"
+            out.append((f"domain generalization, rotated {ds}: {what}",
+                        rows_where(result["rows"], dataset=ds, domain=dom), SCENARIO_COLUMNS))
+    return out
+
+
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ds in dict.fromkeys(r["dataset"] for r in result["rows"]):
-        path = directory / f"domain_{ds}_accuracy_latency.png"
-        plot_accuracy_latency([r for r in result["rows"] if r["dataset"] == ds and r["domain"] == "mean"], path,
+    for ds in distinct(result["rows"], "dataset"):
+        path = directory / accuracy_latency_png(ds)
+        plot_accuracy_latency(rows_where(result["rows"], dataset=ds, domain="mean"), path,
                               f"domain generalization: rotated {ds}, mean over held-out angles (whole MLP generated)")
         paths.append(path)
-        for angle in dict.fromkeys(r["domain"] for r in result["rows"] if r["dataset"] == ds and r["domain"] != "mean"):
-            curves = directory / f"domain_{ds}_{angle}_learning_curves.png"
-            if plot_learning_curves([r for r in result["rows"] if r["dataset"] == ds and r["domain"] == angle], curves,
+        for angle in distinct(rows_where(result["rows"], dataset=ds), "domain"):
+            if angle == "mean":
+                continue
+            curves = directory / learning_curves_png(ds, angle)
+            if plot_learning_curves(rows_where(result["rows"], dataset=ds, domain=angle), curves,
                                     f"domain {ds}, held-out {angle} deg: held-out accuracy vs training seconds"):
                 paths.append(curves)
     return paths
+
+
+register_benchmark("domain", DomainBenchConfig, run, tables, plots=plots, family_setting="family_options",
+                   budget=lambda seconds: {"variants": default_variants(seconds)})

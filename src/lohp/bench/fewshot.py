@@ -10,33 +10,28 @@ scored on 15 queries per class. Accuracy carries a 95 % confidence interval over
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
-from lohp.bench.scenario import (
-    Variant,
-    ablation_order,
-    baseline_hparams,
-    budget_variants,
-    ci95,
-    closed_form_row,
-    gradient_rows,
-    learned_row,
-    probe_accuracy,
-    prototype_rows,
-    public,
-    s0_sampler,
-    speedup,
-    stage_one,
-)
+from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
+from lohp.bench.scenario import Part, Variant, budget_variants, ci95, public, run_parts
+from lohp.config import Config, setting
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
 # the policy steps on the surrogate gradient of the support-set class means.
 HEAD_POLICY = {"token_size": 64}
+# The table's columns: a 95 % CI over episodes where the scenario table has the wide-s_0 accuracy.
+COLUMNS = SCENARIO_COLUMNS[:4] + [("ci95", "95% CI ±", ".4f")] + SCENARIO_COLUMNS[5:]
+
+
+def accuracy_latency_png(shots: int) -> str:
+    return f"few_shot_{shots}shot_accuracy_latency.png"
+
+
+def learning_curves_png(shots: int) -> str:
+    return f"few_shot_{shots}shot_learning_curves.png"
 
 
 def default_variants(budget: float = 45) -> list[Variant]:
@@ -45,22 +40,27 @@ def default_variants(budget: float = 45) -> list[Variant]:
 
 
 @dataclass
-class FewShotBenchConfig:
-    work: str = "runs/bench-few-shot"
-    n_way: int = 5
-    family_options: dict[str, Any] = field(default_factory=dict)  # extra openclipart options
-    shots: list[int] = field(default_factory=lambda: [1, 5])
-    queries: int = 15
-    store_tasks: int = 96
-    steps: int = 32
-    batch_size: int = 16
-    train_batch: int = 16
-    seeds: int = 3
-    episodes: int = 600
-    speedup_tasks: int = 10
-    latency_repeats: int = 30
-    device: str = "cpu"
-    variants: list[Variant] = field(default_factory=default_variants)
+class FewShotBenchConfig(Config):
+    what = "bench few-shot"
+
+    work: str = setting("runs/bench-few-shot", "Working folder (stores and policies; resumable).")
+    n_way: int = setting(5, "Classes per episode.")
+    family_options: dict[str, Any] = setting(factory=dict, help="Extra openclipart options.")
+    shots: list[int] = setting(factory=lambda: [1, 5], help="Shot counts, comma-separated.")
+    queries: int = setting(15, "Query examples per class.")
+    store_tasks: int = setting(96, "Source episodes in Stage I (per shot count).")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(16, "Minibatch size of Stage I and the gradient baselines.")
+    train_batch: int = setting(16, "Trajectories per policy training iteration.")
+    seeds: int = setting(3, "Seeds per learned method.")
+    episodes: int = setting(600, "Held-out test episodes per shot count.")
+    speedup_tasks: int = setting(10, "Episodes of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
+
+    def __post_init__(self) -> None:
+        check_positive(self)
 
     @classmethod
     def quick(cls, work: str = "runs/bench-few-shot-quick") -> "FewShotBenchConfig":
@@ -70,52 +70,40 @@ class FewShotBenchConfig:
 
 
 def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
-    note = note or (lambda s: None)
     t_start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    family = None
-    for shots in cfg.shots:
-        work = Path(cfg.work) / f"{shots}-shot"
-        note(f"{shots}-shot: Stage I on source episodes")
-        store = stage_one(work, "openclipart", {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **cfg.family_options},
-                          cfg.store_tasks, cfg.steps, cfg.batch_size, device=cfg.device)
-        family = store.family()
-        T = cfg.steps
-        hp, _ = baseline_hparams(store, T, cfg.batch_size, note)
-        episodes = family.heldout_tasks(cfg.episodes)
-        s0_for = s0_sampler(episodes, store)
-        part = gradient_rows(episodes, hp, s0_for, cfg.seeds, T, cfg.batch_size,
-                             [("adam", "adam", T), ("adam-n", "adam", T // 2)], note)
-        part += [closed_form_row("linear-probe", episodes, probe_accuracy), *prototype_rows(episodes)]
-        for v in cfg.variants:
-            row, _ = learned_row(work, store, v, episodes, s0_for, cfg.seeds, 0, cfg.train_batch, note,
-                                 cfg.device, cfg.latency_repeats, progress=train_progress)
-            if v.method == "lo-hp":
-                note(f"{shots}-shot: time-to-accuracy of Adam vs lo-hp")
-                row.update(speedup(episodes, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
-                                   cfg.speedup_tasks))
-            part.append(row)
-        order = ablation_order(part)
-        for r in part:
-            r.update({"shots": shots, "episodes": len(episodes), "ci95": ci95(r["per_task"])})
-            if r["method"] == "lo-hp":
-                r["ablation_order_held"] = order["held"]
-        rows += part
-    return {"benchmark": "few-shot", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
-            "family": family.config() if family else None, "heldout_classes": len(family.heldout_classes),
-            "threads": torch.get_num_threads(), "rows": public(rows), "seconds": time.perf_counter() - t_start}
+    parts = [Part(Path(cfg.work) / f"{shots}-shot", "openclipart",
+                  {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **cfg.family_options}, cfg.episodes,
+                  ("adam", "adam-n"), ("linear-probe", "prototype", "prototype-l2"),
+                  tags={"shots": shots, "episodes": cfg.episodes}, row_tags=lambda r: {"ci95": ci95(r["per_task"])},
+                  label=f"{shots}-shot: ", stage_note="Stage I on source episodes")
+             for shots in cfg.shots]
+    done = run_parts(cfg, parts, note, train_progress)
+    family = done[-1].store.family() if done else None
+    return result("few-shot", cfg, public([r for d in done for r in d.rows]), t_start,
+                  family=family.config() if family else None, heldout_classes=len(family.heldout_classes))
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    out = []
+    for shots in sorted({r["shots"] for r in result["rows"]}):
+        rows = rows_where(result["rows"], shots=shots)
+        out.append((f"few-shot: 5-way {shots}-shot, {rows[0]['episodes']} held-out episodes", rows, COLUMNS))
+    return out
 
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for shots in sorted({r["shots"] for r in result["rows"]}):
-        path = directory / f"few_shot_{shots}shot_accuracy_latency.png"
-        plot_accuracy_latency([r for r in result["rows"] if r["shots"] == shots], path,
-                              f"few-shot: 5-way {shots}-shot held-out Openclipart episodes")
+        rows = rows_where(result["rows"], shots=shots)
+        path = directory / accuracy_latency_png(shots)
+        plot_accuracy_latency(rows, path, f"few-shot: 5-way {shots}-shot held-out Openclipart episodes")
         paths.append(path)
-        curves = directory / f"few_shot_{shots}shot_learning_curves.png"
-        if plot_learning_curves([r for r in result["rows"] if r["shots"] == shots], curves,
-                                f"few-shot {shots}-shot: held-out accuracy vs training seconds"):
+        curves = directory / learning_curves_png(shots)
+        if plot_learning_curves(rows, curves, f"few-shot {shots}-shot: held-out accuracy vs training seconds"):
             paths.append(curves)
     return paths
+
+
+register_benchmark("few-shot", FewShotBenchConfig, run, tables, plots=plots, family_setting="family_options",
+                   budget=lambda seconds: {"variants": default_variants(seconds)})

@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -380,3 +380,103 @@ def ci95(values: Sequence[float]) -> float:
 def public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for JSON: without the per-task lists (the curves stay: they are the learning curves)."""
     return [{k: v for k, v in r.items() if k != "per_task"} for r in rows]
+
+
+# --------------------------------------------------------------------------- the shared skeleton
+CLOSED_FORMS = {"linear-probe": probe_accuracy, "prototype": prototype_accuracy,
+                "prototype-l2": prototype_l2_accuracy}
+
+
+def baseline_specs(names: Sequence[str], T: int) -> list[tuple[str, str, int]]:
+    """Gradient rows by name: ``adam`` / ``sgd`` / ``sam`` for T steps, ``adam-n`` (Adam) for T/2."""
+    return [(n, "adam", T // 2) if n == "adam-n" else (n, n, T) for n in names]
+
+
+@dataclass
+class Part:
+    """One store and its held-out evaluation: what a scenario runs once (transfer), per shot
+    count (few-shot) or per held-out domain (domain). The hooks are where scenarios differ."""
+
+    work: Path
+    family: str
+    family_config: dict[str, Any]
+    eval_tasks: int
+    baselines: tuple[str, ...]                      # gradient rows (baseline_specs)
+    closed_forms: tuple[str, ...]                   # CLOSED_FORMS rows
+    tags: dict[str, Any] = field(default_factory=dict)  # written into every row of the part
+    label: str = ""                                 # progress prefix, e.g. "1-shot: "
+    stage_note: str = "Stage I: preparing the store"
+    # more task sets the same policies serve: () -> [(tags, tasks)], rows after the part's own
+    cross: Callable[[], list[tuple[dict[str, Any], Sequence[Task]]]] | None = None
+    cross_baselines: tuple[str, ...] = ("adam",)
+    row_tags: Callable[[dict[str, Any]], dict[str, Any]] | None = None   # per-row extras (few-shot's CI)
+    order_on_lohp: bool = True                      # lo-hp's row carries ablation_order_held
+
+
+@dataclass
+class PartResult:
+    rows: list[dict[str, Any]]          # the part's rows, tagged
+    cross_rows: list[dict[str, Any]]    # the cross task sets' rows, tagged
+    store: TrajectoryStore
+    tasks: list[Task]
+    cross_tasks: list[list[Task]]
+    tuning: dict[str, Any]
+    order: dict[str, Any]               # ablation_order of the part's rows
+
+
+def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResult:
+    """Stage I -> tuned baseline settings -> gradient rows -> closed-form rows -> a learned
+    row per ``cfg.variants`` (lo-hp with its speedup) -> ablation order, for one part.
+
+    ``cfg``: a scenario config with ``store_tasks, steps, batch_size, train_batch, seeds,
+    speedup_tasks, latency_repeats, device, variants``."""
+    note(part.label + part.stage_note)
+    store = stage_one(part.work, part.family, part.family_config, cfg.store_tasks, cfg.steps, cfg.batch_size,
+                      device=cfg.device)
+    T = cfg.steps
+    hp, tuning = baseline_hparams(store, T, cfg.batch_size, note)
+    tasks = store.family().heldout_tasks(part.eval_tasks)
+    cross = part.cross() if part.cross is not None else []
+    s0_for = s0_sampler(tasks, store)
+    s0_cross = [s0_sampler(xt, store) for _, xt in cross]
+
+    def closed(on: Sequence[Task]) -> list[dict[str, Any]]:
+        return [closed_form_row(name, on, CLOSED_FORMS[name]) for name in part.closed_forms]
+
+    rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size, baseline_specs(part.baselines, T), note)
+    note(f"{part.label}closed-form baselines: {', '.join(part.closed_forms)}")
+    rows += closed(tasks)
+    cross_rows: list[list[dict[str, Any]]] = []
+    for (_, xt), xs0 in zip(cross, s0_cross):
+        cross_rows.append(gradient_rows(xt, hp, xs0, cfg.seeds, T, cfg.batch_size,
+                                        baseline_specs(part.cross_baselines, T), note) + closed(xt))
+    extra_tasks = {str(i): (xt, xs0) for i, ((_, xt), xs0) in enumerate(zip(cross, s0_cross))}
+    for v in cfg.variants:
+        row, extra = learned_row(part.work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
+                                 cfg.device, cfg.latency_repeats, progress=train_progress, extra_tasks=extra_tasks)
+        if v.method == "lo-hp":
+            note(f"{part.label}time-to-accuracy of Adam vs lo-hp")
+            row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
+                               cfg.speedup_tasks))
+        rows.append(row)
+        for i, xr in enumerate(cross_rows):
+            if str(i) in extra:  # absent when every seed diverged
+                xr.append(extra[str(i)])
+    order = ablation_order(rows)
+    for r in rows:
+        r.update(part.tags)
+        if part.row_tags is not None:
+            r.update(part.row_tags(r))
+        if part.order_on_lohp and r["method"] == "lo-hp":
+            r["ablation_order_held"] = order["held"]
+    for (tags, _), xr in zip(cross, cross_rows):
+        for r in xr:
+            r.update(tags)
+    return PartResult(rows, [r for xr in cross_rows for r in xr], store, tasks, [xt for _, xt in cross], tuning,
+                      order)
+
+
+def run_parts(cfg: Any, parts: Iterable[Part], note: Note | None = None, train_progress=None) -> list[PartResult]:
+    """:func:`run_part` for every part, in order."""
+    note = note or (lambda s: None)
+    return [run_part(cfg, p, note, train_progress) for p in parts]

@@ -8,33 +8,21 @@ held-out classes; the same policies are then applied, unchanged, to Fashion-MNIS
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
-from lohp.bench.scenario import (
-    Variant,
-    ablation_order,
-    baseline_hparams,
-    budget_variants,
-    closed_form_row,
-    gradient_rows,
-    learned_row,
-    probe_accuracy,
-    prototype_rows,
-    public,
-    s0_sampler,
-    speedup,
-    stage_one,
-)
+from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
+from lohp.bench.scenario import Part, Variant, budget_variants, public, run_parts
+from lohp.config import Config, setting
 from lohp.tasks import make_family
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
 # the policy steps on the surrogate gradient of the class means (the default head features).
 HEAD_POLICY = {"token_size": 64}
+ACCURACY_LATENCY_PNG = "transfer_accuracy_latency.png"
+LEARNING_CURVES_PNG = "transfer_learning_curves.png"
 
 
 def default_variants(budget: float = 120) -> list[Variant]:
@@ -43,21 +31,26 @@ def default_variants(budget: float = 120) -> list[Variant]:
 
 
 @dataclass
-class TransferBenchConfig:
-    work: str = "runs/bench-transfer"
-    n_way: int = 5
-    family_options: dict[str, Any] = field(default_factory=dict)  # extra openclipart options
-    store_tasks: int = 96
-    steps: int = 32
-    batch_size: int = 32
-    train_batch: int = 16
-    seeds: int = 3
-    eval_tasks: int = 40
-    cross_tasks: int = 40
-    speedup_tasks: int = 10
-    latency_repeats: int = 30
-    device: str = "cpu"
-    variants: list[Variant] = field(default_factory=default_variants)
+class TransferBenchConfig(Config):
+    what = "bench transfer"
+
+    work: str = setting("runs/bench-transfer", "Working folder (stores and policies; resumable).")
+    n_way: int = setting(5, "Classes per task.")
+    family_options: dict[str, Any] = setting(factory=dict, help="Extra openclipart options.")
+    store_tasks: int = setting(96, "Source tasks in Stage I.")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
+    train_batch: int = setting(16, "Trajectories per policy training iteration.")
+    seeds: int = setting(3, "Seeds per learned method.")
+    eval_tasks: int = setting(40, "Held-out Openclipart tasks.")
+    cross_tasks: int = setting(40, "Held-out Fashion-MNIST tasks (cross-dataset).")
+    speedup_tasks: int = setting(10, "Tasks of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
+
+    def __post_init__(self) -> None:
+        check_positive(self)
 
     @classmethod
     def quick(cls, work: str = "runs/bench-transfer-quick") -> "TransferBenchConfig":
@@ -67,53 +60,37 @@ class TransferBenchConfig:
 
 
 def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
-    note = note or (lambda s: None)
     t_start = time.perf_counter()
-    work = Path(cfg.work)
-    note("Stage I: preparing the store (features are computed once and cached)")
-    store = stage_one(work, "openclipart", {"n_way": cfg.n_way, **cfg.family_options}, cfg.store_tasks, cfg.steps, cfg.batch_size,
-                      device=cfg.device)
-    T = cfg.steps
-    hp, tuning = baseline_hparams(store, T, cfg.batch_size, note)
-    tasks = store.family().heldout_tasks(cfg.eval_tasks)
-    cross = make_family("fashion", n_way=cfg.n_way).heldout_tasks(cfg.cross_tasks)
-    s0_for, s0_cross = s0_sampler(tasks, store), s0_sampler(cross, store)
-    baselines = [("adam", "adam", T), ("sgd", "sgd", T), ("adam-n", "adam", T // 2)]
+    part = Part(Path(cfg.work), "openclipart", {"n_way": cfg.n_way, **cfg.family_options}, cfg.eval_tasks,
+                ("adam", "sgd", "adam-n"), ("linear-probe", "prototype", "prototype-l2"),
+                tags={"dataset": "openclipart"}, order_on_lohp=False,
+                stage_note="Stage I: preparing the store (features are computed once and cached)",
+                cross=lambda: [({"dataset": "fashion"},
+                                make_family("fashion", n_way=cfg.n_way).heldout_tasks(cfg.cross_tasks))])
+    [res] = run_parts(cfg, [part], note, train_progress)
+    return result("transfer", cfg, public(res.rows + res.cross_rows), t_start, family=res.store.family().config(),
+                  heldout_tasks=len(res.tasks), cross_tasks=len(res.cross_tasks[0]), adam_tuning=res.tuning,
+                  ablation_order=res.order)
 
-    rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size, baselines, note)
-    note("linear probe and prototype classifier")
-    rows += [closed_form_row("linear-probe", tasks, probe_accuracy), *prototype_rows(tasks)]
-    cross_rows = gradient_rows(cross, hp, s0_cross, cfg.seeds, T, cfg.batch_size, baselines[:1], note)
-    cross_rows += [closed_form_row("linear-probe", cross, probe_accuracy), *prototype_rows(cross)]
-    for v in cfg.variants:
-        row, extra = learned_row(work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,
-                                 cfg.device, cfg.latency_repeats, progress=train_progress,
-                                 extra_tasks={"fashion": (cross, s0_cross)})
-        if v.method == "lo-hp":
-            note("time-to-accuracy of Adam vs lo-hp")
-            row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T, cfg.speedup_tasks))
-        rows.append(row)
-        if "fashion" in extra:  # absent when every seed diverged
-            cross_rows.append(extra["fashion"])
-    for r in rows:
-        r["dataset"] = "openclipart"
-    for r in cross_rows:
-        r["dataset"] = "fashion"
-    return {"benchmark": "transfer", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
-            "family": store.family().config(), "heldout_tasks": len(tasks), "cross_tasks": len(cross),
-            "threads": torch.get_num_threads(), "rows": public(rows + cross_rows), "adam_tuning": tuning,
-            "ablation_order": ablation_order(rows),
-            "seconds": time.perf_counter() - t_start}
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    return [(f"transfer, {result['heldout_tasks']} held-out Openclipart tasks",
+             rows_where(result["rows"], dataset="openclipart"), SCENARIO_COLUMNS),
+            (f"transfer, cross-dataset: {result['cross_tasks']} Fashion-MNIST tasks, same policies",
+             rows_where(result["rows"], dataset="fashion"), SCENARIO_COLUMNS)]
 
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "transfer_accuracy_latency.png"
-    plot_accuracy_latency([r for r in result["rows"] if r["dataset"] == "openclipart"], path,
-                          "transfer: Openclipart held-out classes, EfficientNet-Lite0 features")
+    rows = rows_where(result["rows"], dataset="openclipart")
+    path = directory / ACCURACY_LATENCY_PNG
+    plot_accuracy_latency(rows, path, "transfer: Openclipart held-out classes, EfficientNet-Lite0 features")
     paths = [path]
-    curves = directory / "transfer_learning_curves.png"
-    if plot_learning_curves([r for r in result["rows"] if r["dataset"] == "openclipart"], curves,
-                            "transfer: held-out accuracy vs training seconds"):
+    curves = directory / LEARNING_CURVES_PNG
+    if plot_learning_curves(rows, curves, "transfer: held-out accuracy vs training seconds"):
         paths.append(curves)
     return paths
+
+
+register_benchmark("transfer", TransferBenchConfig, run, tables, plots=plots, family_setting="family_options",
+                   budget=lambda seconds: {"variants": default_variants(seconds)})

@@ -1,0 +1,119 @@
+"""The benchmark registry: one entry per ``lohp bench`` command, with its hooks.
+
+A benchmark module registers itself when imported::
+
+    register_benchmark("transfer", TransferBenchConfig, run, tables=tables, plots=plots,
+                       budget=lambda seconds: {"variants": default_variants(seconds)})
+
+and the command line derives the command's options from the config dataclass, builds
+``(quick config or default config).replace(**given settings)``, runs it under one progress
+bar, prints every ``tables(result)`` entry ``(title, rows, columns)`` with
+:func:`lohp.bench.harness.print_table`, then ``notes(result)`` lines, and writes the JSON
+and ``plots(result, folder)``. File names (PNG names) belong to the module that writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lohp.errors import LohpError
+
+Columns = list[tuple[str, str, str]]          # (row key, header, format) as print_table takes them
+TableSpec = tuple[str, list[dict[str, Any]], Columns]
+
+# The spread every accuracy column shows: mean ± *sample* std over seeds (harness.mean_std).
+ACCURACY = ("accuracy", "accuracy (mean ± sample std)", ".4f")
+
+# The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate).
+SCENARIO_COLUMNS: Columns = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,
+                             ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
+                             ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                             ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its settings, its run and how its result is shown.
+
+    ``run(cfg, note, train_progress[, stage_progress])`` returns the JSON-able result;
+    ``tables(result)`` the tables to print; ``plots(result, folder)`` the PNGs it wrote;
+    ``notes(result)`` lines printed after the tables. Hooks of the command line:
+    ``quick()`` the ``--quick`` settings (default ``config_cls.quick``); ``options(given,
+    base)`` turns the given options into ``replace`` keywords; ``budget(seconds)`` the
+    settings of ``--budget`` where it is not a field; ``family_setting`` the field
+    ``--family-option`` fills; ``check(cfg)`` fails early (before the progress bar)."""
+
+    name: str
+    config_cls: type
+    run: Callable[..., dict[str, Any]]
+    tables: Callable[[dict[str, Any]], list[TableSpec]]
+    plots: Callable[[dict[str, Any], Path], list[Path]] | None = None
+    notes: Callable[[dict[str, Any]], list[str]] | None = None
+    quick: Callable[[], Any] | None = None
+    options: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    budget: Callable[[float], dict[str, Any]] | None = None
+    family_setting: str | None = None
+    check: Callable[[Any], None] | None = None
+    stage_progress: bool = False   # run(cfg, note, show, update): the bar itself for Stage I
+
+    def config(self, quick: bool = False, given: dict[str, Any] | None = None) -> Any:
+        """The settings of one run: the quick or default config with ``given`` replaced
+        (``__post_init__`` validates the result)."""
+        base = (self.quick or self.config_cls.quick)() if quick else self.config_cls()
+        given = dict(given or {})
+        if self.options is not None:
+            given = self.options(given, base)
+        return base.replace(**given) if given else base
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(name: str, config_cls: type, run: Callable[..., dict[str, Any]],
+                       tables: Callable[[dict[str, Any]], list[TableSpec]], **hooks: Any) -> Benchmark:
+    """Add (or replace) the benchmark ``name``; ``hooks`` as the fields of :class:`Benchmark`."""
+    bench = Benchmark(name, config_cls, run, tables, **hooks)
+    BENCHMARKS[name] = bench
+    return bench
+
+
+def benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise LohpError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}") from None
+
+
+def check_positive(cfg: Any) -> None:
+    """Every whole-number setting of ``cfg`` must be > 0 (one line naming its option)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if type(value) is int and value <= 0:
+            raise LohpError(f"--{f.name.replace('_', '-')} must be > 0 (got {value})")
+
+
+def check_budget(budget: float | None) -> None:
+    if budget is not None and not budget > 0:
+        raise LohpError(f"--budget must be > 0 seconds (got {budget})")
+
+
+def result(name: str, cfg: Any, rows: list[dict[str, Any]], t_start: float, **extra: Any) -> dict[str, Any]:
+    """A benchmark's result: name, its config, ``extra``, the torch threads, rows, seconds."""
+    return {"benchmark": name, "config": cfg.to_dict(), **extra, "threads": torch.get_num_threads(),
+            "rows": rows, "seconds": time.perf_counter() - t_start}
+
+
+def rows_where(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    """The rows whose values equal ``match`` (e.g. ``dataset="fashion"``)."""
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def distinct(rows: list[dict[str, Any]], key: str) -> list[Any]:
+    """The values of ``key`` over ``rows``, in order of first appearance."""
+    return list(dict.fromkeys(r[key] for r in rows))
