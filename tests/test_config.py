@@ -52,3 +52,31 @@ def test_train_set_reaches_any_setting_and_refuses_unknown_ones(small_store_path
     assert code == 2 and "--set embdim: no such setting; settings: " in err and "emb_dim" in err
     code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "q", "--set", "emb_dim")
     assert code == 2 and "--set takes KEY=VALUE" in err
+
+
+def test_replace_works_with_a_required_field_and_revalidates():
+    """replace() on a config with a required field (no default) keeps it and re-runs
+    __post_init__; an unknown key is one LohpError line."""
+    from dataclasses import dataclass
+
+    import pytest
+
+    from lohp.config import Config, setting
+    from lohp.errors import LohpError
+
+    @dataclass
+    class Needs(Config):
+        what = "needs"
+        path: str = setting(help="Required.")
+        n: int = setting(2, "Positive.")
+
+        def __post_init__(self):
+            if self.n <= 0:
+                raise LohpError("n must be > 0")
+
+    c = Needs(path="x").replace(n=5)
+    assert (c.path, c.n) == ("x", 5)
+    with pytest.raises(LohpError, match="n must be > 0"):
+        c.replace(n=0)
+    with pytest.raises(LohpError, match="unknown needs setting"):
+        c.replace(m=1)

@@ -23,36 +23,24 @@ from lohp.cli.common import (
     parse_hparams,
     progress_bar,
 )
+from lohp.cli.options import Group, with_options
 from lohp.errors import LohpError
 from lohp.generation import GeneratedWeights, Generator
 from lohp.lora import check_adapter_dir, export_adapter
-from lohp.tasks import TaskFamily, family_factory, make_family
-from lohp.trajectories import TrajectoryStore, make_config, summarize
+from lohp.tasks import TaskFamily, make_family
+from lohp.trajectories import StageOneConfig, TrajectoryStore, summarize
 from lohp.trajectories import prepare as run_prepare
 
 
 # --------------------------------------------------------------------------- prepare
 @app.command()
+@with_options(Group("stage", StageOneConfig))
 def prepare(
     out: Path = typer.Option(..., "--out", help="Store folder (created; re-run to resume)."),
-    family: str = typer.Option("digits", help="Task family."),
-    optimizers: str = typer.Option("sgd,adam,sam", help="Comma-separated: sgd, adam, adamw, sam, sam-adam."),
-    tasks: int = typer.Option(16, help="Number of source tasks."),
-    seeds: int = typer.Option(1, help="Runs per task and optimizer (different theta_0)."),
-    steps: int = typer.Option(32, help="Optimizer steps T per run."),
-    batch_size: int = typer.Option(32, help="Minibatch size."),
-    record_every: int = typer.Option(1, help="Store every s-th checkpoint (and always the last)."),
     lr: Optional[str] = typer.Option(None, help="Learning rates, e.g. sgd=0.1,adam=0.01 (defaults otherwise)."),
     hparam: Optional[list[str]] = typer.Option(None, help="Other hyper-parameters, e.g. sam.rho=0.1 (repeatable)."),
     n_way: Optional[int] = typer.Option(None, help="Classes per task (the family's option n_way; digits: 5)."),
     head: Optional[str] = typer.Option(None, help="Generated target: linear or mlp (the family's option head)."),
-    split: str = typer.Option("source", help="Task set: source or heldout."),
-    task_start: int = typer.Option(0, help="First task seed."),
-    init: str = typer.Option("standard", help="theta_0: standard (layer init), normal, zeros."),
-    init_sigma: float = typer.Option(0.01, help="Std of theta_0 for --init normal."),
-    seed: int = typer.Option(0, help="Base random seed."),
-    shard_runs: Optional[int] = typer.Option(None, help="Runs per shard, the unit of resume (default 64; 4 for "
-                                             "the LoRA families, whose runs are slow)."),
     device: str = typer.Option("cpu", help="torch device."),
     overwrite: bool = typer.Option(False, help="Replace an existing store in --out."),
     family_option: Optional[list[str]] = typer.Option(
@@ -62,21 +50,18 @@ def prepare(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster HOST:PORT (implies --ray)."),
     ray_workers: Optional[int] = typer.Option(None, help="With --ray: at most this many shards at once "
                                                          "(default: the cluster's CPUs)."),
+    stage: dict = None,  # type: ignore[assignment]
 ) -> None:
-    """Stage I: train runs on source tasks with real optimizers and store every checkpoint."""
+    """Stage I: train runs on source tasks with real optimizers and store every checkpoint.
+
+    The run's options are StageOneConfig's fields (defaults there)."""
 
     # --n-way / --head are the family options of those names, for every family that has them
     # (a family without one refuses it in one line).
     family_config = {k: v for k, v in (("n_way", n_way), ("head", head)) if v is not None}
     family_config.update(parse_family_options(family_option))
-    if shard_runs is None:
-
-        shard_runs = getattr(family_factory(family), "default_shard_runs", 64)  # a factory need not be a class
-    config = make_config(family=family, family_config=family_config, optimizers=_split_list(optimizers),
-                         hparams=parse_hparams(lr, hparam), tasks=tasks, task_start=task_start, split=split,
-                         seeds=seeds, steps=steps, batch_size=batch_size, record_every=record_every,
-                         init=init, init_sigma=init_sigma, seed=seed, shard_runs=shard_runs)
-
+    config = StageOneConfig.from_dict({**stage, "family_config": family_config,
+                                       "hparams": parse_hparams(lr, hparam)}).store_config()
     executor = "ray" if (ray or ray_address) else "local"
     # prepare() checks everything (Ray, the output, every task's data) before it opens the bar
     store = run_prepare(out, config, device=_device(device), overwrite=overwrite, executor=executor,

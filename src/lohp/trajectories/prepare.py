@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.io import (
     LOCK_FILE,
@@ -56,40 +57,75 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+@dataclass
+class StageOneConfig(Config):
+    """The arguments of a Stage I run (``lohp prepare``'s options come from these fields).
+    :meth:`store_config` checks them against the family and returns the JSON-able config a
+    store records."""
+
+    what = "Stage I"
+
+    family: str = setting("digits", "Task family: a registered name (digits, openclipart, table, image-folder, ...).")
+    family_config: dict[str, Any] = setting(factory=dict, help="The family's options.", cli=False)
+    optimizers: list[str] = setting(factory=lambda: ["sgd", "adam", "sam"],
+                                    help="Comma-separated: sgd, adam, adamw, sam, sam-adam.")
+    hparams: dict[str, dict[str, Any]] = setting(factory=dict, help="Per-optimizer hyper-parameters.", cli=False)
+    tasks: int = setting(16, "Number of source tasks.")
+    task_start: int = setting(0, "First task seed.")
+    split: str = setting("source", "Task set: source or heldout.")
+    seeds: int = setting(1, "Runs per task and optimizer (different theta_0).")
+    steps: int = setting(32, "Optimizer steps T per run.")
+    batch_size: int = setting(32, "Minibatch size.")
+    record_every: int = setting(1, "Store every s-th checkpoint (and always the last).")
+    init: str = setting("standard", "theta_0: standard (layer init), normal, zeros.")
+    init_sigma: float = setting(0.01, "Std of theta_0 for --init normal.")
+    seed: int = setting(0, "Base random seed.")
+    shard_runs: int | None = setting(None, "Runs per shard, the unit of resume (default: the family's, 64; 4 for "
+                                           "the LoRA families, whose runs are slow).")
+
+    def __post_init__(self) -> None:
+        self.optimizers = list(self.optimizers)
+        if self.split not in ("source", "heldout"):
+            raise LohpError(f"unknown split {self.split!r}; choose source or heldout")
+        for name, value in (("tasks", self.tasks), ("seeds", self.seeds), ("steps", self.steps),
+                            ("batch size", self.batch_size), ("record_every", self.record_every),
+                            ("shard_runs", 1 if self.shard_runs is None else self.shard_runs)):
+            if int(value) <= 0:
+                raise LohpError(f"{name} must be > 0 (got {value})")
+        if self.init not in INIT_SCHEMES:
+            raise LohpError(f"unknown init {self.init!r}; choose one of {', '.join(INIT_SCHEMES)}")
+        if not self.optimizers:
+            raise LohpError("give at least one optimizer, e.g. --optimizers sgd,adam,sam")
+        unknown = set(self.hparams) - set(self.optimizers)
+        if unknown:
+            raise LohpError(f"hyper-parameters given for {', '.join(sorted(unknown))}, which is not in the "
+                            "optimizer list")
+
+    def store_config(self) -> dict[str, Any]:
+        """Validated against the family (its options, its optimizer defaults) -> the store's config."""
+        fam = make_family(self.family, **self.family_config)
+        opts = []
+        for name in self.optimizers:  # family defaults first: e.g. LoRA needs smaller learning rates
+            opt = make_optimizer(name, **{**fam.optimizer_defaults.get(name, {}), **self.hparams.get(name, {})})
+            opts.append({"name": opt.name, "hparams": opt.hparams})
+        if len({o["name"] for o in opts}) != len(opts):
+            raise LohpError("an optimizer is listed twice; list each once")
+        shard_runs = self.shard_runs if self.shard_runs is not None else getattr(fam, "default_shard_runs", 64)
+        return {"family": self.family, "family_config": fam.config(), "optimizers": opts, "tasks": int(self.tasks),
+                "task_start": int(self.task_start), "split": self.split, "seeds": int(self.seeds),
+                "steps": int(self.steps), "batch_size": int(self.batch_size),
+                "record_every": int(self.record_every), "init": self.init, "init_sigma": float(self.init_sigma),
+                "seed": int(self.seed), "shard_runs": int(shard_runs)}
+
+
 def make_config(family: str = "digits", family_config: dict[str, Any] | None = None,
                 optimizers: Sequence[str] = ("sgd", "adam", "sam"),
-                hparams: dict[str, dict[str, Any]] | None = None, tasks: int = 16, task_start: int = 0,
-                split: str = "source", seeds: int = 1, steps: int = 32, batch_size: int = 32,
-                record_every: int = 1, init: str = "standard", init_sigma: float = 0.01,
-                seed: int = 0, shard_runs: int = 64) -> dict[str, Any]:
-    """Validate the arguments of a Stage I run and return its JSON-able config."""
-    fam = make_family(family, **(family_config or {}))  # validates family and its config
-    if split not in ("source", "heldout"):
-        raise LohpError(f"unknown split {split!r}; choose source or heldout")
-    for name, value in (("tasks", tasks), ("seeds", seeds), ("steps", steps), ("batch size", batch_size),
-                        ("record_every", record_every), ("shard_runs", shard_runs)):
-        if int(value) <= 0:
-            raise LohpError(f"{name} must be > 0 (got {value})")
-    if init not in INIT_SCHEMES:
-        raise LohpError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
-    if not optimizers:
-        raise LohpError("give at least one optimizer, e.g. --optimizers sgd,adam,sam")
-    hparams = hparams or {}
-    unknown = set(hparams) - set(optimizers)
-    if unknown:
-        raise LohpError(f"hyper-parameters given for {', '.join(sorted(unknown))}, which is not in the "
-                        "optimizer list")
-    opts = []
-    family_defaults = fam.optimizer_defaults  # e.g. LoRA needs smaller learning rates
-    for name in optimizers:
-        opt = make_optimizer(name, **{**family_defaults.get(name, {}), **hparams.get(name, {})})  # validates
-        opts.append({"name": opt.name, "hparams": opt.hparams})
-    if len({o["name"] for o in opts}) != len(opts):
-        raise LohpError("an optimizer is listed twice; list each once")
-    return {"family": family, "family_config": fam.config(), "optimizers": opts, "tasks": int(tasks),
-            "task_start": int(task_start), "split": split, "seeds": int(seeds), "steps": int(steps),
-            "batch_size": int(batch_size), "record_every": int(record_every), "init": init,
-            "init_sigma": float(init_sigma), "seed": int(seed), "shard_runs": int(shard_runs)}
+                hparams: dict[str, dict[str, Any]] | None = None, **options: Any) -> dict[str, Any]:
+    """Validate the arguments of a Stage I run (:class:`StageOneConfig`'s fields) and return
+    the JSON-able config a store records."""
+    return StageOneConfig.from_dict({"family": family, "family_config": dict(family_config or {}),
+                                     "optimizers": list(optimizers), "hparams": dict(hparams or {}),
+                                     **options}).store_config()
 
 
 def plan_shards(config: dict[str, Any]) -> list[ShardPlan]:

@@ -1,0 +1,119 @@
+"""Options derived from settings dataclasses (lohp/cli/options.py): a default lives only in
+its dataclass, and the command receives exactly what the user gave."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from lohp.cli import app
+from lohp.cli.options import Group, with_options
+from lohp.config import Config, setting
+from lohp.losses import LossConfig
+from lohp.policy import PolicyConfig
+from lohp.training import TrainConfig
+from lohp.trajectories import StageOneConfig
+
+
+@dataclass
+class Toy(Config):
+    what = "toy"
+    steps: int = setting(4, "Steps.")
+    rate: float = setting(0.5, "Rate.")
+    name: str = setting("a", "Name.")
+    flag: bool = setting(True, "Flag.")
+    widths: list[float] = setting(factory=lambda: [1.0, 2.0], help="Widths.")
+    limit: Optional[float] = setting(None, "Limit.")
+    hidden: int = setting(7, "Not on the command line.", cli=False)
+    extra: dict = setting(factory=dict, help="Not an option type.")
+
+
+def _toy_app(unset):
+    seen = {}
+    toy_app = typer.Typer()
+
+    @toy_app.command()
+    @with_options(Group("toy", Toy, unset=unset))
+    def run(out: str = typer.Option("o", help="Own option."), toy: dict = None) -> None:
+        seen.update(out=out, toy=toy)
+
+    @toy_app.command()
+    def other() -> None:  # (two commands, so typer keeps the command name)
+        pass
+
+    return toy_app, seen
+
+
+def test_defaults_come_from_the_dataclass_and_values_reach_the_command():
+    toy_app, seen = _toy_app(False)
+    r = CliRunner().invoke(toy_app, ["run"])
+    assert r.exit_code == 0, r.output
+    assert seen["toy"] == {"steps": 4, "rate": 0.5, "name": "a", "flag": True, "widths": [1.0, 2.0], "limit": None}
+    r = CliRunner().invoke(toy_app, ["run", "--steps", "9", "--no-flag", "--widths", "3,4.5", "--limit", "2",
+                                     "--out", "z"])
+    assert r.exit_code == 0, r.output
+    assert seen["out"] == "z"
+    assert seen["toy"] == {"steps": 9, "rate": 0.5, "name": "a", "flag": False, "widths": [3.0, 4.5], "limit": 2.0}
+    assert Toy(**seen["toy"]).steps == 9  # the dict builds the config
+
+
+def test_unset_options_pass_only_what_was_given():
+    toy_app, seen = _toy_app(True)
+    assert CliRunner().invoke(toy_app, ["run"]).exit_code == 0
+    assert seen["toy"] == {}
+    assert CliRunner().invoke(toy_app, ["run", "--rate", "0.25", "--flag"]).exit_code == 0
+    assert seen["toy"] == {"rate": 0.25, "flag": True}
+
+
+def test_fields_off_the_command_line_have_no_option():
+    toy_app, _ = _toy_app(False)
+    names = {p.name for p in get_command(toy_app).commands["run"].params}
+    assert {"steps", "rate", "flag", "widths", "limit", "out"} <= names
+    assert not {"hidden", "extra"} & names
+
+
+def test_a_bad_list_is_one_line():
+    toy_app, _ = _toy_app(False)
+    r = CliRunner().invoke(toy_app, ["run", "--widths", "1,x"])
+    assert r.exit_code != 0 and "comma-separated list of float" in str(r.exception)
+
+
+def test_two_groups_claiming_one_option_is_refused():
+    @dataclass
+    class Other(Config):
+        steps: int = 1
+
+    with pytest.raises(TypeError, match="--steps"):
+        with_options(Group("a", Toy), Group("b", Other))(lambda a=None, b=None: None)
+
+
+@pytest.mark.parametrize("command, classes", [
+    ("train", (TrainConfig, PolicyConfig)), ("prepare", (StageOneConfig,))])
+def test_lohp_commands_show_the_dataclass_defaults(command, classes):
+    """Every option that names a field shows that field's default: no second copy in the CLI."""
+    params = {p.name: p for p in get_command(app).commands[command].params}
+    checked = 0
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name not in params or not f.metadata.get("cli", True):
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            shown = params[f.name].default
+            if isinstance(default, list):
+                default = ",".join(str(x) for x in default)
+            assert shown == default, (command, f.name, shown, default)
+            checked += 1
+    assert checked >= 10
+
+
+def test_lohp_train_loss_options_wait_for_the_method_preset():
+    """Loss options other than --method/--k default to unset, so the method's preset applies."""
+    params = {p.name: p for p in get_command(app).commands["train"].params}
+    assert params["method"].default == LossConfig().method and params["k"].default == LossConfig().k
+    assert params["beta"].default is None and params["rollouts"].default is None
