@@ -105,8 +105,8 @@ class Generator:
         traced = self._traced[key]
         if traced is None:
             return policy.rollout(s0, cond)
-        # The plain interpreter: no profiling runs or re-specialisation (which cost 0.2 s
-        # calls at unpredictable times); the saving is the Python overhead alone.
+        # The plain interpreter: no profiling runs or re-specialisation (which make some
+        # calls slow at unpredictable times); the saving is the Python overhead alone.
         with torch.jit.optimized_execution(False):
             return traced(s0, cond)
 

@@ -76,19 +76,19 @@ class HybridSubTB:
 
     def on_policy(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        off, k, cond = batch.offline, cfg.rollouts, batch.cond
+        off, n_roll, cond = batch.offline, cfg.rollouts, batch.cond  # rollouts per task (not the compression k)
         if cfg.on_policy_tasks is not None:  # rollouts cost N sequential passes: cap the tasks
             off, cond = off[:cfg.on_policy_tasks], cond[:cfg.on_policy_tasks]
         b, n1, d = off.shape
         n = n1 - 1
         learned_b = policy.config.backward == "learned"
         detach = cfg.rollout == "detached"
-        cond = cond.repeat_interleave(k, 0)
-        s0 = off[:, 0].repeat_interleave(k, 0)
+        cond = cond.repeat_interleave(n_roll, 0)
+        s0 = off[:, 0].repeat_interleave(n_roll, 0)
         states, log_pf, nus = [s0], [], []
         s = s0
         for j in range(n):
-            jj = torch.full((b * k,), j, dtype=torch.long, device=off.device)
+            jj = torch.full((b * n_roll,), j, dtype=torch.long, device=off.device)
             mu, nu = policy.heads(s, jj, cond, backward=learned_b)
             nus.append(nu)
             eps = torch.randn(s.shape, generator=batch.generator, device=s.device)
@@ -99,21 +99,21 @@ class HybridSubTB:
             states.append(s_next)
             s = s_next
         if learned_b:
-            nus.append(policy.heads(s, torch.full((b * k,), n, device=off.device), cond, backward=True)[1])
+            nus.append(policy.heads(s, torch.full((b * n_roll,), n, device=off.device), cond, backward=True)[1])
         log_pb = []
         for j in range(n):
-            jj = torch.full((b * k,), j, dtype=torch.long, device=off.device)
+            jj = torch.full((b * n_roll,), j, dtype=torch.long, device=off.device)
             log_pb.append(policy.log_pb(states[j], states[j + 1], jj, nus[j + 1] if learned_b else None, s0))
         traj = torch.stack(states, 1)
-        log_f = self.log_reward(policy, traj, off.repeat_interleave(k, 0))
+        log_f = self.log_reward(policy, traj, off.repeat_interleave(n_roll, 0))
         if cfg.log_z == "learned":
             log_f = log_f + policy.log_z()
         delta = subtb_residuals(log_f, torch.stack(log_pf, 1), torch.stack(log_pb, 1))
         if cfg.log_z == "mean-residual":
-            delta = delta.reshape(b, k, n1, n1)
+            delta = delta.reshape(b, n_roll, n1, n1)
             delta = delta - delta.mean(1, keepdim=True)
         w = subtb_weights(n1, cfg.lam, off.device)
-        rows = torch.arange(b, device=off.device).repeat_interleave(k)
+        rows = torch.arange(b, device=off.device).repeat_interleave(n_roll)
         return subtb_loss(delta, w).mean(), (states[-1], rows)
 
     def off_policy(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

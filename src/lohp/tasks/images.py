@@ -49,7 +49,7 @@ def feature_data(dataset: str, size: int = 64, per_class: int = 60) -> tuple[tor
         key = {"data": "openclipart", "size": size, "max_per_class": per_class, "n": len(y)}
     elif dataset == "fashion-mnist":
         x_all, y_all, names = images.fashion_mnist()
-        idx = _per_class(y_all, per_class, seed=0)  # a fixed subset: features cost ~5 ms an image
+        idx = _per_class(y_all, per_class, seed=0)  # a fixed subset: backbone features are the cost
         x, y = x_all[idx], y_all[idx]
         key = {"data": "fashion-mnist", "per_class": per_class, "seed": 0}
     else:

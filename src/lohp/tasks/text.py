@@ -86,8 +86,8 @@ class TextFamily(TaskFamily):
     name = "text"
     Options = TextOptions
     options: TextOptions
-    # Stage I learning rates for LoRA + head (the digits defaults diverge here); measured on
-    # 3 wordnet tasks, T = 32, batch 16: Adam 2e-3 / 5e-3 -> 0.84 / 0.85, SGD 0.1 -> 0.77, 0.2 diverges.
+    # Stage I learning rates for LoRA + head: the digits defaults diverge here; these were
+    # picked on a few wordnet source tasks (T = 32, batch 16), where SGD at 0.2 diverged.
     default_shard_runs = 4  # a LoRA run is slow: resume in units of 4 runs
     optimizer_defaults = {"adam": {"lr": 5e-3}, "adamw": {"lr": 5e-3}, "sam-adam": {"lr": 5e-3},
                           "sgd": {"lr": 0.1}, "sam": {"lr": 0.1}}
