@@ -69,7 +69,7 @@ class HybridSubTB:
     def log_reward(self, policy: LohpPolicy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``states/targets [B, N+1, d]`` -> log R ``[B, N+1]``."""
         n = states.shape[1] - 1
-        width_rel = self.config.reward_width if self.config.reward_width is not None else policy.config.sigma_f
+        width_rel = self.config.reward_width if self.config.reward_width is not None else policy.configured_sigma_f
         j = torch.arange(n + 1, device=states.device).clamp(max=n - 1)
         width = width_rel * policy.step_scale[j]
         return -(states - targets).square().sum(-1) / (2 * width.square())
@@ -81,7 +81,7 @@ class HybridSubTB:
             off, cond = off[:cfg.on_policy_tasks], cond[:cfg.on_policy_tasks]
         b, n1, d = off.shape
         n = n1 - 1
-        learned_b = policy.config.backward == "learned"
+        learned_b = policy.learned_backward
         detach = cfg.rollout == "detached"
         cond = cond.repeat_interleave(n_roll, 0)
         s0 = off[:, 0].repeat_interleave(n_roll, 0)
@@ -121,7 +121,7 @@ class HybridSubTB:
         off = batch.offline
         b, n1, d = off.shape
         n = n1 - 1
-        learned_b = policy.config.backward == "learned"
+        learned_b = policy.learned_backward
         if self.config.off_policy == "ml":
             states = off[:, :-1].reshape(b * n, d)
             nxt = off[:, 1:].reshape(b * n, d)
@@ -130,7 +130,7 @@ class HybridSubTB:
             sig = policy.sigma_f(jj)
             z = (nxt - states - mu) / sig[:, None]
             quad = 0.5 * z.square().sum(-1)
-            nll = quad + d * policy.forward_head.sigma(jj).log()  # constants dropped
+            nll = quad + d * policy.relative_sigma_f(jj).log()  # constants dropped
             return nll.reshape(b, n).sum(1).mean(), quad.reshape(b, n).sum(1).mean()
         # SubTB on the real trajectory: every state through the backbone once.
         states = off.reshape(b * n1, d)

@@ -188,9 +188,25 @@ class LohpPolicy(nn.Module):
         return self.heads(s, j, cond)[0]
 
     # ------------------------------------------------------------------ distributions
+    # The face losses use (besides heads / log_pf / log_pb / rollout / log_z and the
+    # step_scale, init_scale buffers): no loss reads the config or the heads directly.
+    @property
+    def learned_backward(self) -> bool:
+        """P_B has its own learned head (else fixed or bridge)."""
+        return self.config.backward == "learned"
+
+    @property
+    def configured_sigma_f(self) -> float:
+        """The configured forward std, in units of the step scale (the default reward width)."""
+        return float(self.config.sigma_f)
+
+    def relative_sigma_f(self, j: torch.Tensor) -> torch.Tensor:
+        """Forward std of transition j in units of the step scale, ``[B]`` (learned or fixed)."""
+        return self.forward_head.sigma(j)
+
     def sigma_f(self, j: torch.Tensor) -> torch.Tensor:
         """Absolute forward std of the transition j -> j+1, ``[B]``."""
-        return self.forward_head.sigma(j) * self.step_scale[j]
+        return self.relative_sigma_f(j) * self.step_scale[j]
 
     def sigma_b(self, j: torch.Tensor) -> torch.Tensor:
         """Absolute backward std of the transition j+1 -> j, ``[B]``."""
