@@ -26,6 +26,7 @@ import torch
 from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
 from lohp.bench.fewshot import HEAD_POLICY
 from lohp.bench.harness import gradient_accuracy
+from lohp.bench.runner import TableSpec, check_budget, register_benchmark
 from lohp.bench.scenario import (
     budget_variants,
     policy_dir,
@@ -35,6 +36,7 @@ from lohp.bench.scenario import (
     train_variant,
     tune_adam,
 )
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -76,23 +78,35 @@ NOT_SERVED = [{"study": "lora-rank", "method": "lo-hp", "architecture": f"rank={
               for r in (4, 16)]
 
 
+PNG = "cross.png"
+COLUMNS = [("study", "study", ""), ("architecture", "architecture", ""), ("trained", "policy trained on", ""),
+           ("accuracy", "cross acc.", ".4f"), ("in_distribution_accuracy", "in-dist. acc.", ".4f"),
+           ("ratio_to_in_distribution", "ratio", ".3f"), ("adam_accuracy", "Adam-T acc.", ".4f")]
+
+
 @dataclass
-class CrossBenchConfig:
-    work: str = "runs/bench-cross"
-    studies: list[str] = field(default_factory=lambda: ["mlp-width", "head-classes"])
-    budget: float = 60.0
-    method: str = "lo-hp"
-    seed: int = 0
-    quick: bool = False
-    device: str = "cpu"
+class CrossBenchConfig(Config):
+    what = "bench cross"
+
+    work: str = setting("runs/bench-cross", "Working folder (stores and policies; resumable).")
+    studies: list[str] = setting(factory=lambda: ["mlp-width", "head-classes"],
+                                 help="Comma-separated: mlp-width, head-classes.")
+    budget: float = setting(60.0, "Training seconds per policy (the same for every method).")
+    method: str = setting("lo-hp", "The method every policy is trained with.")
+    seed: int = setting(0, "Seed of the policies and the starting weights.")
+    quick: bool = setting(False, "Small studies (fewer tasks and steps, the widest unseen architecture).", cli=False)
+    device: str = setting("cpu", "torch device.")
 
     def __post_init__(self) -> None:
         known = _studies()
         bad = [s for s in self.studies if s not in known]
         if bad:
             raise LohpError(f"unknown cross study {', '.join(bad)}; choose from {', '.join(known)}")
-        if not self.budget > 0:
-            raise LohpError(f"--budget must be > 0 seconds (got {self.budget})")
+        check_budget(self.budget)
+
+    @classmethod
+    def quick_config(cls, **kw: Any) -> "CrossBenchConfig":
+        return cls(**{"work": "runs/bench-cross-quick", "budget": 10.0, "quick": True, **kw})
 
 
 def run_study(name: str, cfg: CrossBenchConfig, note: Callable[[str], None], progress=None) -> list[dict[str, Any]]:
@@ -168,6 +182,19 @@ def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.set_title(f"cross-architecture: {study}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = folder / "cross.png"
+    path = folder / PNG
     save_figure(fig, path, dpi=110)
     return [path]
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    return [(f"cross-architecture generation ({result['method']}, {result['budget_seconds']:g} s per policy)",
+             [r for r in result["rows"] if r["served"]], COLUMNS)]
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    return [f"not served: {r['architecture']} ({r['study']}): {r['reason']}" for r in result["rows"] if not r["served"]]
+
+
+register_benchmark("cross", CrossBenchConfig, run, tables, plots=plots, notes=notes,
+                   quick=CrossBenchConfig.quick_config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ from lohp.bench.harness import (
     plot_learning_curves,
 )
 from lohp.bench.l2o import regularizers_for
+from lohp.bench.runner import ACCURACY, TableSpec, check_budget, check_positive, register_benchmark, result
 from lohp.bench.scenario import (
     Variant,
     ablation_order,
@@ -41,28 +42,26 @@ from lohp.bench.scenario import (
     speedup,
     stage_one,
 )
+from lohp.config import Config, setting
+from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
 from lohp.optim import make_optimizer
 from lohp.trajectories.collect import train_runs
 
 
-@dataclass
-class DigitsBenchConfig:
-    work: str = "runs/bench-digits"
-    store_tasks: int = 96
-    steps: int = 32
-    batch_size: int = 32
-    iterations: int = 800          # per policy when budget is None
-    budget: float | None = 30.0    # training seconds per policy and seed (same for every method)
-    train_batch: int = 16
-    seeds: int = 3
-    ablation_seeds: int = 1
-    eval_tasks: int = 40
-    speedup_tasks: int = 10
-    latency_repeats: int = 30
-    device: str = "cpu"
-    variants: list[Variant] = field(default_factory=lambda: [
+# The digits table: the scenario columns with the Hessian trace of the final weights, no lr.
+COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,
+           ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
+           ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"), ("hessian_trace", "Hessian trace", ".3f"),
+           ("iterations_per_second", "train it/s", ".1f")]
+ACCURACY_LATENCY_PNG = "digits_accuracy_latency.png"
+LEARNING_CURVES_PNG = "digits_learning_curves.png"
+STEP_COSINE_PNG = "digits_step_cosine.png"
+
+
+def _variants() -> list[Variant]:
+    return [
         Variant("hypernetwork", "hypernetwork", k=0), Variant("lo-di", "lo-di"), Variant("lo-di-noise", "lo-di-noise"),
         Variant("lo-op", "lo-op"), Variant("lo-hp-literal", "lo-hp-literal"), Variant("lo-hp-v1", "lo-hp-v1"),
         Variant("lo-hp", "lo-hp"),
@@ -71,10 +70,37 @@ class DigitsBenchConfig:
         Variant("lo-hp[adam]", "lo-hp", optimizers=["adam"], ablation=True),
         Variant("lo-hp[sgd+adam]", "lo-hp", optimizers=["sgd", "adam"], ablation=True),
         Variant("lo-hp-v1+hessian", "lo-hp-v1", loss_options={"flatness_weight": 0.1}, ablation=True),
-    ])
-    l2o_methods: list[str] = field(default_factory=lambda: ["l2o", "l2o-entropy"])
-    l2o_seeds: dict[str, int] = field(default_factory=lambda: {"l2o": 3, "l2o-entropy": 1})
-    l2o_iterations: int = 400
+    ]
+
+
+@dataclass
+class DigitsBenchConfig(Config):
+    what = "bench digits"
+
+    work: str = setting("runs/bench-digits", "Working folder (store and policies; resumable).")
+    store_tasks: int = setting(96, "Source tasks in Stage I.")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
+    iterations: int = setting(800, "Training iterations per policy (instead of --budget).")
+    budget: float | None = setting(30.0, "Training seconds per policy and seed, the same for every method "
+                                         "(--quick uses 40 iterations).")
+    train_batch: int = setting(16, "Trajectories per policy training iteration.")
+    seeds: int = setting(3, "Seeds per method.")
+    ablation_seeds: int = setting(1, "Seeds per ablation row.")
+    eval_tasks: int = setting(40, "Held-out tasks.")
+    speedup_tasks: int = setting(10, "Tasks of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+    variants: list[Variant] = setting(factory=_variants, help="The learned rows.")
+    l2o_methods: list[str] = setting(factory=lambda: ["l2o", "l2o-entropy"],
+                                     help="Learned-optimizer rows (L2O), comma-separated.")
+    l2o_seeds: dict[str, int] = setting(factory=lambda: {"l2o": 3, "l2o-entropy": 1},
+                                        help="Seeds per learned-optimizer row.")
+    l2o_iterations: int = setting(400, "Meta-training iterations per learned optimizer.")
+
+    def __post_init__(self) -> None:
+        check_positive(self)
+        check_budget(self.budget)
 
     @classmethod
     def quick(cls, work: str = "runs/bench-digits-quick") -> "DigitsBenchConfig":
@@ -141,10 +167,9 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
             continue
         cosines[name] = _step_cosines(cfg, Generator.load(policy_dir(work, v, 0), cfg.device), tasks, s0_for(0),
                                       hp["adam"])
-    return {"benchmark": "digits", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
-            "family": family.config(), "heldout_tasks": len(tasks), "threads": torch.get_num_threads(),
-            "rows": public(rows), "adam_tuning": tuning, "ablation_order": ablation_order(rows), "cosines": {k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()},
-            "seconds": time.perf_counter() - t_start}
+    return result("digits", cfg, public(rows), t_start, family=family.config(), heldout_tasks=len(tasks),
+                  adam_tuning=tuning, ablation_order=ablation_order(rows),
+                  cosines={k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()})
 
 
 def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
@@ -180,16 +205,31 @@ def _step_cosines(cfg: DigitsBenchConfig, gen: Generator, tasks, s0: torch.Tenso
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    a = directory / "digits_accuracy_latency.png"
+    a = directory / ACCURACY_LATENCY_PNG
     plot_accuracy_latency(result["rows"], a, "digits heads, held-out tasks: accuracy vs latency")
     paths = [a]
-    curves = directory / "digits_learning_curves.png"
+    curves = directory / LEARNING_CURVES_PNG
     if plot_learning_curves([r for r in result["rows"] if not r.get("ablation")], curves,
                             "digits heads: held-out accuracy vs training seconds"):
         paths.append(curves)
     if result["cosines"]:
-        c = directory / "digits_step_cosine.png"
+        c = directory / STEP_COSINE_PNG
         plot_cosine_histograms({k: v["values"] for k, v in result["cosines"].items()}, c,
                                "generated vs real Adam steps on held-out tasks (paper Fig. 3)")
         paths.append(c)
     return paths
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    return [(f"digits heads, {result['heldout_tasks']} held-out tasks, {result['config']['seeds']} seeds",
+             result["rows"], COLUMNS)]
+
+
+def _options(given: dict[str, Any], base: DigitsBenchConfig) -> dict[str, Any]:
+    """``--iterations`` trains for that many iterations instead of a time budget."""
+    if "iterations" in given and given.get("budget") is not None:
+        raise LohpError("give either --iterations or --budget, not both")
+    return {**given, "budget": None} if "iterations" in given else given
+
+
+register_benchmark("digits", DigitsBenchConfig, run, tables, plots=plots, options=_options)

@@ -30,7 +30,9 @@ from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
 from lohp.bench.fewshot import HEAD_POLICY
 from lohp.bench.harness import single_run_seconds
 from lohp.bench.lora import POLICY as LORA_POLICY
+from lohp.bench.runner import TableSpec, check_budget, register_benchmark
 from lohp.bench.scenario import ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant, tune_adam
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -94,23 +96,29 @@ def _register_builtin() -> None:
 _register_builtin()
 
 
+def refine_png(scenario: str) -> str:
+    return f"refine_{scenario}.png"
+
+
 @dataclass
-class RefineBenchConfig:
-    work: str = "runs/bench-refine"
-    scenarios: list[str] = field(default_factory=lambda: ["digits", "transfer", "few-shot", "domain", "lora"])
-    budget: float = 60.0                 # training seconds per policy (same for every method)
-    methods: tuple[str, ...] = ("hypernetwork", "lo-di", "lo-hp")
-    step_counts: tuple[int, ...] = STEP_COUNTS
-    seed: int = 0
-    quick: bool = False
-    device: str = "cpu"
+class RefineBenchConfig(Config):
+    what = "bench refine"
+
+    work: str = setting("runs/bench-refine", "Working folder (stores and policies; resumable).")
+    scenarios: list[str] = setting(factory=lambda: ["digits", "transfer", "few-shot", "domain", "lora"],
+                                   help="Comma-separated: digits, transfer, few-shot, domain, lora.")
+    budget: float = setting(60.0, "Training seconds per policy (the same for every method).")
+    methods: tuple[str, ...] = setting(("hypernetwork", "lo-di", "lo-hp"), "The generated starts.")
+    step_counts: tuple[int, ...] = setting(STEP_COUNTS, "The Adam step counts reported.")
+    seed: int = setting(0, "Seed of the policies, the starting weights and the minibatches.")
+    quick: bool = setting(False, "Each scenario's quick settings.", cli=False)
+    device: str = setting("cpu", "torch device.")
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad:
             raise LohpError(f"unknown refine scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
-        if not self.budget > 0:
-            raise LohpError(f"--budget must be > 0 seconds (got {self.budget})")
+        check_budget(self.budget)
 
     @classmethod
     def quick_config(cls, **kw: Any) -> "RefineBenchConfig":
@@ -261,7 +269,23 @@ def plots(result: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.set_title(f"generate-then-refine: {name} ({info['heldout_tasks']} held-out tasks)", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = folder / f"refine_{name}.png"
+        path = folder / refine_png(name)
         save_figure(fig, path, dpi=110)
         out.append(path)
     return out
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    steps = [str(s) for s in result["step_counts"]]
+    cols = ([("method", "start", ""), ("lr", "lr", "g")] + [(f"acc@{s}", f"acc@{s}", ".3f") for s in steps]
+            + [("steps_to_target", "steps to target", ""), ("wall_ms_to_target", "ms to target", ".1f")])
+    out = []
+    for name, info in result["scenarios"].items():
+        rows = [{**r, **{f"acc@{s}": r["accuracy_by_steps"].get(s) for s in steps}}
+                for r in result["rows"] if r["scenario"] == name]
+        out.append((f"refine {name}: Adam steps from each start, {info['heldout_tasks']} held-out tasks; "
+                    f"target {rows[0]['target_accuracy']:.3f} (0.99 x scratch at T={info['T']})", rows, cols))
+    return out
+
+
+register_benchmark("refine", RefineBenchConfig, run, tables, plots=plots, quick=RefineBenchConfig.quick_config)
