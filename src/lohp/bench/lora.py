@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,11 +35,14 @@ from lohp.bench.harness import (
     plot_learning_curves,
     single_run_seconds,
 )
+from lohp.bench.runner import ACCURACY, TableSpec, check_positive, register_benchmark, result
 from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_row, policy_dir, public, s0_sampler
+from lohp.config import Config, setting
+from lohp.errors import LohpError
 from lohp.io import read_json
 from lohp.optim import make_optimizer
 from lohp.policy.io import META
-from lohp.tasks import class_means
+from lohp.tasks import class_means, make_family
 from lohp.trajectories import make_config, prepare
 
 POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
@@ -57,29 +60,48 @@ def _variants() -> list[Variant]:
             Variant("lo-hp", "lo-hp", policy_options=dict(POLICY))]
 
 
+# The LoRA table: latency in 0.1 ms, speedups in whole numbers, iterations/s in 0.01.
+COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,
+           ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".1f"),
+           ("time_to_accuracy_speedup", "speedup vs Adam", ".0f"), ("iterations_per_second", "train it/s", ".2f")]
+ACCURACY_LATENCY_PNG = "lora_accuracy_latency.png"
+LEARNING_CURVES_PNG = "lora_learning_curves.png"
+
+
 @dataclass
-class LoraBenchConfig:
-    work: str = "runs/bench-lora"
-    family: str = "wordnet"
-    family_config: dict[str, Any] = field(default_factory=dict)
-    optimizers: list[str] = field(default_factory=lambda: ["adam", "sgd"])
-    store_tasks: int = 24
-    seeds_per_task: int = 1
-    steps: int = 32              # T
-    batch_size: int = 16
-    record_every: int = 2        # = k: the policies only need the stride-k checkpoints
-    iterations: int = 2000       # cap; each policy trains for policy_seconds of wall time (compute-matched)
-    policy_seconds: float | None = 240.0
-    policy_lr: float = 3e-3      # 1e-3 learns 2x slower here (held-out 0.31 vs 0.62 after 50 iterations)
-    train_batch: int = 8
-    log_every: int = 50          # policy diagnostics (the runs stop on time, so not a fraction of iterations)
-    eval_every: int = 200        # held-out accuracy in the policy's log
-    seeds: int = 1
-    eval_tasks: int = 16
-    speedup_tasks: int = 4
-    latency_repeats: int = 20
-    device: str = "cpu"
-    variants: list[Variant] = field(default_factory=_variants)
+class LoraBenchConfig(Config):
+    what = "bench lora"
+
+    work: str = setting("runs/bench-lora", "Working folder (store and policies; resumable).")
+    family: str = setting("wordnet", "Text family: wordnet or fortunes.")
+    family_config: dict[str, Any] = setting(factory=dict, help="Family settings.")
+    optimizers: list[str] = setting(factory=lambda: ["adam", "sgd"], help="Stage I optimizers, comma-separated.")
+    store_tasks: int = setting(24, "Source tasks in Stage I.")
+    seeds_per_task: int = setting(1, "Stage I runs per source task and optimizer.")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(16, "Minibatch size of Stage I and the gradient baselines.")
+    # = k: the policies only need the stride-k checkpoints
+    record_every: int = setting(2, "Stage I checkpoint stride (= k).")
+    # a cap; each policy trains for policy_seconds of wall time (compute-matched)
+    iterations: int = setting(2000, "Training iterations per policy (a cap under --policy-seconds).")
+    policy_seconds: float | None = setting(240.0, "Training seconds per policy (the same for every method).")
+    # 1e-3 learns 2x slower here (held-out 0.31 vs 0.62 after 50 iterations)
+    policy_lr: float = setting(3e-3, "Learning rate of the policies.")
+    train_batch: int = setting(8, "Trajectories per policy training iteration.")
+    # policy diagnostics (the runs stop on time, so not a fraction of iterations)
+    log_every: int = setting(50, "Policy log interval (iterations).")
+    eval_every: int = setting(200, "Held-out accuracy interval of the policy's log (iterations).")
+    seeds: int = setting(1, "Seeds per method.")
+    eval_tasks: int = setting(16, "Held-out tasks.")
+    speedup_tasks: int = setting(4, "Tasks of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(20, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+    variants: list[Variant] = setting(factory=_variants, help="The learned rows.")
+
+    def __post_init__(self) -> None:
+        check_positive(self)
+        if self.policy_seconds is not None and not self.policy_seconds > 0:
+            raise LohpError(f"--policy-seconds must be > 0 (got {self.policy_seconds})")
 
     @classmethod
     def quick(cls, work: str = "runs/bench-lora-quick") -> "LoraBenchConfig":
@@ -142,11 +164,10 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
         rows.append(row)
 
     targets = _targets(rows)
-    return {"benchmark": "lora", "config": {**asdict(cfg), "variants": [asdict(v) for v in cfg.variants]},
-            "family": store.config["family"], "family_config": family.config(), "heldout_tasks": len(tasks),
-            "parameters": store.layout.size, "threads": torch.get_num_threads(), "rows": public(rows),
-            "targets": targets, "ablation_order": ablation_order(rows), "stage_one_train_seconds": stage_seconds,
-            "stage_one_runs": len(store), "seconds": time.perf_counter() - t_start}
+    return result("lora", cfg, public(rows), t_start, family=store.config["family"], family_config=family.config(),
+                  heldout_tasks=len(tasks), parameters=store.layout.size, targets=targets,
+                  ablation_order=ablation_order(rows), stage_one_train_seconds=stage_seconds,
+                  stage_one_runs=len(store))
 
 
 def _run_ms(tasks, name: str, hparams: dict[str, Any], s0: torch.Tensor, steps: int, batch_size: int) -> float:
@@ -217,9 +238,29 @@ def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    a = directory / "lora_accuracy_latency.png"
+    a = directory / ACCURACY_LATENCY_PNG
     plot_accuracy_latency(result["rows"], a, f"MiniLM-L6 LoRA, held-out {result['family']} tasks: accuracy vs latency")
-    curves = directory / "lora_learning_curves.png"
+    curves = directory / LEARNING_CURVES_PNG
     if plot_learning_curves(result["rows"], curves, "MiniLM-L6 LoRA: held-out accuracy vs training seconds"):
         return [a, curves]
     return [a]
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    cfg = result["config"]
+    return [(f"MiniLM-L6 LoRA ({result['parameters']} values), {result['heldout_tasks']} held-out {cfg['family']} "
+             f"tasks, T={cfg['steps']}, {cfg['seeds']} seed(s)", result["rows"], COLUMNS)]
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    return ["targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["targets"].items()
+                                    if v is not None) + f"; total {result['seconds']:.0f} s"]
+
+
+def check(cfg: LoraBenchConfig) -> None:
+    """A missing package or a bad family option fails before any work."""
+    make_family(cfg.family, **cfg.family_config)
+
+
+register_benchmark("lora", LoraBenchConfig, run, tables, plots=plots, notes=notes, check=check,
+                   family_setting="family_config", stage_progress=True)
