@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +47,8 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import mean_std
+from lohp.bench.runner import ACCURACY, TableSpec, register_benchmark
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
 from lohp.io import ensure_writable_dir
@@ -65,10 +68,7 @@ TARGETS = ("optimizee", "meta", "both")
 HESSIAN = {"optimizee": "hessian:weight=0.01,probes=1", "meta": "hessian:weight=0.01,probes=1"}
 ENTROPY = {"optimizee": "entropy:weight=1,gamma=1,temperature=0.001,steps=10,lr=0.05,every=2",
            "meta": "entropy:weight=1,gamma=100,temperature=1e-5,steps=3,lr=0.001"}
-FULL = dict(tasks=30, seeds=3, horizon=32, long_horizon=128, truncation=8, iterations=400, meta_batch=8,
-            batch_size=32, probes=32, latency_tasks=10)
-QUICK = dict(tasks=12, seeds=3, horizon=32, long_horizon=64, truncation=8, iterations=48, meta_batch=6,
-             batch_size=32, probes=16, latency_tasks=5)
+PNG = "bench_l2o.png"
 
 
 def regularizers_for(method: str, target: str, hessian: str | None = None,
@@ -150,14 +150,20 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, (std if len(values) > 1 else None)
 
 
-def validate(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1, horizon: int = 32,
-             long_horizon: int = 128, truncation: int = 8, iterations: int = 1, meta_batch: int = 1,
-             batch_size: int = 1, target: str = "optimizee", hessian: str | None = None,
-             entropy: str | None = None, probes: int = 1, latency_tasks: int = 1, workers: int = 1,
-             threads: int = 1, family_config: dict[str, Any] | None = None, **_: Any) -> None:
-    """Raise a one-line :class:`LohpError` for any setting :func:`run` would reject."""
+def validate(family_config: dict[str, Any] | None = None, **settings: Any) -> None:
+    """Raise a one-line :class:`LohpError` for any setting :func:`run` would reject
+    (``settings``: :func:`run`'s keywords)."""
 
     make_family("digits", **{"n_way": 5, "head": "linear", **(family_config or {})})
+    _check_settings(**settings)
+
+
+def _check_settings(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1, horizon: int = 32,
+                    long_horizon: int = 128, truncation: int = 8, iterations: int = 1, meta_batch: int = 1,
+                    batch_size: int = 1, target: str = "optimizee", hessian: str | None = None,
+                    entropy: str | None = None, probes: int = 1, latency_tasks: int = 1, workers: int = 1,
+                    threads: int = 1, **_: Any) -> None:
+    """:func:`validate` without building the task family (cheap: every config runs it)."""
 
     check_unroll(horizon, truncation)
     unknown = [m for m in methods if m not in METHODS]
@@ -175,6 +181,52 @@ def validate(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1,
             regularizers_for(m, target, hessian, entropy)
     if target not in TARGETS:
         raise LohpError(f"unknown regularizer target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+@dataclass
+class L2OBenchConfig(Config):
+    """The settings of :func:`run` (``head``: the digits family's; ``quick``: recorded in the result)."""
+
+    what = "bench l2o"
+
+    tasks: int = setting(30, "Held-out tasks.")
+    seeds: int = setting(3, "Seeds per method.")
+    horizon: int = setting(32, "Unroll length the L2O is meta-trained on = T for Adam/SGD.")
+    long_horizon: int = setting(128, "Meta-test horizon beyond training (4 x --horizon when that is longer).")
+    truncation: int = setting(8, "Truncated-BPTT segment length; must divide --horizon.")
+    iterations: int = setting(400, "Meta-updates per learned optimizer.")
+    meta_batch: int = setting(8, "Source tasks per meta-training episode.")
+    batch_size: int = setting(32, "Optimizee minibatch size.")
+    probes: int = setting(32, "Rademacher probes of the Hessian-trace estimate.")
+    latency_tasks: int = setting(10, "Single-task runs of the latency measurement.")
+    meta_lr: float = setting(3e-3, "Meta-training learning rate.")
+    methods: list[str] = setting(factory=lambda: list(METHODS), help="Rows, comma-separated.")
+    target: str = setting("optimizee", "Regularize the optimizee loss, the meta-objective, or both.")
+    hessian: str | None = setting(None, "Hessian regularizer settings, e.g. weight=0.05,probes=2.")
+    entropy: str | None = setting(None, "Local-entropy settings, e.g. weight=1,gamma=3,steps=8.")
+    head: str = setting("linear", "Optimizee: linear or mlp head.")
+    workers: int = setting(2, "Processes meta-training in parallel (one torch thread each).")
+    threads: int = setting(1, "torch threads for evaluation and latency.")
+    save: str | None = setting(None, "Keep the meta-trained optimizers here (safetensors + JSON).")
+    quick: bool = setting(False, "The quick settings (recorded in the result).", cli=False)
+
+    def __post_init__(self) -> None:
+        _check_settings(**self.run_kwargs())
+
+    @classmethod
+    def quick_config(cls, **kw: Any) -> "L2OBenchConfig":
+        return cls(**{"tasks": 12, "long_horizon": 64, "iterations": 48, "meta_batch": 6, "probes": 16,
+                      "latency_tasks": 5, "quick": True, **kw})
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """The keywords of :func:`run` (and :func:`validate`)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("head", "methods")}
+        return {**d, "methods": tuple(self.methods), "family_config": {"head": self.head}}
+
+
+# The settings FULL and QUICK list (those the quick run changes, and their neighbours).
+PRESET = ("tasks", "seeds", "horizon", "long_horizon", "truncation", "iterations", "meta_batch", "batch_size",
+          "probes", "latency_tasks")
 
 
 def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = METHODS,
@@ -319,4 +371,53 @@ def plot(result: dict[str, Any], path) -> None:
     save_figure(fig, path)
 
 
-__all__ = ["ENTROPY", "FULL", "HESSIAN", "METHODS", "QUICK", "plot", "regularizers_for", "run", "validate"]
+def run_config(cfg: L2OBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
+    """:func:`run` with the settings of ``cfg`` (the registry's face; ``train_progress`` unused)."""
+    return run(**cfg.run_kwargs(), progress=note)
+
+
+def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
+    """The figure of :func:`plot` at ``target`` (a file, or a folder: ``target / PNG``)."""
+    target = Path(target)
+    path = target / PNG if (target.is_dir() or target.suffix == "") else target
+    ensure_writable_dir(path.parent)
+    plot(result, path)
+    return [path]
+
+
+def tables(result: dict[str, Any]) -> list[TableSpec]:
+    cols = [("method", "method", ""), ACCURACY, ("accuracy_long", f"acc@{result['long_horizon']}", ".4f"),
+            ("train_loss", "loss", ".4f"), ("hessian_trace", "tr H", ".3f"), ("latency_ms", "ms", ".1f"),
+            ("meta_train_seconds", "meta s", ".0f")]
+    return [(f"L2O on {result['heldout_tasks']} held-out digits tasks ({result['family_config']['head']} head, "
+             f"d={result['parameters']}), {result['seeds']} seeds, T={result['horizon']}", result["rows"], cols)]
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    return [f"accuracy at T={result['horizon']} steps (acc@{result['long_horizon']}: meta-test beyond the "
+            "trained horizon); loss = training loss; tr H = Hessian trace of the final weights; "
+            "ms = training wall time per task",
+            f"regularizers on: {result['regularizer_target']}; total {result['seconds']:.0f} s"]
+
+
+def _options(given: dict[str, Any], base: L2OBenchConfig) -> dict[str, Any]:
+    """A ``--horizon`` past the preset's long horizon without ``--long-horizon``: 4 x the horizon."""
+    horizon = given.get("horizon", base.horizon)
+    if "long_horizon" not in given and base.long_horizon < horizon:
+        return {**given, "long_horizon": 4 * horizon}
+    return given
+
+
+def _check(cfg: L2OBenchConfig) -> None:
+    validate(**cfg.run_kwargs())
+
+
+# The settings of the full and the quick run, as dicts (the keywords of run).
+FULL = {name: getattr(L2OBenchConfig(), name) for name in PRESET}
+QUICK = {name: getattr(L2OBenchConfig.quick_config(), name) for name in PRESET}
+
+register_benchmark("l2o", L2OBenchConfig, run_config, tables, plots=plots, notes=notes,
+                   quick=L2OBenchConfig.quick_config, options=_options, check=_check)
+
+__all__ = ["ENTROPY", "FULL", "HESSIAN", "L2OBenchConfig", "METHODS", "PNG", "QUICK", "plot", "plots",
+           "regularizers_for", "run", "run_config", "tables", "validate"]
