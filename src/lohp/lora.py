@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lohp.errors import LohpError
+from lohp.export import ExportTarget, register_target
 from lohp.extras import require_module
 from lohp.io import atomic_write_json, ensure_writable_dir, load_tensors
 
@@ -277,6 +278,26 @@ def adapter_logits(model: nn.Module, head: torch.Tensor, ids: torch.Tensor) -> t
 
 def read_info(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / INFO_FILE).read_text())
+
+
+def _check_peft_target(out: Path, overwrite: bool, family: Any, trained_family_config: dict[str, Any]) -> None:
+    if "rank" not in family.config():  # LoRA families (and text-table with lora=true) have a rank
+        raise LohpError(f"family {family.name!r} has no LoRA target; use a LoRA family (wordnet, fortunes, "
+                        "text-table with lora=true)")
+    family.check_policy(trained_family_config)
+    check_adapter_dir(out, overwrite)
+
+
+def _write_peft_target(out: Path, overwrite: bool, task: Any, weights: Any, info: dict[str, Any]) -> Path:
+    model = task.layout.load_into(task.model(), weights.theta)
+    return export_adapter(model, out, overwrite, info)
+
+
+# lohp generate writes LoRA policies' weights as a PEFT adapter folder
+PEFT_TARGET = register_target(ExportTarget(
+    "peft-adapter", kinds=("lora-dims",), check=_check_peft_target, write=_write_peft_target,
+    family_options=("rank", "targets"),
+    describe="a PEFT adapter folder (adapter_config.json, adapter_model.safetensors) plus the head"))
 
 
 __all__ = ["LORA_PATTERNS", "LoraClassifier", "LoraSpec", "adapter_logits", "base_model", "check_adapter_dir",

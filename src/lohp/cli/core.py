@@ -25,9 +25,9 @@ from lohp.cli.common import (
 )
 from lohp.cli.options import Group, with_options
 from lohp.errors import LohpError
+from lohp.export import target_for
 from lohp.generation import GeneratedWeights, Generator
-from lohp.lora import check_adapter_dir, export_adapter
-from lohp.tasks import TaskFamily, make_family
+from lohp.tasks import make_family
 from lohp.trajectories import StageOneConfig, TrajectoryStore, summarize
 from lohp.trajectories import prepare as run_prepare
 
@@ -135,37 +135,24 @@ def generate(
     gen = Generator.load(policy, _device(device))
     if refine is not None:
         gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work
-    lora_target = gen.policy.structure.kind == "lora-dims"
+    target = target_for(gen.policy.structure.kind)  # how --out is written (a file, a PEFT adapter, ...)
     overrides = {k: v for k, v in (("rank", rank), ("targets", _split_list(targets) if targets else None))
                  if v is not None}
-    if overrides and not lora_target:
+    if set(overrides) - set(target.family_options):
         raise LohpError("--rank and --targets apply to LoRA policies only; drop them for this policy")
     overrides.update(parse_family_options(family_option))
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
-    if lora_target:
-
-
-        if type(fam).check_policy is TaskFamily.check_policy:  # the LoRA families define it
-            raise LohpError(f"family {fam.name!r} has no LoRA target; use --family wordnet or --family fortunes")
-        fam.check_policy(gen.meta["family_config"])
-        check_adapter_dir(out, overwrite)  # before any work
-    elif out.exists() and not overwrite:  # before any work
-        raise LohpError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    target.check(out, overwrite, fam, gen.meta["family_config"])  # before any work
     task = fam.sample(task_seed, split)
     weights = gen.generate(task, seed=seed, temperature=temperature, sample_seed=sample_seed)
     generated = task.evaluate(weights.theta)
     if refine is not None:
         theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
         weights = GeneratedWeights(theta, {k: v.clone() for k, v in task.layout.unflatten(theta).items()}, task.layout)
-    if lora_target:
-
-        model = task.layout.load_into(task.model(), weights.theta)
-        export_adapter(model, out, overwrite, {"task": task.name, "classes": task.info.get("classes"),
-                                               "policy": str(policy), "method": gen.meta["method"],
-                                               "max_length": fam.config().get("max_length")})
-    else:
-        weights.save(out, {"task": task.name, "policy": str(policy), "method": gen.meta["method"],
-                           "refine": f"{refine} {refine_optimizer} steps" if refine else "none"})
+    target.write(out, overwrite, task, weights, {
+        "task": task.name, "classes": task.info.get("classes"), "policy": str(policy), "method": gen.meta["method"],
+        "max_length": fam.config().get("max_length"),
+        "refine": f"{refine} {refine_optimizer} steps" if refine else "none"})
     metrics = task.evaluate(weights.theta)
     text = f"wrote {out}: {task.name}, eval {task.metric_name} {metrics[task.metric_name]:.4f}"
     if refine is not None:
