@@ -305,3 +305,21 @@ def test_progress_in_a_log_file_is_plain_lines(small_store_path, tmp_path):
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     text = log.read_text()
     assert r.returncode == 0 and "[" in text and " s] 1/5 lo-hp loss=" in text and "━" not in text
+
+
+def test_data_families_lists_each_familys_declared_options(cli):
+    """lohp data families NAME shows the Options dataclass: every field, its default and help."""
+    import dataclasses
+    import json
+
+    from lohp.tasks import family_factory, family_names
+
+    code, out, _ = cli("data", "families", "--json")
+    assert code == 0 and sorted(json.loads(out)) == family_names()
+    code, out, _ = cli("data", "families", "digits", "--json")
+    rows = json.loads(out)["digits"]
+    fields = dataclasses.fields(family_factory("digits").Options)
+    assert [r["option"] for r in rows] == [f.name for f in fields]
+    assert {r["option"]: r["default"] for r in rows}["n_way"] == "5" and all(r["help"] for r in rows)
+    code, _, err = cli("data", "families", "no-such-family")
+    assert code == 2 and "unknown task family 'no-such-family'" in err

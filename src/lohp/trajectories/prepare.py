@@ -65,7 +65,7 @@ class StageOneConfig(Config):
 
     what = "Stage I"
 
-    family: str = setting("digits", "Task family: a registered name (digits, openclipart, table, image-folder, ...).")
+    family: str = setting("digits", "Task family: a registered name (lohp data families lists them and their options).")
     family_config: dict[str, Any] = setting(factory=dict, help="The family's options.", cli=False)
     optimizers: list[str] = setting(factory=lambda: ["sgd", "adam", "sam"],
                                     help="Comma-separated: sgd, adam, adamw, sam, sam-adam.")
