@@ -49,7 +49,6 @@ from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
 from lohp.optim import make_optimizer
 from lohp.trajectories.collect import train_runs
 
-
 # The digits table: the scenario columns with the Hessian trace of the final weights, no lr.
 COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,
            ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),

@@ -15,11 +15,14 @@ from typing import Any, Callable
 
 import torch
 
+from lohp.bench.runner import TableSpec
 from lohp.optim import make_optimizer
 from lohp.plotting import pyplot, save_figure
 from lohp.tasks import make_family
 from lohp.trajectories import make_config, prepare, ray_executor
 from lohp.trajectories.collect import train_runs
+
+PNG = "bench_prepare.png"
 
 
 def _torch_optimizer(name: str, hp: dict[str, Any], params) -> torch.optim.Optimizer:
@@ -167,3 +170,21 @@ def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
             "seeds": seeds, "steps": steps, "optimizers": list(optimizers), "shards": n_shards,
             "shard_runs": shard_runs, "cpus": int(ray.cluster_resources().get("CPU", 0)), "rows": rows,
             "ray_speedup": by[max(workers)]["run_steps_per_s"] / by[min(workers)]["run_steps_per_s"]}
+
+
+def tables(result: dict[str, Any], head: str = "linear") -> list[TableSpec]:
+    """The throughput table of :func:`run`, or the workers table of :func:`run_ray`."""
+    if result["benchmark"] == "prepare-ray":
+        return [(f"Stage I on Ray: {result['family']} {head} head, {result['shards']} shards of "
+                 f"{result['shard_runs']} runs, {result['cpus']} CPUs", result["rows"],
+                 [("executor", "executor", ""), ("workers", "workers", ""), ("seconds", "seconds", ".1f"),
+                  ("run_steps_per_s", "run-steps / s", ".0f")])]
+    total = {"optimizer": "all", **{k: result[k] for k in ("loop_run_steps_per_s", "vectorised_run_steps_per_s",
+                                                           "speedup")}}
+    rows = [{**r, "runs_x_steps": f"{r['runs']} x {r['steps']}" if r.get("runs") else "",
+             "speedup_x": f"{r['speedup']:.1f}x"} for r in result["rows"] + [total]]
+    return [(f"Stage I throughput: {result['family']} {head} head, d={result['parameters']}, "
+             f"batch {result['batch_size']}, {result['threads']} threads", rows,
+             [("optimizer", "optimizer", ""), ("runs_x_steps", "runs x steps", ""),
+              ("loop_run_steps_per_s", "per-run loop (run-steps/s)", ".0f"),
+              ("vectorised_run_steps_per_s", "vectorised (run-steps/s)", ".0f"), ("speedup_x", "speedup", "")])]

@@ -14,8 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lohp.bench import digits as bd
-from lohp.bench.harness import print_table
+from lohp.bench import runner
 from lohp.errors import LohpError
 from lohp.io import atomic_write_json, ensure_writable_dir
 
@@ -170,11 +169,6 @@ def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | N
 
 
 
-def _run_digits_bench(cfg: Any, label: str) -> dict[str, Any]:
-
-    return _run_bench(bd.run, cfg, label)
-
-
 def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
     """``run(cfg, note, show)`` under one progress bar: stage text plus training progress
     (``stage_progress``: ``run(cfg, note, show, update)``, the bar itself for Stage I)."""
@@ -192,23 +186,8 @@ def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> 
         return run(cfg, note, show, update) if stage_progress else run(cfg, note, show)
 
 
-def _digits_table(result: dict[str, Any], title: str) -> None:
-
-    print_table(result["rows"], title, [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
-                                        ("accuracy", "accuracy (mean ± sample std)", ".4f"),
-                                        ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
-                                        ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
-                                        ("hessian_trace", "Hessian trace", ".3f"),
-                                        ("iterations_per_second", "train it/s", ".1f")], console)
-
-
-
-
 _CURRENT_ARGV: list[str] | None = None  # the arguments main() was called with (lohp train --nproc re-runs them)
 
 
-# The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate).
-SCENARIO_COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""),
-                    ("accuracy", "accuracy (mean ± sample std)", ".4f"), ("accuracy_wide", "acc. s0 x10", ".4f"),
-                    ("latency_ms", "latency ms", ".2f"), ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
-                    ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]
+# The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate); owned by bench.runner.
+SCENARIO_COLUMNS = runner.SCENARIO_COLUMNS

@@ -1,0 +1,103 @@
+"""The benchmark registry and the one command path every ``lohp bench NAME`` takes:
+configs are strict lohp.config.Config dataclasses with help texts, the command's options
+come from them, given options are validated by ``replace`` (``__post_init__``), and the
+tables come from each benchmark's ``tables`` hook."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from lohp.bench import digits, fewshot, lora, runner
+from lohp.bench import l2o as bl2o
+from lohp.cli import bench as cli_bench  # noqa: F401  (imports register every benchmark)
+from lohp.config import Config
+from lohp.errors import LohpError
+
+NAMES = ("digits", "transfer", "few-shot", "domain", "refine", "cross", "lora", "l2o")
+
+
+def test_every_benchmark_is_registered_with_a_strict_documented_config():
+    assert set(NAMES) <= set(runner.BENCHMARKS)
+    for name in NAMES:
+        bench = runner.benchmark(name)
+        assert issubclass(bench.config_cls, Config), name
+        for f in dataclasses.fields(bench.config_cls):
+            assert f.metadata.get("help"), (name, f.name)
+        default, quick = bench.config(False), bench.config(True)
+        assert type(default) is type(quick) is bench.config_cls and default != quick, name
+        with pytest.raises(LohpError, match="unknown bench"):
+            default.replace(no_such_setting=1)
+        json.dumps(default.to_dict(), default=str)
+    with pytest.raises(LohpError, match="unknown benchmark 'nope'"):
+        runner.benchmark("nope")
+
+
+@pytest.mark.parametrize("name, given, match", [
+    ("transfer", {"seeds": 0}, "--seeds must be > 0"),
+    ("few-shot", {"episodes": -1}, "--episodes must be > 0"),
+    ("domain", {"domains": [10]}, "unknown domain 10"),
+    ("digits", {"budget": 0.0}, "--budget must be > 0 seconds"),
+    ("digits", {"iterations": 5, "budget": 3.0}, "either --iterations or --budget"),
+    ("lora", {"iterations": 0}, "--iterations must be > 0"),
+    ("refine", {"scenarios": ["nope"]}, "unknown refine scenario"),
+    ("cross", {"studies": ["nope"]}, "unknown cross study"),
+    ("l2o", {"horizon": 10, "truncation": 4}, "does not divide"),
+])
+def test_given_settings_are_validated_by_the_config(name, given, match):
+    with pytest.raises(LohpError, match=match):
+        runner.benchmark(name).config(False, given)
+
+
+def test_command_line_hooks_keep_the_old_meanings():
+    digits = runner.benchmark("digits")
+    assert digits.config(False, {"iterations": 7}).budget is None          # --iterations: no time budget
+    assert digits.config(True, {"budget": 5.0}).budget == 5.0
+    l2o = runner.benchmark("l2o")
+    assert l2o.config(True, {"horizon": 96}).long_horizon == 384          # past the preset's: 4 x horizon
+    assert l2o.config(True, {"horizon": 16}).long_horizon == bl2o.QUICK["long_horizon"]
+    assert l2o.config(True).quick and not l2o.config(False).quick
+    assert runner.benchmark("cross").config(True).budget == 10.0 and runner.benchmark("refine").config(True).quick
+    transfer = runner.benchmark("transfer")
+    [v] = [v for v in transfer.config(False, transfer.budget(7.0)).variants if v.name == "lo-hp"]
+    assert v.train_options["time_limit"] == 7.0
+
+
+def test_every_accuracy_column_names_the_sample_std():
+    for c in (runner.SCENARIO_COLUMNS, digits.COLUMNS, fewshot.COLUMNS, lora.COLUMNS):
+        assert ("accuracy", "accuracy (mean ± sample std)", ".4f") in c
+
+
+@pytest.mark.parametrize("name, options", [
+    ("digits", ["--store-tasks", "--l2o-methods", "--iterations", "--budget", "--seeds", "--work", "--device"]),
+    ("transfer", ["--cross-tasks", "--budget", "--family-option", "--seeds", "--work", "--device"]),
+    ("few-shot", ["--episodes", "--shots", "--budget", "--family-option"]),
+    ("domain", ["--datasets", "--domains", "--budget", "--family-option"]),
+    ("refine", ["--scenarios", "--seed", "--budget", "--work"]),
+    ("cross", ["--studies", "--method", "--seed", "--budget"]),
+    ("lora", ["--family", "--family-option", "--iterations", "--store-tasks", "--eval-tasks", "--threads"]),
+    ("l2o", ["--tasks", "--long-horizon", "--meta-batch", "--methods", "--head", "--workers", "--save"]),
+])
+def test_each_command_offers_its_config_fields(cli, name, options):
+    code, out, err = cli("bench", name, "--help")
+    assert code == 0, err
+    for opt in ["--json", "--plot", "--quick", *options]:
+        assert opt in out, (name, opt)
+    assert "--variants" not in out and "--family-options" not in out  # not scalars: no option
+
+
+def test_bench_transfer_end_to_end_through_the_command_line(cli, fake_features, tmp_path):
+    target, plots = tmp_path / "out" / "transfer.json", tmp_path / "plots"
+    code, out, err = cli("bench", "transfer", "--work", tmp_path / "w", "--n-way", "3", "--store-tasks", "3",
+                         "--steps", "4", "--batch-size", "8", "--train-batch", "2", "--seeds", "1", "--eval-tasks",
+                         "2", "--cross-tasks", "2", "--speedup-tasks", "1", "--latency-repeats", "2",
+                         "--budget", "0.5", "--json", target, "--plot", plots)
+    assert code == 0, err
+    result = json.loads(target.read_text())
+    assert result["benchmark"] == "transfer" and result["config"]["seeds"] == 1
+    assert result["config"]["variants"][0]["train_options"]["time_limit"] == 0.5
+    assert {r["dataset"] for r in result["rows"]} == {"openclipart", "fashion"}
+    assert "2 held-out Openclipart tasks" in out and "2 Fashion-MNIST tasks" in out and "sample std" in out
+    assert (plots / "transfer_accuracy_latency.png").stat().st_size > 0
