@@ -33,6 +33,7 @@ from lohp.optim import make_optimizer
 from lohp.tasks import make_family
 from lohp.trajectories import TrajectoryStore
 
+PNG = "evaluate_accuracy_latency.png"
 BASELINES = ("adam", "sgd", "adam-n", "prototype", "prototype-l2", "linear-probe")
 _CLOSED = {"prototype": prototype_accuracy, "prototype-l2": prototype_l2_accuracy, "linear-probe": probe_accuracy}
 
@@ -117,6 +118,6 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "evaluate_accuracy_latency.png"
+    path = directory / PNG
     plot_accuracy_latency(result["rows"], path, f"{result['policy']} on held-out {result['family']} tasks")
     return [path]

@@ -5,6 +5,10 @@
     rows += [learned_row(work, store, v, tasks, s0_for, ...)]    # every learned variant
     rows += [probe_row(tasks), prototype_row(tasks)]             # closed-form baselines
 
+The image scenarios (transfer, few-shot, domain) run that skeleton once per :class:`Part`
+(a store and its held-out tasks) with :func:`run_part`; a part's fields are the hooks where
+they differ (family, baselines, closed-form rows, row tags, cross-dataset task sets).
+
 Statistics are over seeds: each seed trains every learned method anew (initialisation and
 batches) and draws new starting weights s_0 for every evaluation task; gradient
 baselines start from the same s_0. Rows share one schema (see :mod:`lohp.bench.harness`);
