@@ -13,7 +13,7 @@ def tiny(tmp_path_factory):
     cfg = bd.DigitsBenchConfig(
         work=str(work), store_tasks=6, steps=8, iterations=3, budget=None, train_batch=4, seeds=2, eval_tasks=3,
         speedup_tasks=2, latency_repeats=3, l2o_methods=["l2o"], l2o_seeds={"l2o": 1}, l2o_iterations=2,
-        variants=[bd.Variant("hypernetwork", "hypernetwork", k=0), bd.Variant("lo-di", "lo-di"),
+        variants=[bd.Variant("hypernetwork", "hypernetwork", k=None), bd.Variant("lo-di", "lo-di"),
                   bd.Variant("lo-op", "lo-op"), bd.Variant("lo-hp", "lo-hp"), bd.Variant("lo-hp", "lo-hp", k=4),
                   bd.Variant("lo-hp[adam]", "lo-hp", optimizers=["adam"], ablation=True)])
     return cfg, bd.run(cfg)

@@ -14,7 +14,7 @@ TINY = {"iterations": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 1,
 
 
 def _variants(names, **policy):
-    return [Variant(n, n, k=0 if n == "hypernetwork" else 2, train_options=dict(TINY), policy_options=policy)
+    return [Variant(n, n, k=None if n == "hypernetwork" else 2, train_options=dict(TINY), policy_options=policy)
             for n in names]
 
 

@@ -61,7 +61,7 @@ STEP_COSINE_PNG = "digits_step_cosine.png"
 
 def _variants() -> list[Variant]:
     return [
-        Variant("hypernetwork", "hypernetwork", k=0), Variant("lo-di", "lo-di"), Variant("lo-di-noise", "lo-di-noise"),
+        Variant("hypernetwork", "hypernetwork", k=None), Variant("lo-di", "lo-di"), Variant("lo-di-noise", "lo-di-noise"),
         Variant("lo-op", "lo-op"), Variant("lo-hp-literal", "lo-hp-literal"), Variant("lo-hp-v1", "lo-hp-v1"),
         Variant("lo-hp", "lo-hp"),
         Variant("lo-hp", "lo-hp", k=1, ablation=True), Variant("lo-hp", "lo-hp", k=4, ablation=True),

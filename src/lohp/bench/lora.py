@@ -52,7 +52,7 @@ ON_POLICY_V1 = {"on_policy_tasks": 4, "rollouts": 2, "lam": 0.5, "beta": 0.9}
 
 
 def _variants() -> list[Variant]:
-    return [Variant("hypernetwork", "hypernetwork", k=0, policy_options=dict(POLICY)),
+    return [Variant("hypernetwork", "hypernetwork", k=None, policy_options=dict(POLICY)),
             Variant("lo-di", "lo-di", policy_options=dict(POLICY)),
             Variant("lo-di-noise", "lo-di-noise", policy_options=dict(POLICY)),
             Variant("lo-op", "lo-op", policy_options=dict(POLICY)),

@@ -31,6 +31,7 @@ from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, m
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace, task_loss_fn
 from lohp.generation import Generator
+from lohp.losses import get_method
 from lohp.optim import make_optimizer
 from lohp.tasks import Task
 from lohp.tasks.base import class_means
@@ -45,7 +46,7 @@ S0For = Callable[[int], torch.Tensor]
 class Variant:
     name: str                 # row label
     method: str
-    k: int = 2
+    k: int | None = 2       # None: the method's own (the hypernetwork's one step, k = T)
     optimizers: list[str] | None = None   # store filter (optimizer-mix ablation)
     ablation: bool = False    # runs with ablation_seeds only
     loss_options: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +58,7 @@ class Variant:
         opt = "" if self.optimizers is None else "-" + "+".join(self.optimizers)
         extra = "".join(f"-{k}{v}" for k, v in sorted({**self.loss_options, **self.policy_options,
                                                           **self.train_options}.items()))
-        return f"{self.method}-k{self.k}{opt}{extra}"
+        return f"{self.method}-k{'T' if self.k is None else self.k}{opt}{extra}"
 
 
 # The learned rows every scenario shows, in the paper's ablation order, plus the earlier
@@ -71,7 +72,7 @@ def budget_variants(budget: float, names: Sequence[str] = LEARNED, policy_option
                     loss_options: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
     """One variant per method name, every one with the same training-time budget (seconds per
     seed); ``loss_options`` maps a method name to its own loss settings."""
-    return [Variant(name, name, k=0 if name == "hypernetwork" else 2, policy_options=dict(policy_options or {}),
+    return [Variant(name, name, k=None if get_method(name).whole_trajectory else 2, policy_options=dict(policy_options or {}),
                     train_options=budgeted(budget, **(train_options or {})),
                     loss_options=dict((loss_options or {}).get(name, {})))
             for name in names]
@@ -163,7 +164,7 @@ def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, ite
     if options.get("time_limit") and (out / "policy.json").exists():
         return _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
     try:
-        return train(store, out, v.method, k=max(v.k, 1), loss_options=v.loss_options,
+        return train(store, out, v.method, k=v.k if v.k is not None else 1, loss_options=v.loss_options,
                      policy_options=v.policy_options, train_options=options, device=device, progress=progress)
     except LohpError as exc:  # a method that diverges is a result, not the end of the benchmark
         if "non-finite" not in str(exc):
@@ -212,12 +213,12 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
             th = gen.generate_batch(xt, s0=xs0(seed))
             extra_accs[name].append(task_metrics(xt, th))
     if gen is None:  # every seed diverged before its first checkpoint
-        return {"method": v.name, "k": None if v.method == "hypernetwork" else v.k, "ablation": v.ablation,
+        return {"method": v.name, "k": None if get_method(v.method).whole_trajectory else v.k, "ablation": v.ablation,
                 "steps": None, "accuracy": float("nan"), "accuracy_std": float("nan"), "accuracy_wide": None,
                 "latency_ms": None, "seeds": [], "per_task": [], "diverged_seeds": diverged, "curves": curves,
                 "iterations_per_second": None, "diagnostics": {}}, {}
     m, s = mean_std(accs)
-    row = {"method": v.name, "k": None if v.method == "hypernetwork" else v.k, "ablation": v.ablation,
+    row = {"method": v.name, "k": None if get_method(v.method).whole_trajectory else v.k, "ablation": v.ablation,
            "diverged_seeds": diverged,
            "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
            "latency_ms": statistics.median(l["latency_ms"] for l in lats),
