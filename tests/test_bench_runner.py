@@ -101,3 +101,52 @@ def test_bench_transfer_end_to_end_through_the_command_line(cli, fake_features, 
     assert {r["dataset"] for r in result["rows"]} == {"openclipart", "fashion"}
     assert "2 held-out Openclipart tasks" in out and "2 Fashion-MNIST tasks" in out and "sample std" in out
     assert (plots / "transfer_accuracy_latency.png").stat().st_size > 0
+
+
+def test_a_registered_benchmark_without_a_command_gets_one(tmp_path, monkeypatch):
+    """A plugin's benchmark: register_benchmark + add_command makes `lohp bench NAME` with its
+    config's options, the shared --json/--quick path and its tables."""
+    import json
+    from dataclasses import dataclass
+
+    from typer.testing import CliRunner
+
+    from lohp.bench import runner
+    from lohp.cli import app
+    from lohp.cli import bench as cli_bench
+    from lohp.config import Config, setting
+
+    @dataclass
+    class ToyConfig(Config):
+        what = "toy benchmark"
+        size: int = setting(3, "Rows.")
+        scale: float = setting(1.0, "Scale.")
+
+        @classmethod
+        def quick(cls):
+            return cls(size=1)
+
+        def __post_init__(self):
+            if self.size <= 0:
+                raise LohpError(f"size must be > 0 (got {self.size})")
+
+    def run(cfg, note=None, train_progress=None):
+        """A toy benchmark."""
+        return {"benchmark": "toy", "rows": [{"method": f"m{i}", "accuracy": cfg.scale * i} for i in range(cfg.size)]}
+
+    monkeypatch.setattr(runner, "BENCHMARKS", dict(runner.BENCHMARKS))
+    runner.register_benchmark("toy-bench", ToyConfig, run,
+                              tables=lambda r: [("toy", r["rows"], [("method", "method", ""), runner.ACCURACY])])
+    commands = list(cli_bench.bench_app.registered_commands)
+    try:
+        assert cli_bench.add_missing_commands() == ["toy-bench"]
+        out = tmp_path / "toy.json"
+        r = CliRunner().invoke(app, ["bench", "toy-bench", "--size", "2", "--scale", "0.5", "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        assert [row["accuracy"] for row in json.loads(out.read_text())["rows"]] == [0.0, 0.5]
+        r = CliRunner().invoke(app, ["bench", "toy-bench", "--quick", "--json", str(tmp_path / "q.json")])
+        assert r.exit_code == 0 and len(json.loads((tmp_path / "q.json").read_text())["rows"]) == 1
+        r = CliRunner().invoke(app, ["bench", "toy-bench", "--size", "0"])
+        assert isinstance(r.exception, LohpError) and "size must be > 0" in str(r.exception)  # the config checks
+    finally:
+        cli_bench.bench_app.registered_commands[:] = commands

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from importlib.metadata import entry_points
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -117,3 +118,21 @@ def rows_where(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]
 def distinct(rows: list[dict[str, Any]], key: str) -> list[Any]:
     """The values of ``key`` over ``rows``, in order of first appearance."""
     return list(dict.fromkeys(r[key] for r in rows))
+
+
+ENTRY_POINT_GROUP = "lohp.benchmarks"
+
+
+def load_plugins() -> list[str]:
+    """Import the modules of installed ``lohp.benchmarks`` entry points (a package declaring
+    ``[project.entry-points."lohp.benchmarks"] mine = "mypkg.bench"`` whose module calls
+    :func:`register_benchmark`); each then is a ``lohp bench`` command. Returns their names."""
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001 - a plugin can fail in any way; lohp still starts
+            raise LohpError(f"benchmark plugin {ep.name!r} ({ep.value}) failed to load ({type(exc).__name__}: "
+                            f"{exc}); fix or uninstall that package") from None
+        loaded.append(ep.name)
+    return loaded

@@ -7,6 +7,7 @@ from the default or the ``--quick`` settings), plus ``--json``, ``--plot`` and `
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,9 +22,10 @@ from lohp.bench import l2o as bl2o
 from lohp.bench import lora as blora
 from lohp.bench import prepare as bp
 from lohp.bench import refine as br
+from lohp.bench import runner
 from lohp.bench import transfer as btr
 from lohp.bench.harness import print_table
-from lohp.bench.runner import Benchmark, TableSpec, benchmark, check_budget
+from lohp.bench.runner import Benchmark, TableSpec, benchmark, check_budget, load_plugins
 from lohp.cli.common import (
     _check_outputs,
     _device,
@@ -239,3 +241,43 @@ def bench_prepare(
         update(counter["n"], counter["n"], "done")
     print_tables(bp.tables(result, head))
     _write_outputs(result, json_out, plot, bp.PNG, bp.plot)
+
+
+# --------------------------------------------------------------------------- any other registered benchmark
+def add_command(bench: Benchmark) -> None:
+    """A command for a registered benchmark that has no hand-written one (a plugin's):
+    --json, --plot, --quick, --budget / --family-option where it has those hooks, and one
+    option per field of its config."""
+
+    def command(json_out: Optional[Path] = None, plot: Optional[Path] = None, quick: bool = False,
+                budget: Optional[float] = None, family_option: Optional[list[str]] = None,
+                cfg_options: Optional[dict] = None) -> None:
+        run_benchmark(bench.name, json_out, plot, quick, cfg_options or {}, budget, family_option)
+
+    defaults = {"json_out": JSON, "plot": PLOT, "quick": QUICK, "budget": BUDGET, "family_option": FAMILY_OPTION,
+                "cfg_options": None}
+    keep = {"json_out", "plot", "quick", "cfg_options"} | ({"budget"} if bench.budget else set()) \
+        | ({"family_option"} if bench.family_setting else set())
+    hints = {"json_out": Optional[Path], "plot": Optional[Path], "quick": bool, "budget": Optional[float],
+             "family_option": Optional[list[str]], "cfg_options": Optional[dict]}
+    params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n], annotation=hints[n])
+              for n in hints if n in keep]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = (bench.run.__doc__ or bench.config_cls.__doc__ or f"The {bench.name} benchmark.").strip()
+    bench_app.command(bench.name)(_options(bench.config_cls)(command))
+
+
+def add_missing_commands() -> list[str]:
+    """Commands for every registered benchmark (plugins included) without one."""
+    have = {c.name for c in bench_app.registered_commands}
+    added = []
+    for name, bench in runner.BENCHMARKS.items():
+        if name not in have:
+            add_command(bench)
+            added.append(name)
+    return added
+
+
+load_plugins()
+add_missing_commands()
