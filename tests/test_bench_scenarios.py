@@ -66,7 +66,11 @@ def test_few_shot_rows_carry_shots_and_a_confidence_interval(fake_features, tmp_
 
 
 def test_ci95_is_the_normal_interval():
-    assert ci95([0.0, 1.0]) == pytest.approx(1.96 * (0.5 ** 0.5) / (2 ** 0.5))
+    # by hand: [0, 1] has sample std sqrt(1/2), standard error sqrt(1/2) / sqrt(2) = 1/2, x 1.96
+    assert ci95([0.0, 1.0]) == pytest.approx(0.98)
+    # [0, 2, 4, 6]: squared deviations 9+1+1+9 = 20, / 3 -> std 2.5820, / 2 -> 1.2910, x 1.96
+    assert ci95([0.0, 2.0, 4.0, 6.0]) == pytest.approx(2.5303, abs=1e-4)
+    assert ci95([0.7, 0.7, 0.7]) == 0
 
 
 def test_domain_rows_per_held_out_domain_and_their_mean(fake_domains, tmp_path):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lohp.config import config_from_dict
+from lohp.config import Config
 from lohp.errors import LohpError
 from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
 from lohp.optim.optimizer import LossAndGrad
@@ -44,8 +44,10 @@ State = dict[str, torch.Tensor]
 
 
 @dataclass
-class L2OConfig:
+class L2OConfig(Config):
     """Architecture of the coordinate-wise LSTM optimizer."""
+
+    what = "L2O"
 
     hidden: int = 20
     layers: int = 2
@@ -61,10 +63,6 @@ class L2OConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise LohpError(f"L2O {name} must be > 0 (got {v!r})")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "L2OConfig":
-        return config_from_dict(cls, d, "L2O")
 
 
 def preprocess(grads: torch.Tensor, p: float = 10.0) -> torch.Tensor:

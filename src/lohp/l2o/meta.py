@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from lohp.config import config_from_dict
+from lohp.config import Config
 from lohp.errors import LohpError
 from lohp.flatness import local_entropy_mean, task_loss_fn
 from lohp.io import ensure_writable_dir
@@ -58,8 +58,10 @@ def check_unroll(horizon: int, truncation: int) -> None:
 
 
 @dataclass
-class MetaConfig:
+class MetaConfig(Config):
     """Everything meta-training needs; JSON-able (stored with the checkpoint)."""
+
+    what = "meta-training"
 
     family: str = "digits"
     family_config: dict[str, Any] = field(default_factory=lambda: {"n_way": 5, "head": "linear"})
@@ -95,12 +97,6 @@ class MetaConfig:
     def segments_per_episode(self) -> int:
         return self.horizon // self.truncation
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MetaConfig":
-        return config_from_dict(cls, d, "meta-training")
 
 
 @dataclass
