@@ -70,7 +70,7 @@ def test_ci95_is_the_normal_interval():
     assert ci95([0.0, 1.0]) == pytest.approx(0.98)
     # [0, 2, 4, 6]: squared deviations 9+1+1+9 = 20, / 3 -> std 2.5820, / 2 -> 1.2910, x 1.96
     assert ci95([0.0, 2.0, 4.0, 6.0]) == pytest.approx(2.5303, abs=1e-4)
-    assert ci95([0.7, 0.7, 0.7]) == 0
+    assert ci95([0.7, 0.7, 0.7]) == pytest.approx(0, abs=1e-12)
 
 
 def test_domain_rows_per_held_out_domain_and_their_mean(fake_domains, tmp_path):
