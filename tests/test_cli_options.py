@@ -30,6 +30,7 @@ class Toy(Config):
     flag: bool = setting(True, "Flag.")
     widths: list[float] = setting(factory=lambda: [1.0, 2.0], help="Widths.")
     limit: Optional[float] = setting(None, "Limit.")
+    counts: tuple[int, ...] = setting((1, 2), "Counts.")
     hidden: int = setting(7, "Not on the command line.", cli=False)
     extra: dict = setting(factory=dict, help="Not an option type.")
 
@@ -54,12 +55,14 @@ def test_defaults_come_from_the_dataclass_and_values_reach_the_command():
     toy_app, seen = _toy_app(False)
     r = CliRunner().invoke(toy_app, ["run"])
     assert r.exit_code == 0, r.output
-    assert seen["toy"] == {"steps": 4, "rate": 0.5, "name": "a", "flag": True, "widths": [1.0, 2.0], "limit": None}
+    assert seen["toy"] == {"steps": 4, "rate": 0.5, "name": "a", "flag": True, "widths": [1.0, 2.0], "limit": None,
+                           "counts": (1, 2)}
     r = CliRunner().invoke(toy_app, ["run", "--steps", "9", "--no-flag", "--widths", "3,4.5", "--limit", "2",
-                                     "--out", "z"])
+                                     "--out", "z", "--counts", "5,6,7"])
     assert r.exit_code == 0, r.output
     assert seen["out"] == "z"
-    assert seen["toy"] == {"steps": 9, "rate": 0.5, "name": "a", "flag": False, "widths": [3.0, 4.5], "limit": 2.0}
+    assert seen["toy"] == {"steps": 9, "rate": 0.5, "name": "a", "flag": False, "widths": [3.0, 4.5], "limit": 2.0,
+                           "counts": (5, 6, 7)}
     assert Toy(**seen["toy"]).steps == 9  # the dict builds the config
 
 
@@ -105,7 +108,7 @@ def test_lohp_commands_show_the_dataclass_defaults(command, classes):
                 continue
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             shown = params[f.name].default
-            if isinstance(default, list):
+            if isinstance(default, (list, tuple)):
                 default = ",".join(str(x) for x in default)
             assert shown == default, (command, f.name, shown, default)
             checked += 1

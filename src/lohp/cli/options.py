@@ -49,14 +49,24 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _list_parser(item: type, flag: str) -> Callable[[str], list[Any]]:
-    def parse(text: str) -> list[Any]:
+def _list_parser(item: type, flag: str, container: type = list) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
-            return [item(p) for p in parts]
+            return container(item(p) for p in parts)
         except ValueError:
             raise LohpError(f"{flag} takes a comma-separated list of {item.__name__} (got {text!r})") from None
     return parse
+
+
+def _sequence_item(tp: Any) -> tuple[type, type] | None:
+    """``(item type, container)`` of ``list[T]`` / ``tuple[T, ...]`` with a scalar T, else None."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and len(args) == 1 and args[0] in SCALARS:
+        return args[0], list
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in SCALARS:
+        return args[0], tuple
+    return None
 
 
 def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tuple[Any, Any, Callable[[Any], Any]] | None:
@@ -66,10 +76,11 @@ def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tupl
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
     convert: Callable[[Any], Any] = lambda v: v  # noqa: E731
-    if typing.get_origin(base) is list and typing.get_args(base) and typing.get_args(base)[0] in SCALARS:
-        item = typing.get_args(base)[0]
-        shown = ",".join(str(x) for x in default) if isinstance(default, list) else default
-        convert = _list_parser(item, flag)
+    sequence = _sequence_item(base)
+    if sequence is not None:
+        item, container = sequence
+        shown = ",".join(str(x) for x in default) if isinstance(default, (list, tuple)) else default
+        convert = _list_parser(item, flag, container)
         annotation: Any = Optional[str]
         default = shown
     elif base in SCALARS:
