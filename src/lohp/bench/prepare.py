@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from lohp.bench.runner import TableSpec
+from lohp.bench.runner import TableSpec, check_positive, register_benchmark
+from lohp.config import Config, setting
+from lohp.errors import LohpError
 from lohp.optim import make_optimizer
 from lohp.plotting import pyplot, save_figure
 from lohp.tasks import make_family
@@ -188,3 +191,66 @@ def tables(result: dict[str, Any], head: str = "linear") -> list[TableSpec]:
              [("optimizer", "optimizer", ""), ("runs_x_steps", "runs x steps", ""),
               ("loop_run_steps_per_s", "per-run loop (run-steps/s)", ".0f"),
               ("vectorised_run_steps_per_s", "vectorised (run-steps/s)", ".0f"), ("speedup_x", "speedup", "")])]
+
+
+@dataclass
+class PrepareBenchConfig(Config):
+    """``lohp bench prepare``: the vectorised collector vs a per-run torch.optim loop, or
+    (``ray``) 1 vs 2 Ray workers on the same workload."""
+
+    what = "bench prepare"
+
+    tasks: int = setting(16, "Tasks.")
+    seeds: int = setting(2, "Seeds per task and optimizer.")
+    steps: int = setting(64, "Steps per run.")
+    batch_size: int = setting(32, "Minibatch size.")
+    repeats: int = setting(3, "Timing repeats (best is kept; not used with --ray).")
+    optimizers: tuple[str, ...] = setting(("sgd", "adam", "sam"), "Optimizers to time.")
+    head: str = setting("linear", "Digits head: linear or mlp.")
+    ray: bool = setting(False, "Instead: Stage I on a local Ray cluster with 1 and 2 workers, the same workload "
+                               "(ray_speedup).")
+
+    def __post_init__(self) -> None:
+        self.optimizers = tuple(self.optimizers)
+        check_positive(self)
+        if not self.optimizers:
+            raise LohpError("--optimizers needs at least one optimizer, e.g. sgd,adam")
+
+    @classmethod
+    def quick(cls) -> "PrepareBenchConfig":
+        return cls(tasks=4, seeds=2, steps=16, repeats=1)
+
+
+def run_config(cfg: PrepareBenchConfig, note: Callable[[str], None] | None = None,
+               train_progress: Any = None) -> dict[str, Any]:
+    common = dict(family_config={"head": cfg.head}, optimizers=cfg.optimizers, tasks=cfg.tasks, seeds=cfg.seeds,
+                  steps=cfg.steps, batch_size=cfg.batch_size, progress=note)
+    result = run_ray(**common) if cfg.ray else run(repeats=cfg.repeats, **common)
+    return {**result, "config": cfg.to_dict()}
+
+
+def _check(cfg: PrepareBenchConfig) -> None:
+    if cfg.ray:
+        ray_executor.check_ray("local")  # Ray installed: before the progress bar
+
+
+def _tables(result: dict[str, Any]) -> list[TableSpec]:
+    return tables(result, result["config"]["head"])
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    return [f"ray_speedup (2 vs 1 workers): {result['ray_speedup']:.2f}x"] if "ray_speedup" in result else []
+
+
+def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
+    """The bar chart into ``target`` (a .png file, or a folder that receives PNG)."""
+    if "ray_speedup" in result:
+        return []
+    target = Path(target)
+    path = target if target.suffix == ".png" else target / PNG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot(result, path)
+    return [path]
+
+
+register_benchmark("prepare", PrepareBenchConfig, run_config, _tables, plots=plots, notes=_notes, check=_check)

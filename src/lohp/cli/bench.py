@@ -20,7 +20,7 @@ from lohp.bench import domain as bdom
 from lohp.bench import fewshot as bfs
 from lohp.bench import l2o as bl2o
 from lohp.bench import lora as blora
-from lohp.bench import prepare as bp
+from lohp.bench import prepare as bp  # noqa: F401  (importing registers bench prepare)
 from lohp.bench import refine as br
 from lohp.bench import runner
 from lohp.bench import transfer as btr
@@ -30,16 +30,13 @@ from lohp.cli.common import (
     _check_outputs,
     _device,
     _run_bench,
-    _split_list,
     _write_outputs,
     app,
     bench_app,
     console,
     parse_family_options,
-    progress_bar,
 )
 from lohp.cli.options import Group, with_options
-from lohp.trajectories.ray_executor import check_ray
 
 DEMO_JSON = "demo.json"
 
@@ -197,50 +194,7 @@ def bench_l2o(json_out: Optional[Path] = JSON,
 
 
 # --------------------------------------------------------------------------- bench prepare
-@bench_app.command("prepare")
-def bench_prepare(
-    json_out: Optional[Path] = JSON,
-    plot: Optional[Path] = typer.Option(None, help="Write a PNG bar chart here (file or folder)."),
-    tasks: int = typer.Option(16, help="Tasks."),
-    seeds: int = typer.Option(2, help="Seeds per task and optimizer."),
-    steps: int = typer.Option(64, help="Steps per run."),
-    batch_size: int = typer.Option(32, help="Minibatch size."),
-    repeats: int = typer.Option(3, help="Timing repeats (best is kept)."),
-    optimizers: str = typer.Option("sgd,adam,sam", help="Optimizers to time."),
-    head: str = typer.Option("linear", help="linear or mlp."),
-    quick: bool = typer.Option(False, help="Small workload for a fast check."),
-    ray: bool = typer.Option(False, "--ray", help="Instead: Stage I on a local Ray cluster with 1 and 2 workers, "
-                                                  "the same workload (ray_speedup)."),
-) -> None:
-    """Vectorised Stage I collector vs a per-run torch.optim loop (run-steps per second).
-
-    With --ray: 1 vs 2 Ray workers on the same workload (ray_speedup)."""
-
-    _check_outputs(json_out, plot)
-    if quick:
-        tasks, seeds, steps, repeats = 4, 2, 16, 1
-    opts = tuple(_split_list(optimizers))
-    if ray:
-        check_ray("local")
-        with progress_bar("bench prepare --ray") as update:
-            result = bp.run_ray(family_config={"head": head}, optimizers=opts, tasks=tasks, seeds=seeds, steps=steps,
-                                batch_size=batch_size, progress=lambda text: update(0, 0, text))
-        print_tables(bp.tables(result, head))
-        console.print(f"ray_speedup (2 vs 1 workers): {result['ray_speedup']:.2f}x")
-        _write_outputs(result, json_out, None, "", None)
-        return
-    with progress_bar("bench prepare") as update:
-        counter = {"n": 0}
-
-        def note(text: str) -> None:
-            update(counter["n"], 2 * repeats * len(opts), text)
-            counter["n"] += 1
-
-        result = bp.run(family_config={"head": head}, optimizers=opts, tasks=tasks, seeds=seeds,
-                        steps=steps, batch_size=batch_size, repeats=repeats, progress=note)
-        update(counter["n"], counter["n"], "done")
-    print_tables(bp.tables(result, head))
-    _write_outputs(result, json_out, plot, bp.PNG, bp.plot)
+# (registered in lohp.bench.prepare; its command comes from PrepareBenchConfig below)
 
 
 # --------------------------------------------------------------------------- any other registered benchmark
