@@ -62,3 +62,37 @@ def test_a_second_method_of_the_same_name_is_refused():
 
     with pytest.raises(LohpError, match="already registered"):
         register_method(Method("lo-hp", MeanStepLoss))
+
+
+def test_the_structure_is_chosen_by_kind_when_asked(small_store_path, tmp_path):
+    """policy option `structure`: the named kind is used (and recorded); one that does not fit
+    the layout, or an unknown one, is refused in one line before any training."""
+    from lohp.policy.structure import _registry, make_structure, register_structure
+    from lohp.training import train
+    from lohp.trajectories import TrajectoryStore
+
+    layout = TrajectoryStore.open(small_store_path).layout
+    assert make_structure(layout).kind == "class-rows"
+    with pytest.raises(LohpError, match="the mlp-units policy|one-hidden-layer"):
+        make_structure(layout, kind="mlp-units")
+    with pytest.raises(LohpError, match="unknown policy structure 'nope'; choose one of class-rows"):
+        make_structure(layout, kind="nope")
+
+    base = type(make_structure(layout))
+
+    class Wide(base):  # a registered kind that serves the same layout
+        kind = "test-wide-rows"
+
+    saved = dict(_registry())
+    register_structure(Wide)
+    try:
+        res = train(small_store_path, tmp_path / "p", "lo-di", 2, {}, {"channels": 8, "depth": 1,
+                                                                       "structure": "test-wide-rows"},
+                    {"iterations": 1, "eval_every": 10, "checkpoint_every": 1, "log_every": 1, "eval_tasks": 1,
+                     "diagnostic_trajectories": 2})
+        assert res["iteration"] == 1
+        import json
+        assert json.loads((tmp_path / "p" / "policy.json").read_text())["structure"]["kind"] == "test-wide-rows"
+    finally:
+        _registry().clear()
+        _registry().update(saved)

@@ -302,7 +302,7 @@ class Trainer:
         pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
         self.policy_config = pc
         self.data = OfflineData(self.store, k, self.train_config.optimizers, device)
-        structure = make_structure(self.store.layout, {"features": pc.features})
+        structure = make_structure(self.store.layout, {"features": pc.features}, kind=pc.structure)
         with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
             torch.manual_seed(self.train_config.seed)
             self.policy = LohpPolicy(structure, self.data.n_steps, pc, self.data.step_scale.cpu(),

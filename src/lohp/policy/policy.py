@@ -54,6 +54,8 @@ class PolicyConfig(Config):
                                          "features.")
     skip_init: float = setting(1.0, "Initial gain of that step, in units of the real step size (0 = no step).")
     features: str = setting("gradient", "Head (class-rows) condition features: gradient (+ class means) or means.")
+    structure: str | None = setting(None, "Policy structure kind (class-rows, mlp-units, lora-dims or a registered "
+                                          "one); default: the first registered one that fits the store's layout.")
 
     def __post_init__(self) -> None:
         if self.backward not in BACKWARD_KINDS:

@@ -186,10 +186,18 @@ def retarget(trained: Any, layout: ParamLayout) -> Any:
     return new
 
 
-def make_structure(layout: ParamLayout, options: dict[str, Any] | None = None, spec: dict[str, Any] | None = None):
+def make_structure(layout: ParamLayout, options: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+                   kind: str | None = None):
     """The structure for a generated subset: the saved kind (``spec``, a structure's
-    ``to_dict()``) when reopening a policy, else the first registered one that fits."""
+    ``to_dict()``) when reopening a policy, the registered ``kind`` when one is asked for,
+    else the first registered one that fits."""
     registry = _registry()
+    if kind is not None and spec is None:
+        cls = registry.get(kind)
+        if cls is None:
+            raise LohpError(f"unknown policy structure {kind!r}; choose one of "
+                            + ", ".join(f"{k} ({getattr(c, 'serves', k)})" for k, c in registry.items()))
+        return cls.from_layout(layout, options)
     if spec is not None:
         cls = registry.get(spec.get("kind"))
         if cls is None:
