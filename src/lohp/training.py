@@ -50,10 +50,15 @@ LOG = "log.csv"
 
 # --------------------------------------------------------------------------- data
 class OfflineData:
-    """Offline trajectories at online times (stride k), their conditions, and scales."""
+    """Offline trajectories at online times (stride k), their conditions, and scales.
+
+    Up to ``in_memory_gb`` the stride-k trajectories are held as one tensor; a larger store
+    (or ``in_memory_gb=0``) is *streamed*: each batch reads its trajectories from the
+    memory-mapped shards, so Stage II needs memory for a batch, not for the store. Both
+    modes draw the same batches from the same generator."""
 
     def __init__(self, store: TrajectoryStore, k: int, optimizers: list[str] | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", in_memory_gb: float | None = None):
         cfg = store.config
         total = cfg["steps"]
         if k > total:
@@ -76,14 +81,24 @@ class OfflineData:
             have = sorted({tr["optimizer"] for tr in store})
             raise LohpError(f"the store holds no trajectory of optimizer(s) {optimizers}; it has {', '.join(have)}")
         self.optimizers = sorted({store.trajectories[i]["optimizer"] for i in chosen})
-        full = [store.theta(i) for i in chosen]
-        bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
-        if bad.any():
-            tid = store.trajectories[chosen[int(bad.nonzero()[0])]]["id"]
-            raise LohpError(f"trajectory {tid} of {store.path} contains NaN or inf; re-prepare the store "
-                            "with a lower learning rate for its optimizer")
-        thetas = torch.stack([t[idx] for t in full])
-        del full
+        self.store, self.device, self._chosen, self._idx = store, device, chosen, idx
+        size_gb = len(chosen) * len(idx) * store.layout.size * 4 / 2 ** 30
+        self.streamed = in_memory_gb is not None and size_gb > in_memory_gb
+        if self.streamed:
+            self.thetas = None
+            self._scales_streaming()
+        else:
+            full = [store.theta(i) for i in chosen]
+            bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
+            if bad.any():
+                self._refuse_non_finite(chosen[int(bad.nonzero()[0])])
+            thetas = torch.stack([t[idx] for t in full])
+            del full
+            self.thetas = thetas.to(device)
+            steps = self.thetas[:, 1:] - self.thetas[:, :-1]
+            self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
+            self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
+            self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
         family = store.family()
         conds: dict[int, torch.Tensor] = {}
         for i in chosen:
@@ -91,26 +106,52 @@ class OfflineData:
             if seed not in conds:
                 conds[seed] = family.sample(seed, store.config["split"]).condition()
         self.cond = torch.stack([conds[store.trajectories[i]["task_seed"]] for i in chosen]).to(device)
-        self.thetas = thetas.to(device)
-        self.family, self.store = family, store
+        self.family = family
         self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
         self.task_seeds = torch.tensor([store.trajectories[i]["task_seed"] for i in chosen])
         self._tasks: dict[int, Any] = {}
-        steps = self.thetas[:, 1:] - self.thetas[:, :-1]
-        self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
-        self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
         self.cond_scale = self.cond.square().mean().sqrt().clamp_min(1e-8).item()
-        self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
+
+    def _refuse_non_finite(self, i: int) -> None:
+        tid = self.store.trajectories[i]["id"]
+        raise LohpError(f"trajectory {tid} of {self.store.path} contains NaN or inf; re-prepare the store "
+                        "with a lower learning rate for its optimizer")
+
+    def _scales_streaming(self) -> None:
+        """The finiteness check and the scales in one pass, one trajectory in memory at a time
+        (float64 sums: the same means as the in-memory path up to rounding)."""
+        n, d = self.n_steps, self.store.layout.size
+        sq_steps, sq_all, sq_init = torch.zeros(n, dtype=torch.float64), 0.0, 0.0
+        for i in self._chosen:
+            t = self.store.theta(i)
+            if not torch.isfinite(t).all():
+                self._refuse_non_finite(i)
+            s = t[self._idx].double()
+            sq_steps += (s[1:] - s[:-1]).square().sum(1)
+            sq_all += s.square().sum().item()
+            sq_init += s[0].square().sum().item()
+        r = len(self._chosen)
+        self.step_scale = (sq_steps / (r * d)).sqrt().float().clamp_min(1e-8).to(self.device)
+        self.theta_scale = max((sq_all / (r * (n + 1) * d)) ** 0.5, 1e-8)
+        self.init_scale = max((sq_init / (r * d)) ** 0.5, 1e-8)
 
     def __len__(self) -> int:
-        return len(self.thetas)
+        return len(self._chosen)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Trajectories ``idx`` at online times, ``[len(idx), N+1, d]`` (read from the shards
+        when streamed)."""
+        if self.thetas is not None:
+            return self.thetas[idx.to(self.thetas.device)]
+        return torch.stack([self.store.theta(self._chosen[i])[self._idx] for i in idx.tolist()]).to(self.device)
 
     def sample(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
         """``batch_size`` trajectories drawn with replacement; with ``world > 1`` processes,
         rank r keeps rows r, r + world, ... of the same global draw (data parallel)."""
-        idx = torch.randint(len(self), (batch_size,), generator=generator)[rank::world].to(self.thetas.device)
-        return Batch(self.thetas[idx], self.cond[idx], generator,
-                     task_loss=lambda rows: self.task_loss(self.task_seeds[idx[rows].cpu()].tolist()))
+        idx = torch.randint(len(self), (batch_size,), generator=generator)[rank::world]
+        cond_idx = idx.to(self.cond.device)
+        return Batch(self.rows(idx), self.cond[cond_idx], generator,
+                     task_loss=lambda rows: self.task_loss(self.task_seeds[idx[rows.cpu()]].tolist()))
 
     def task_loss(self, seeds: list[int]):
         """``f(theta [len(seeds), d]) -> [len(seeds)]``: each task's full training-split loss."""
@@ -145,6 +186,9 @@ class TrainConfig(Config):
     optimizers: list[str] | None = setting(None, "Use only these optimizers' trajectories, e.g. sgd,adam.")
     time_limit: float | None = setting(None, "Stop after this many training seconds (evaluation off the clock; "
                                              "checkpointed).")
+    in_memory_gb: float | None = setting(4.0, "Hold the stride-k trajectories in memory up to this size (GiB); a "
+                                              "larger store is read from its memory-mapped shards batch by batch "
+                                              "(0: always stream).")
     # learning curves against time compare methods of different iteration costs
     eval_every_seconds: float | None = setting(None, "Also evaluate held-out accuracy every this many training "
                                                      "seconds (a learning curve).")
@@ -157,6 +201,8 @@ class TrainConfig(Config):
         for name in ("lr", "lr_backward", "lr_flow"):
             if not getattr(self, name) > 0:
                 raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.in_memory_gb is not None and not self.in_memory_gb >= 0:
+            raise LohpError(f"in_memory_gb must be >= 0 (got {self.in_memory_gb})")
         for name in ("time_limit", "eval_every_seconds"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -246,7 +292,8 @@ def diagnostics(policy: LohpPolicy, data: OfflineData, n: int = 64) -> dict[str,
     dist: RMS distance of the mean rollout to the matched checkpoints, relative to the
     RMS size of the real steps; dist_final: ||s_N - theta_T|| / ||theta_T - theta_0||.
     """
-    th, cond = data.thetas[:n], data.cond[:n]
+    n = min(n, len(data))
+    th, cond = data.rows(torch.arange(n)), data.cond[:n]
     b, n1, d = th.shape
     nn_ = n1 - 1
     states, nxt = th[:, :-1].reshape(-1, d), th[:, 1:].reshape(-1, d)
@@ -301,7 +348,7 @@ class Trainer:
         # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)
         pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
         self.policy_config = pc
-        self.data = OfflineData(self.store, k, self.train_config.optimizers, device)
+        self.data = OfflineData(self.store, k, self.train_config.optimizers, device, self.train_config.in_memory_gb)
         structure = make_structure(self.store.layout, {"features": pc.features}, kind=pc.structure)
         with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
             torch.manual_seed(self.train_config.seed)
