@@ -225,3 +225,21 @@ def test_streamed_offline_data_draws_the_same_batches_and_trains_the_same(small_
         with open(tmp_path / name / "log.csv") as fh:
             losses.append([float(r["loss"]) for r in csv.DictReader(fh)])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4) and len(losses[0]) == 3  # (scales differ by rounding)
+
+
+def test_a_policy_folder_from_before_a_new_setting_resumes(small_store_path, tmp_path):
+    """A policy.json without a setting this version added (as an older lohp wrote it)
+    resumes with that setting's default; a changed setting is still refused."""
+    import json
+
+    opts = {"iterations": 1, "eval_every": 100, "checkpoint_every": 1, "log_every": 1, "eval_tasks": 1,
+            "diagnostic_trajectories": 2}
+    pol = {"channels": 8, "depth": 1}
+    train(small_store_path, tmp_path / "p", "lo-di", 2, {}, pol, opts)
+    meta_path = tmp_path / "p" / "policy.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["policy_config"]["structure"]  # a setting added in a later version
+    meta_path.write_text(json.dumps(meta))
+    assert train(small_store_path, tmp_path / "p", "lo-di", 2, {}, pol, {**opts, "iterations": 2})["iteration"] == 2
+    with pytest.raises(LohpError, match="policy_config differ"):
+        train(small_store_path, tmp_path / "p", "lo-di", 2, {}, {**pol, "channels": 16}, {**opts, "iterations": 3})

@@ -277,6 +277,17 @@ class Distributed:
 _RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha")
 
 
+def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """A saved policy description with settings a newer lohp added filled in by their
+    defaults (new settings default to the old behaviour), so a folder trained by an older
+    version resumes; a changed or unknown setting still differs."""
+    out = dict(meta)
+    for key, cls in (("policy_config", PolicyConfig), ("loss_config", LossConfig)):
+        if isinstance(out.get(key), dict):
+            out[key] = {**asdict(cls()), **out[key]}
+    return out
+
+
 def _iteration_generator(seed: int, iteration: int, device: str) -> torch.Generator:
     s = int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
     return torch.Generator(device=device).manual_seed(s)
@@ -398,7 +409,7 @@ class Trainer:
             for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, "curves.png"):
                 (self.out / name).unlink(missing_ok=True)
         elif meta_path.exists():
-            old = read_json(meta_path, "policy description")
+            old = _with_defaults(read_json(meta_path, "policy description"))
             diff = [k for k in _RESUME_KEYS if old.get(k) != self.meta.get(k)]
             if diff:
                 raise LohpError(f"{self.out} holds a policy trained with other settings ({', '.join(diff)} differ); "
