@@ -40,7 +40,7 @@ for spec in names:
     lo = dict(extra.get(tag, {}).get("loss", {}))
     po = {**pol, **extra.get(tag, {}).get("policy", {})}
     to = budgeted(budget, **tr, **extra.get(tag, {}).get("train", {}))
-    v = Variant(spec.replace(":", "_"), name, k=0 if name == "hypernetwork" else 2, loss_options=lo, policy_options=po, train_options=to)
+    v = Variant(spec.replace(":", "_"), name, k=None if name == "hypernetwork" else 2, loss_options=lo, policy_options=po, train_options=to)
     row, _ = learned_row(work, store, v, tasks, s0_for, seeds, 0, 16 if scen != "domain" else 8, lambda s: None, latency_repeats=5)
     import csv
     from lohp.bench.scenario import policy_dir

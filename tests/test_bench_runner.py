@@ -150,3 +150,31 @@ def test_a_registered_benchmark_without_a_command_gets_one(tmp_path, monkeypatch
         assert isinstance(r.exception, LohpError) and "size must be > 0" in str(r.exception)  # the config checks
     finally:
         cli_bench.bench_app.registered_commands[:] = commands
+
+
+def test_a_broken_benchmark_plugin_costs_only_its_own_command(tmp_path):
+    """An installed lohp.benchmarks entry point that fails to import: lohp still runs every
+    command, and says in one line which plugin is missing and why."""
+    import os
+    import subprocess
+    import sys
+
+    dist = tmp_path / "brokenplugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lohp.benchmarks]\nbroken = no_such_module_xyz.bench\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "lohp", "bench", "--help"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and "digits" in r.stdout
+    warning = [ln for ln in r.stderr.splitlines() if "broken" in ln]
+    assert len(warning) == 1 and "failed to load" in warning[0] and "Traceback" not in r.stderr
+
+
+def test_a_second_benchmark_of_a_registered_name_is_refused():
+    from lohp.bench import runner
+
+    before = runner.BENCHMARKS["digits"]
+    with pytest.raises(LohpError, match="a benchmark named 'digits' is already registered"):
+        runner.register_benchmark("digits", digits.DigitsBenchConfig, digits.run, digits.tables)
+    assert runner.BENCHMARKS["digits"] is before

@@ -120,3 +120,32 @@ def test_lohp_train_loss_options_wait_for_the_method_preset():
     params = {p.name: p for p in get_command(app).commands["train"].params}
     assert params["method"].default == LossConfig().method and params["k"].default == LossConfig().k
     assert params["beta"].default is None and params["rollouts"].default is None
+
+
+def test_the_documented_defaults_of_lohp_prepare_and_train():
+    """Literal values (the README's and the earlier CLI's), not read back from the dataclasses."""
+    prepare = {p.name: p.default for p in get_command(app).commands["prepare"].params}
+    assert (prepare["tasks"], prepare["steps"], prepare["seeds"], prepare["batch_size"], prepare["family"],
+            prepare["optimizers"], prepare["init"]) == (16, 32, 1, 32, "digits", "sgd,adam,sam", "standard")
+    train = {p.name: p.default for p in get_command(app).commands["train"].params}
+    assert (train["iterations"], train["batch_size"], train["lr"], train["k"], train["method"], train["sigma_f"],
+            train["channels"], train["checkpoint_every"]) == (1500, 16, 1e-3, 2, "lo-hp", 0.25, 32, 100)
+
+
+def test_lohp_train_applies_the_method_preset(cli, small_store_path, tmp_path):
+    """An option left unset takes the method's preset (lo-hp: beta 0.8), a given one wins,
+    and --set backward reaches the loss (the policy's copy follows it)."""
+    import json
+
+    base = ["train", "--store", small_store_path, "--iterations", "1", "--channels", "8", "--depth", "1",
+            "--eval-every", "100"]
+    code, _, err = cli(*base, "--out", tmp_path / "a")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "a" / "policy.json").read_text())
+    assert meta["loss_config"]["beta"] == 0.8
+    code, _, err = cli(*base, "--out", tmp_path / "b", "--beta", "0.3", "--method", "lo-hp-v1",
+                       "--set", "backward=bridge")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "b" / "policy.json").read_text())
+    assert meta["loss_config"]["beta"] == 0.3 and meta["loss_config"]["backward"] == "bridge"
+    assert meta["policy_config"]["backward"] == "bridge"

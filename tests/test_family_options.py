@@ -225,9 +225,10 @@ class _Plain(TaskFamily):
         return dataclasses.replace(task, family=self.name, x_train=task.x_train + self.offset)
 
 
-def test_a_family_without_options_keeps_working():
+def test_a_family_without_options_keeps_working(monkeypatch):
     from lohp.testing import check_family
 
+    monkeypatch.delitem(FAMILIES, "test-plain", raising=False)  # the registration is undone after the test
     register_family("test-plain", _Plain, overwrite=True)
     fam = make_family("test-plain", n_way=4, offset=0.5)
     assert fam.config() == {"n_way": 4, "offset": 0.5}

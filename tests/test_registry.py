@@ -96,3 +96,16 @@ def test_the_structure_is_chosen_by_kind_when_asked(small_store_path, tmp_path):
     finally:
         _registry().clear()
         _registry().update(saved)
+
+
+def test_a_second_structure_of_a_registered_kind_is_refused():
+    """Saved policies reopen through their kind, so another class may not take it over."""
+    from lohp.policy.structure import ClassRowStructure, _registry, register_structure
+
+    class Impostor(ClassRowStructure):
+        kind = "class-rows"
+
+    with pytest.raises(LohpError, match="kind 'class-rows' is already registered"):
+        register_structure(Impostor)
+    assert _registry()["class-rows"] is ClassRowStructure
+    assert register_structure(ClassRowStructure) is ClassRowStructure  # the same class again: a no-op

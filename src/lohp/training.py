@@ -143,7 +143,15 @@ class OfflineData:
         when streamed)."""
         if self.thetas is not None:
             return self.thetas[idx.to(self.thetas.device)]
-        return torch.stack([self.store.theta(self._chosen[i])[self._idx] for i in idx.tolist()]).to(self.device)
+        return torch.stack([self._read(self._chosen[i]) for i in idx.tolist()]).to(self.device)
+
+    def _read(self, i: int) -> torch.Tensor:
+        """Trajectory i at online times: only those records are read when they are evenly
+        spaced (every stride-k store: k is a multiple of record_every)."""
+        first, stride = self._idx[0], (self._idx[1] - self._idx[0]) if len(self._idx) > 1 else 1
+        if self._idx == list(range(first, first + stride * len(self._idx), stride)):
+            return self.store.theta(i, first, self._idx[-1] + 1, stride)
+        return self.store.theta(i)[self._idx]
 
     def sample(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
         """``batch_size`` trajectories drawn with replacement; with ``world > 1`` processes,

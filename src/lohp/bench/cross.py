@@ -99,6 +99,8 @@ class CrossBenchConfig(Config):
 
     def __post_init__(self) -> None:
         known = _studies()
+        if not self.studies:
+            raise LohpError(f"--studies needs at least one of {', '.join(known)}")
         bad = [s for s in self.studies if s not in known]
         if bad:
             raise LohpError(f"unknown cross study {', '.join(bad)}; choose from {', '.join(known)}")

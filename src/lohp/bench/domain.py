@@ -79,6 +79,8 @@ class DomainBenchConfig(Config):
 
     def __post_init__(self) -> None:
         check_positive(self)
+        if not self.datasets or not self.domains:
+            raise LohpError("--datasets and --domains each need at least one value")
         bad = [d for d in self.datasets if d not in DATASETS]
         if bad:
             raise LohpError(f"unknown dataset {', '.join(bad)}; choose from {', '.join(DATASETS)}")

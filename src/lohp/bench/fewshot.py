@@ -18,6 +18,7 @@ from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
 from lohp.bench.scenario import Part, Variant, budget_variants, ci95, public, run_parts
 from lohp.config import Config, setting
+from lohp.errors import LohpError
 
 # Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
 # the policy steps on the surrogate gradient of the support-set class means.
@@ -61,6 +62,8 @@ class FewShotBenchConfig(Config):
 
     def __post_init__(self) -> None:
         check_positive(self)
+        if not self.shots or min(self.shots) <= 0:
+            raise LohpError(f"--shots takes shot counts >= 1, e.g. 1,5 (got {self.shots})")
 
     @classmethod
     def quick(cls, work: str = "runs/bench-few-shot-quick") -> "FewShotBenchConfig":

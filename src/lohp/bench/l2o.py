@@ -54,7 +54,7 @@ from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
 from lohp.io import ensure_writable_dir
 from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, make_regularizer, run_optimizee
 from lohp.optim import make_optimizer
-from lohp.plotting import pyplot, save_figure
+from lohp.plotting import figure_path, pyplot, save_figure
 from lohp.tasks import make_family
 from lohp.trajectories.collect import train_runs
 
@@ -378,8 +378,7 @@ def run_config(cfg: L2OBenchConfig, note: Callable[[str], None] | None = None, t
 
 def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
     """The figure of :func:`plot` at ``target`` (a file, or a folder: ``target / PNG``)."""
-    target = Path(target)
-    path = target / PNG if (target.is_dir() or target.suffix == "") else target
+    path = figure_path(target, PNG)
     ensure_writable_dir(path.parent)
     plot(result, path)
     return [path]

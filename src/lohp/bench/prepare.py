@@ -20,7 +20,7 @@ from lohp.bench.runner import TableSpec, check_positive, register_benchmark
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.optim import make_optimizer
-from lohp.plotting import pyplot, save_figure
+from lohp.plotting import figure_path, pyplot, save_figure
 from lohp.tasks import make_family
 from lohp.trajectories import make_config, prepare, ray_executor
 from lohp.trajectories.collect import train_runs
@@ -141,7 +141,7 @@ def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
     cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks, seeds=seeds,
                       steps=steps, batch_size=batch_size, shard_runs=shard_runs)
     n_shards = len(optimizers) * -(-tasks * seeds // shard_runs)
-    ray = ray_executor.init(None, num_cpus=max(workers))
+    ray = ray_executor.init("local", num_cpus=max(workers))  # a local cluster, whatever RAY_ADDRESS says
     work = tasks * seeds * len(optimizers) * steps
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,12 +149,12 @@ def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
             progress("warming up the Ray workers")
         warm = make_config(family=family, family_config=family_config, optimizers=optimizers[:1], tasks=max(workers),
                            steps=2, batch_size=batch_size, shard_runs=1)
-        prepare(Path(tmp) / "warm", warm, executor="ray", ray_workers=max(workers))
+        prepare(Path(tmp) / "warm", warm, executor="ray", ray_address="local", ray_workers=max(workers))
         for w in workers:
             if progress:
                 progress(f"{w} Ray worker(s): {n_shards} shards")
             t0 = time.perf_counter()
-            prepare(Path(tmp) / f"ray{w}", cfg, executor="ray", ray_workers=w)
+            prepare(Path(tmp) / f"ray{w}", cfg, executor="ray", ray_address="local", ray_workers=w)
             sec = time.perf_counter() - t0
             rows.append({"executor": "ray", "workers": w, "seconds": sec, "run_steps_per_s": work / sec})
         if progress:
@@ -243,11 +243,10 @@ def _notes(result: dict[str, Any]) -> list[str]:
 
 
 def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
-    """The bar chart into ``target`` (a .png file, or a folder that receives PNG)."""
+    """The bar chart at ``target`` (a file, or a folder that receives PNG)."""
     if "ray_speedup" in result:
         return []
-    target = Path(target)
-    path = target if target.suffix == ".png" else target / PNG
+    path = figure_path(target, PNG)
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(result, path)
     return [path]

@@ -35,6 +35,7 @@ from lohp.bench.scenario import ADAM_LRS, budget_variants, policy_dir, s0_sample
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
+from lohp.losses import method_names
 from lohp.optim import make_optimizer
 from lohp.plotting import pyplot, save_figure
 from lohp.trajectories.collect import evaluate_checkpoints, train_runs
@@ -119,6 +120,13 @@ class RefineBenchConfig(Config):
         if bad:
             raise LohpError(f"unknown refine scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
         check_budget(self.budget)
+        unknown = [m for m in self.methods if m not in method_names()]
+        if unknown or not self.methods:  # before Stage I runs
+            raise LohpError(f"--methods takes generated starts from {', '.join(method_names())} "
+                            f"(got {', '.join(self.methods) or 'none'})")
+        self.step_counts = tuple(int(c) for c in self.step_counts)
+        if not self.step_counts or min(self.step_counts) < 0:
+            raise LohpError(f"--step-counts takes Adam step counts >= 0, e.g. 0,8,32 (got {self.step_counts})")
 
     @classmethod
     def quick_config(cls, **kw: Any) -> "RefineBenchConfig":

@@ -77,8 +77,13 @@ BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def register_benchmark(name: str, config_cls: type, run: Callable[..., dict[str, Any]],
-                       tables: Callable[[dict[str, Any]], list[TableSpec]], **hooks: Any) -> Benchmark:
-    """Add (or replace) the benchmark ``name``; ``hooks`` as the fields of :class:`Benchmark`."""
+                       tables: Callable[[dict[str, Any]], list[TableSpec]], overwrite: bool = False,
+                       **hooks: Any) -> Benchmark:
+    """Add the benchmark ``name`` (another of that name is refused unless ``overwrite``);
+    ``hooks`` as the fields of :class:`Benchmark`."""
+    if name in BENCHMARKS and not overwrite:
+        raise LohpError(f"a benchmark named {name!r} is already registered; pick another name or pass "
+                        "overwrite=True")
     bench = Benchmark(name, config_cls, run, tables, **hooks)
     BENCHMARKS[name] = bench
     return bench
@@ -123,16 +128,18 @@ def distinct(rows: list[dict[str, Any]], key: str) -> list[Any]:
 ENTRY_POINT_GROUP = "lohp.benchmarks"
 
 
-def load_plugins() -> list[str]:
+def load_plugins() -> tuple[list[str], list[str]]:
     """Import the modules of installed ``lohp.benchmarks`` entry points (a package declaring
     ``[project.entry-points."lohp.benchmarks"] mine = "mypkg.bench"`` whose module calls
-    :func:`register_benchmark`); each then is a ``lohp bench`` command. Returns their names."""
-    loaded = []
+    :func:`register_benchmark`); each then is a ``lohp bench`` command. Returns the names
+    loaded and one line per plugin that failed: a broken plugin costs its own command only."""
+    loaded, failed = [], []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
         except Exception as exc:  # noqa: BLE001 - a plugin can fail in any way; lohp still starts
-            raise LohpError(f"benchmark plugin {ep.name!r} ({ep.value}) failed to load ({type(exc).__name__}: "
-                            f"{exc}); fix or uninstall that package") from None
+            failed.append(f"benchmark plugin {ep.name!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); "
+                          "lohp bench runs without it: fix or uninstall that package")
+            continue
         loaded.append(ep.name)
-    return loaded
+    return loaded, failed

@@ -53,12 +53,16 @@ class Variant:
     policy_options: dict[str, Any] = field(default_factory=dict)
     train_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.k == 0:  # the earlier spelling of "the method's own" (the hypernetwork)
+            self.k = None
+
     @property
     def slug(self) -> str:
         opt = "" if self.optimizers is None else "-" + "+".join(self.optimizers)
         extra = "".join(f"-{k}{v}" for k, v in sorted({**self.loss_options, **self.policy_options,
                                                           **self.train_options}.items()))
-        return f"{self.method}-k{'T' if self.k is None else self.k}{opt}{extra}"
+        return f"{self.method}-k{0 if self.k is None else self.k}{opt}{extra}"  # (k0: folder names as before)
 
 
 # The learned rows every scenario shows, in the paper's ablation order, plus the earlier

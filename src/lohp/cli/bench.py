@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 import typer
+from rich.markup import escape
 
 from lohp.bench import cross as bc
 from lohp.bench import digits as bd
@@ -34,6 +35,7 @@ from lohp.cli.common import (
     app,
     bench_app,
     console,
+    err_console,
     parse_family_options,
 )
 from lohp.cli.options import Group, with_options
@@ -233,5 +235,6 @@ def add_missing_commands() -> list[str]:
     return added
 
 
-load_plugins()
+for _line in load_plugins()[1]:
+    err_console.print(f"warning: {escape(_line)}", highlight=False, soft_wrap=True)
 add_missing_commands()

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lohp.bench import runner
 from lohp.errors import LohpError
+from lohp.plotting import figure_path
 from lohp.io import atomic_write_json, ensure_writable_dir
 
 app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
@@ -162,7 +163,7 @@ def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | N
         atomic_write_json(json_out, result)
         console.print(f"wrote {json_out}")
     if plot is not None:
-        target = plot / default_name if (plot.is_dir() or plot.suffix == "") else plot
+        target = figure_path(plot, default_name)
         ensure_writable_dir(target.parent)
         plot_fn(result, target)
         console.print(f"wrote {target}")

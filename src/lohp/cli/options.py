@@ -52,6 +52,8 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 def _list_parser(item: type, flag: str, container: type = list) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise LohpError(f"{flag} needs at least one value (a comma-separated list); drop it for the default")
         try:
             return container(item(p) for p in parts)
         except ValueError:
@@ -143,10 +145,3 @@ def with_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[...,
     return decorate
 
 
-def config_fields(*classes: type) -> dict[str, type]:
-    """``{field name: the class that owns it}`` over several settings classes (first wins)."""
-    out: dict[str, type] = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            out.setdefault(f.name, cls)
-    return out

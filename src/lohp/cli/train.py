@@ -127,7 +127,8 @@ def _config_of(key: str) -> str:
     """Which settings dataclass has the field ``key`` (one line naming them all if none)."""
 
 
-    owners = [cls.what for cls in (PolicyConfig, TrainConfig, LossConfig) if key in {f.name for f in fields(cls)}]
+    # the loss first: `backward` is the loss's setting (the trainer copies it into the policy's)
+    owners = [cls.what for cls in (LossConfig, PolicyConfig, TrainConfig) if key in {f.name for f in fields(cls)}]
     if not owners or key == "method":
         known = sorted({f.name for cls in (PolicyConfig, TrainConfig, LossConfig) for f in fields(cls)} - {"method"})
         raise LohpError(f"--set {key}: no such setting; settings: {', '.join(known)}")

@@ -121,7 +121,8 @@ def openclipart_files(max_per_class: int = 60, seed: int = 0) -> dict[str, list[
 def render_svg(path: Path, size: int) -> np.ndarray:
     """One drawing as ``uint8 [size, size, 3]`` on white (aspect kept, centred); None on failure."""
 
-    Image = require_module("PIL", "rendering Openclipart drawings").Image
+    require_module("PIL", "rendering Openclipart drawings")
+    from PIL import Image  # (the submodule: importing PIL alone does not load it)
 
     try:
         png = subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "-a", "-b", "white", str(path)],

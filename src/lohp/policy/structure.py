@@ -150,11 +150,19 @@ class ClassRowStructure:
 _STRUCTURES: dict[str, Any] = {}
 
 
-def register_structure(cls: Any) -> Any:
+def register_structure(cls: Any = None, *, overwrite: bool = False) -> Any:
     """Register a structure class by its ``kind`` (usable as a decorator). Registration
-    order is the order :func:`make_structure` tries them in."""
-    _STRUCTURES[cls.kind] = cls
-    return cls
+    order is the order :func:`make_structure` tries them in. Another class of a kind
+    already registered is refused (saved policies reopen through the kind) unless
+    ``overwrite``."""
+    def add(cls: Any) -> Any:
+        old = _STRUCTURES.get(cls.kind)
+        if old is not None and old is not cls and not overwrite:
+            raise LohpError(f"a policy structure of kind {cls.kind!r} is already registered ({old.__name__}); "
+                            "pick another kind or pass overwrite=True")
+        _STRUCTURES[cls.kind] = cls
+        return cls
+    return add if cls is None else add(cls)
 
 
 register_structure(ClassRowStructure)

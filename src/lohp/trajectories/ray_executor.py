@@ -65,6 +65,8 @@ def init(address: str | None = None, num_cpus: int | None = None):
                               "configure_logging": False}
     if addr in (None, "local"):
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        if addr == "local":  # a new local cluster even when RAY_ADDRESS names another one
+            kwargs["address"] = "local"
     else:
         kwargs["address"] = addr
     try:

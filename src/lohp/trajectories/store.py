@@ -156,8 +156,9 @@ class TrajectoryStore:
         tr = self.trajectories[i]
         return tr["shard"], tr["index"]
 
-    def theta(self, i: int, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        """Recorded checkpoints ``[start:stop]`` of trajectory i as ``[n, d]``.
+    def theta(self, i: int, start: int | None = None, stop: int | None = None, step: int | None = None
+              ) -> torch.Tensor:
+        """Recorded checkpoints ``[start:stop:step]`` of trajectory i as ``[n, d]``.
 
         Indices count *records* (see ``steps(i)`` for the optimizer step of each).
         Only the requested rows are read from the memory-mapped shard.
@@ -165,7 +166,7 @@ class TrajectoryStore:
         shard, idx = self._locate(i)
         self.verify_shard(shard)
         with safe_open(self.shard_path(shard), framework="pt") as fh:
-            return fh.get_slice("theta")[idx:idx + 1, start:stop][0]
+            return fh.get_slice("theta")[idx:idx + 1, start:stop:step][0]
 
     def steps(self, i: int) -> list[int]:
         return self.trajectories[i]["steps"]
