@@ -198,5 +198,10 @@ def notes(result: dict[str, Any]) -> list[str]:
     return [f"not served: {r['architecture']} ({r['study']}): {r['reason']}" for r in result["rows"] if not r["served"]]
 
 
+HELP = """Cross-architecture generation: a policy serves MLP widths / class counts it never saw.
+
+    Each unseen architecture beside a policy trained on it and Adam after T steps."""
+
+
 register_benchmark("cross", CrossBenchConfig, run, tables, plots=plots, notes=notes,
-                   quick=CrossBenchConfig.quick_config)
+                   quick=CrossBenchConfig.quick_config, help=HELP)

@@ -231,4 +231,7 @@ def _options(given: dict[str, Any], base: DigitsBenchConfig) -> dict[str, Any]:
     return {**given, "budget": None} if "iterations" in given else given
 
 
-register_benchmark("digits", DigitsBenchConfig, run, tables, plots=plots, options=_options)
+HELP = """Every method on held-out digits tasks: accuracy, robustness, latency, speedup."""
+
+
+register_benchmark("digits", DigitsBenchConfig, run, tables, plots=plots, options=_options, help=HELP)

@@ -160,5 +160,8 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
+HELP = """Leave-one-domain-out on rotated MNIST / Fashion-MNIST; the whole MLP is generated."""
+
+
 register_benchmark("domain", DomainBenchConfig, run, tables, plots=plots, family_setting="family_options",
-                   budget=lambda seconds: {"variants": default_variants(seconds)})
+                   budget=lambda seconds: {"variants": default_variants(seconds)}, help=HELP)

@@ -108,5 +108,8 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
+HELP = """5-way 1-shot and 5-shot episodes from held-out Openclipart classes (95 % CI over episodes)."""
+
+
 register_benchmark("few-shot", FewShotBenchConfig, run, tables, plots=plots, family_setting="family_options",
-                   budget=lambda seconds: {"variants": default_variants(seconds)})
+                   budget=lambda seconds: {"variants": default_variants(seconds)}, help=HELP)

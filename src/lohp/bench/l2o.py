@@ -415,8 +415,11 @@ def _check(cfg: L2OBenchConfig) -> None:
 FULL = {name: getattr(L2OBenchConfig(), name) for name in PRESET}
 QUICK = {name: getattr(L2OBenchConfig.quick_config(), name) for name in PRESET}
 
+HELP = """Learned LSTM optimizer (L2O-DM) with/without flatness regularizers vs Adam and SGD."""
+
+
 register_benchmark("l2o", L2OBenchConfig, run_config, tables, plots=plots, notes=notes,
-                   quick=L2OBenchConfig.quick_config, options=_options, check=_check)
+                   quick=L2OBenchConfig.quick_config, options=_options, check=_check, help=HELP)
 
 __all__ = ["ENTROPY", "FULL", "HESSIAN", "L2OBenchConfig", "METHODS", "PNG", "QUICK", "plot", "plots",
            "regularizers_for", "run", "run_config", "tables", "validate"]

@@ -252,4 +252,10 @@ def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
     return [path]
 
 
-register_benchmark("prepare", PrepareBenchConfig, run_config, _tables, plots=plots, notes=_notes, check=_check)
+
+HELP = """Vectorised Stage I collector vs a per-run torch.optim loop (run-steps per second).
+
+    With --ray: 1 vs 2 Ray workers on the same workload (ray_speedup)."""
+
+register_benchmark("prepare", PrepareBenchConfig, run_config, _tables, plots=plots, notes=_notes, check=_check,
+                   help=HELP)

@@ -117,8 +117,8 @@ class RefineBenchConfig(Config):
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
-        if bad:
-            raise LohpError(f"unknown refine scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+        if bad or not self.scenarios:
+            raise LohpError(f"unknown refine scenario {', '.join(bad) or '(none given)'}; choose from {', '.join(SCENARIOS)}")
         check_budget(self.budget)
         unknown = [m for m in self.methods if m not in method_names()]
         if unknown or not self.methods:  # before Stage I runs
@@ -296,4 +296,10 @@ def tables(result: dict[str, Any]) -> list[TableSpec]:
     return out
 
 
-register_benchmark("refine", RefineBenchConfig, run, tables, plots=plots, quick=RefineBenchConfig.quick_config)
+HELP = """Generate-then-refine: Adam from the standard init vs from generated weights.
+
+    Starts: the standard init, hypernetwork, lo-di and lo-hp weights; accuracy by gradient
+    step and the steps each needs to reach 0.99 x Adam-from-scratch at T."""
+
+
+register_benchmark("refine", RefineBenchConfig, run, tables, plots=plots, quick=RefineBenchConfig.quick_config, help=HELP)

@@ -62,6 +62,7 @@ class Benchmark:
     family_setting: str | None = None
     check: Callable[[Any], None] | None = None
     stage_progress: bool = False   # run(cfg, note, show, update): the bar itself for Stage I
+    help: str | None = None        # the command's help (default: run's docstring)
 
     def config(self, quick: bool = False, given: dict[str, Any] | None = None) -> Any:
         """The settings of one run: the quick or default config with ``given`` replaced

@@ -92,5 +92,8 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
+HELP = """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
+
+
 register_benchmark("transfer", TransferBenchConfig, run, tables, plots=plots, family_setting="family_options",
-                   budget=lambda seconds: {"variants": default_variants(seconds)})
+                   budget=lambda seconds: {"variants": default_variants(seconds)}, help=HELP)

@@ -7,6 +7,7 @@ from the default or the ``--quick`` settings), plus ``--json``, ``--plot`` and `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any, Optional
@@ -15,16 +16,9 @@ import torch
 import typer
 from rich.markup import escape
 
-from lohp.bench import cross as bc
+import lohp.bench  # noqa: F401  (importing it registers every built-in benchmark)
 from lohp.bench import digits as bd
-from lohp.bench import domain as bdom
-from lohp.bench import fewshot as bfs
-from lohp.bench import l2o as bl2o
-from lohp.bench import lora as blora
-from lohp.bench import prepare as bp  # noqa: F401  (importing registers bench prepare)
-from lohp.bench import refine as br
 from lohp.bench import runner
-from lohp.bench import transfer as btr
 from lohp.bench.harness import print_table
 from lohp.bench.runner import Benchmark, TableSpec, benchmark, check_budget, load_plugins
 from lohp.cli.common import (
@@ -39,6 +33,7 @@ from lohp.cli.common import (
     parse_family_options,
 )
 from lohp.cli.options import Group, with_options
+from lohp.errors import LohpError
 
 DEMO_JSON = "demo.json"
 
@@ -46,6 +41,7 @@ JSON = typer.Option(None, "--json", help="Write the results here.")
 PLOT = typer.Option(None, help="Folder for the PNG plots.")
 QUICK = typer.Option(False, help="Small settings (under 5 minutes on 2 cores).")
 BUDGET = typer.Option(None, help="Training budget per learned policy and seed, in seconds (same for every method).")
+THREADS = typer.Option(None, help="torch threads (default: torch's; 1 on a busy machine). Tables state the count.")
 FAMILY_OPTION = typer.Option(None, "--family-option", help="KEY=VALUE for the scenario's task family "
                                                             "(repeatable), e.g. per_class=20.")
 
@@ -111,124 +107,46 @@ def demo(
     show(benchmark("digits"), result, work / DEMO_JSON, work, title="lohp demo: digits heads, held-out tasks")
 
 
-# --------------------------------------------------------------------------- the registered benchmarks
-@bench_app.command("digits")
-@_options(bd.DigitsBenchConfig)
-def bench_digits(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT,
-                 quick: bool = typer.Option(False, help="Small settings that finish in a few minutes."),
-                 cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Every method on held-out digits tasks: accuracy, robustness, latency, speedup."""
-    run_benchmark("digits", json_out, plot, quick, cfg_options)
-
-
-@bench_app.command("transfer")
-@_options(btr.TransferBenchConfig)
-def bench_transfer(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT, quick: bool = QUICK,
-                   budget: Optional[float] = BUDGET, family_option: Optional[list[str]] = FAMILY_OPTION,
-                   cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Linear heads on frozen EfficientNet-Lite0 features: held-out Openclipart classes, and Fashion-MNIST."""
-    run_benchmark("transfer", json_out, plot, quick, cfg_options, budget, family_option)
-
-
-@bench_app.command("few-shot")
-@_options(bfs.FewShotBenchConfig)
-def bench_few_shot(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT, quick: bool = QUICK,
-                   budget: Optional[float] = BUDGET, family_option: Optional[list[str]] = FAMILY_OPTION,
-                   cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """5-way 1-shot and 5-shot episodes from held-out Openclipart classes (95 % CI over episodes)."""
-    run_benchmark("few-shot", json_out, plot, quick, cfg_options, budget, family_option)
-
-
-@bench_app.command("domain")
-@_options(bdom.DomainBenchConfig)
-def bench_domain(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT, quick: bool = QUICK,
-                 budget: Optional[float] = BUDGET, family_option: Optional[list[str]] = FAMILY_OPTION,
-                 cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Leave-one-domain-out on rotated MNIST / Fashion-MNIST; the whole MLP is generated."""
-    run_benchmark("domain", json_out, plot, quick, cfg_options, budget, family_option)
-
-
-@bench_app.command("refine")
-@_options(br.RefineBenchConfig)
-def bench_refine(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT, quick: bool = QUICK,
-                 cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Generate-then-refine: Adam from the standard init vs from generated weights.
-
-    Starts: the standard init, hypernetwork, lo-di and lo-hp weights; accuracy by gradient
-    step and the steps each needs to reach 0.99 x Adam-from-scratch at T."""
-    run_benchmark("refine", json_out, plot, quick, cfg_options)
-
-
-@bench_app.command("cross")
-@_options(bc.CrossBenchConfig)
-def bench_cross(json_out: Optional[Path] = JSON, plot: Optional[Path] = PLOT, quick: bool = QUICK,
-                cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Cross-architecture generation: a policy serves MLP widths / class counts it never saw.
-
-    Each unseen architecture beside a policy trained on it and Adam after T steps."""
-    run_benchmark("cross", json_out, plot, quick, cfg_options)
-
-
-@bench_app.command("lora")
-@_options(blora.LoraBenchConfig)
-def bench_lora(json_out: Optional[Path] = JSON,
-               plot: Optional[Path] = typer.Option(None, help="Folder for the PNG plot."), quick: bool = QUICK,
-               family_option: Optional[list[str]] = typer.Option(
-                   None, "--family-option", help="Family setting KEY=VALUE (repeatable), e.g. rank=4 or n_way=4."),
-               threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's; "
-                                                                "1 on a busy machine)."),
-               cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """LoRA for MiniLM-L6 on held-out text tasks: fine-tuning, linear probe and every generator."""
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    run_benchmark("lora", json_out, plot, quick, cfg_options, family_option=family_option)
-
-
-@bench_app.command("l2o")
-@_options(bl2o.L2OBenchConfig)
-def bench_l2o(json_out: Optional[Path] = JSON,
-              plot: Optional[Path] = typer.Option(None, help="Write the PNG (loss curves + accuracy) here "
-                                                             "(file or folder)."),
-              quick: bool = typer.Option(False, help="Small settings (a few minutes)."),
-              cfg_options: dict = None) -> None:  # type: ignore[assignment]
-    """Learned LSTM optimizer (L2O-DM) with/without flatness regularizers vs Adam and SGD."""
-    run_benchmark("l2o", json_out, plot, quick, cfg_options)
-
-
 # --------------------------------------------------------------------------- bench prepare
 # (registered in lohp.bench.prepare; its command comes from PrepareBenchConfig below)
 
 
-# --------------------------------------------------------------------------- any other registered benchmark
+# --------------------------------------------------------------------------- one command per registered benchmark
 def add_command(bench: Benchmark) -> None:
-    """A command for a registered benchmark that has no hand-written one (a plugin's):
-    --json, --plot, --quick, --budget / --family-option where it has those hooks, and one
-    option per field of its config."""
+    """``lohp bench NAME`` for a registered benchmark (built-in or a plugin's): --json,
+    --plot, --quick, --threads (unless the config has its own), --budget / --family-option
+    where it has those hooks, and one option per field of its config."""
 
     def command(json_out: Optional[Path] = None, plot: Optional[Path] = None, quick: bool = False,
                 budget: Optional[float] = None, family_option: Optional[list[str]] = None,
-                cfg_options: Optional[dict] = None) -> None:
+                threads: Optional[int] = None, cfg_options: Optional[dict] = None) -> None:
+        if threads is not None:
+            if threads <= 0:
+                raise LohpError(f"--threads must be >= 1 (got {threads})")
+            torch.set_num_threads(threads)
         run_benchmark(bench.name, json_out, plot, quick, cfg_options or {}, budget, family_option)
 
     defaults = {"json_out": JSON, "plot": PLOT, "quick": QUICK, "budget": BUDGET, "family_option": FAMILY_OPTION,
-                "cfg_options": None}
+                "threads": THREADS, "cfg_options": None}
+    own_threads = "threads" in {f.name for f in dataclasses.fields(bench.config_cls)}
     keep = {"json_out", "plot", "quick", "cfg_options"} | ({"budget"} if bench.budget else set()) \
-        | ({"family_option"} if bench.family_setting else set())
+        | ({"family_option"} if bench.family_setting else set()) | (set() if own_threads else {"threads"})
     hints = {"json_out": Optional[Path], "plot": Optional[Path], "quick": bool, "budget": Optional[float],
-             "family_option": Optional[list[str]], "cfg_options": Optional[dict]}
+             "family_option": Optional[list[str]], "threads": Optional[int], "cfg_options": Optional[dict]}
     params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n], annotation=hints[n])
               for n in hints if n in keep]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = (bench.run.__doc__ or bench.config_cls.__doc__ or f"The {bench.name} benchmark.").strip()
+    command.__doc__ = (bench.help or bench.run.__doc__ or bench.config_cls.__doc__
+                       or f"The {bench.name} benchmark.").strip()
     bench_app.command(bench.name)(_options(bench.config_cls)(command))
 
 
 def add_missing_commands() -> list[str]:
-    """Commands for every registered benchmark (plugins included) without one."""
+    """Commands for every registered benchmark (plugins included) that has none yet."""
     have = {c.name for c in bench_app.registered_commands}
     added = []
-    for name, bench in runner.BENCHMARKS.items():
+    for name, bench in sorted(runner.BENCHMARKS.items()):  # listed alphabetically
         if name not in have:
             add_command(bench)
             added.append(name)

@@ -52,8 +52,6 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 def _list_parser(item: type, flag: str, container: type = list) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
-            raise LohpError(f"{flag} needs at least one value (a comma-separated list); drop it for the default")
         try:
             return container(item(p) for p in parts)
         except ValueError:
