@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from lohp.bench.scenario import (
     task_metrics,
     tuned_hparams,
 )
+from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -56,18 +58,42 @@ def _hparams(gen: Generator, family: Any, tune: bool, batch_size: int) -> dict[s
     return hp
 
 
+@dataclass
+class EvaluateConfig(Config):
+    """The settings of ``lohp evaluate`` (its options come from these fields)."""
+
+    what = "evaluate"
+
+    family: str | None = setting(None, "Task family (default: the policy's).")
+    tasks: int = setting(20, "Held-out tasks.")
+    baselines: tuple[str, ...] = setting(("adam", "adam-n", "prototype", "linear-probe"),
+                                         "Comma-separated: " + ", ".join(BASELINES) + ".")
+    seeds: int = setting(1, "Seeds (starting weights s_0 drawn anew per seed).")
+    batch_size: int = setting(32, "Minibatch size of the gradient baselines.")
+    tune: bool = setting(True, "Tune Adam's learning rate on source tasks (never held-out ones).")
+    latency_repeats: int = setting(20, "Repeats of the latency measurement.")
+    device: str = setting("cpu", "torch device.")
+
+    def __post_init__(self) -> None:
+        self.baselines = tuple(self.baselines)
+        bad = sorted(set(self.baselines) - set(BASELINES))
+        if bad:
+            raise LohpError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
+        if self.tasks < 1 or self.seeds < 1:
+            raise LohpError("--tasks and --seeds must be >= 1")
+        if self.batch_size < 1 or self.latency_repeats < 1:
+            raise LohpError("--batch-size and --latency-repeats must be >= 1")
+
+
 def evaluate(policy: str | Path, family: str | None = None, family_options: dict[str, Any] | None = None,
-             tasks: int = 20, baselines: Sequence[str] = ("adam", "adam-n", "prototype", "linear-probe"),
-             seeds: int = 1, batch_size: int = 32, tune: bool = True, latency_repeats: int = 20,
-             device: str = "cpu", note=None) -> dict[str, Any]:
-    """Generate weights for ``tasks`` held-out tasks with the policy and compare; returns
-    ``{"rows": [...], ...}`` whose first learned row's ``method`` is the policy's method."""
+             note: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
+    """Generate weights for held-out tasks with the policy and compare; ``settings`` are
+    :class:`EvaluateConfig`'s fields. Returns ``{"rows": [...], ...}`` whose last row's
+    ``method`` is the policy's method."""
+    cfg = EvaluateConfig.from_dict({"family": family, **settings})
     note = note or (lambda s: None)
-    bad = sorted(set(baselines) - set(BASELINES))
-    if bad:
-        raise LohpError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
-    if tasks < 1 or seeds < 1:
-        raise LohpError("--tasks and --seeds must be >= 1")
+    family, tasks, baselines, seeds, batch_size = cfg.family, cfg.tasks, cfg.baselines, cfg.seeds, cfg.batch_size
+    tune, latency_repeats, device = cfg.tune, cfg.latency_repeats, cfg.device
     t_start = time.perf_counter()
     gen = Generator.load(policy, device)
     overrides = dict(family_options or {})
@@ -111,7 +137,8 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     if "adam" in hp:
         row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held))))
     rows.append(row)
-    return {"benchmark": "evaluate", "policy": str(policy), "family": fam.name, "family_config": fam.config(),
+    return {"benchmark": "evaluate", "policy": str(policy), "config": cfg.to_dict(), "family": fam.name,
+            "family_config": fam.config(),
             "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public(rows),
             "seconds": time.perf_counter() - t_start}
 

@@ -167,35 +167,28 @@ def generate(
 
 # --------------------------------------------------------------------------- evaluate
 @app.command()
+@with_options(Group("settings", be.EvaluateConfig))
 def evaluate(
     policy: Path = typer.Option(..., help="Policy folder written by lohp train."),
-    family: Optional[str] = typer.Option(None, help="Task family (default: the policy's)."),
     family_option: Optional[list[str]] = typer.Option(
         None, "--family-option", help="Family setting KEY=VALUE over the policy's family config (repeatable)."),
-    tasks: int = typer.Option(20, help="Held-out tasks."),
-    baselines: str = typer.Option("adam,adam-n,prototype,linear-probe",
-                                  help="Comma-separated: adam, sgd, adam-n, prototype, prototype-l2, linear-probe."),
-    seeds: int = typer.Option(1, help="Seeds (starting weights s_0 drawn anew per seed)."),
-    tune: bool = typer.Option(True, help="Tune Adam's learning rate on source tasks (never held-out ones)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     plot: Optional[Path] = typer.Option(None, help="Folder for the PNG."),
-    device: str = typer.Option("cpu", help="torch device."),
+    settings: dict = None,  # type: ignore[assignment]
 ) -> None:
-    """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family."""
+    """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family.
+
+    The options are EvaluateConfig's fields (defaults there)."""
 
     _check_outputs(json_out, plot)
     options = parse_family_options(family_option)
-    bad = sorted(set(_split_list(baselines)) - set(be.BASELINES))
-    if bad:  # before the progress bar
-        raise LohpError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(be.BASELINES)}")
+    _device(settings["device"])
+    be.EvaluateConfig.from_dict(settings)  # bad settings fail before the progress bar
     with progress_bar("evaluate") as update:
-        result = be.evaluate(policy, family, options, tasks, _split_list(baselines), seeds, device=_device(device),
-                             tune=tune, note=lambda text: update(0, 0, text))
+        result = be.evaluate(policy, family_options=options, note=lambda text: update(0, 0, text), **settings)
     print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
                 SCENARIO_COLUMNS, console)
     _write_outputs(result, json_out, None, "", None)
     if plot is not None:
         for p in be.plots(result, plot):
             console.print(f"wrote {p}")
-
-
