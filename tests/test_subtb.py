@@ -5,8 +5,9 @@ import itertools
 import pytest
 import torch
 
-from lohp.losses import LossConfig, loss_config, subtb_loss, subtb_residuals, subtb_weights
 from lohp.errors import LohpError
+from lohp.losses import LossConfig, loss_config, subtb_loss, subtb_residuals, subtb_weights
+from tests.helpers import tiny_policy
 
 
 def reference_loss(log_f, log_pf, log_pb, lam):
@@ -58,8 +59,6 @@ def test_weights_vanish_off_the_upper_triangle_and_sum_to_one():
 def test_hybrid_mix_weights_terms_by_beta(k, beta):
     """The hybrid loss (unnormalised) equals (1-beta) * on + beta * off computed separately."""
     from lohp.losses import Batch, HybridSubTB
-    from tests.helpers import tiny_policy
-
     policy, thetas, cond = tiny_policy(n_steps=8 // k)
     cfg = LossConfig(method="lo-hp-v1", formulation="subtb", k=k, beta=beta, normalize=False)
     loss = HybridSubTB(cfg)
@@ -86,8 +85,6 @@ def test_flatness_regularizer_adds_weight_times_hutchinson_trace():
     gradient reaches the policy."""
     from lohp.flatness import exact_trace
     from lohp.losses import Batch, HybridSubTB
-    from tests.helpers import tiny_policy
-
     policy, thetas, cond = tiny_policy(n_steps=2)
     target = torch.randn(thetas.shape[-1])
 
