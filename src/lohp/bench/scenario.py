@@ -161,7 +161,7 @@ def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, ite
     budget ran out is reused); the last log row. A run that diverges leaves a ``DIVERGED``
     marker and its last good checkpoint instead of raising."""
     out = policy_dir(work, v, seed)
-    note(f"training {v.name} k={v.k} seed {seed}")
+    note(f"training {v.name} k={'T' if v.k is None else v.k} seed {seed}")
     options = {"iterations": max(iterations, 1), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
                "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
                "checkpoint_every": max(iterations // 8, 1), **v.train_options}
