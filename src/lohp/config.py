@@ -36,12 +36,25 @@ def setting_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
-def config_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
-    """Build the dataclass ``cls`` from ``d``, refusing unknown keys with one line."""
+def setting_default(f: dataclasses.Field) -> Any:
+    """The field's default value (its factory called), or ``dataclasses.MISSING`` when required."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _refuse_unknown(cls: Any, keys: Any, what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
+    unknown = set(keys) - known
     if unknown:
         raise LohpError(f"unknown {what} setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+
+
+def config_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """Build the dataclass ``cls`` from ``d``, refusing unknown keys with one line."""
+    _refuse_unknown(cls, d, what)
     return cls(**d)
 
 
@@ -58,9 +71,5 @@ class Config:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def replace(self: C, **changes: Any) -> C:
-        known = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        unknown = set(changes) - known
-        if unknown:
-            raise LohpError(f"unknown {self.what} setting(s) {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(sorted(known))}")
+        _refuse_unknown(self, changes, self.what)
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]

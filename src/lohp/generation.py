@@ -39,7 +39,6 @@ class GeneratedWeights:
     layout: ParamLayout
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-
         path = Path(path)
         ensure_writable_dir(path.parent)
         meta = {"layout": json.dumps(self.layout.to_dict()), **(metadata or {})}
@@ -48,7 +47,6 @@ class GeneratedWeights:
     @classmethod
     def load(cls, path: str | Path) -> "GeneratedWeights":
         """A file written by :meth:`save` (``lohp generate --out``), checked against its sha256."""
-
 
         named = load_tensors(path, "generated weights", "generate them again (lohp generate ... --overwrite)")
         with safe_open(str(path), framework="pt") as fh:
@@ -146,7 +144,6 @@ class Generator:
             return self.policy
         key = json.dumps(layout.to_dict(), sort_keys=True)
         if key not in self._retargeted:
-
             names_a, names_b = [e.name for e in self.layout.entries], [e.name for e in layout.entries]
             if names_a != names_b:
                 self.layout.check_matches(layout, f"the policy's target model (task {task.name})")

@@ -235,7 +235,6 @@ def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = Fal
                    info: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s LoRA as a PEFT adapter folder plus its head (see module doc)."""
 
-
     out = check_adapter_dir(out, overwrite)
     model.encoder.save_pretrained(str(out), safe_serialization=True)
     missing = [f for f in ADAPTER_FILES if not (out / f).exists()]

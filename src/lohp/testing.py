@@ -86,7 +86,6 @@ def check_family(family: TaskFamily, name: str | None = None, n_tasks: int = 2) 
     if src.layout.size != held.layout.size:
         _fail(family, "source and held-out tasks have different generated subsets; one policy must serve both")
     if name is not None:
-
         again = make_family(name, **config)
         if again.config() != config or not torch.equal(again.sample(0, "source").x_train, src.x_train):
             _fail(family, f"make_family({name!r}, **config()) does not rebuild the same family")

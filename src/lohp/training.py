@@ -248,7 +248,6 @@ class Distributed:
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> "Distributed":
-
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -277,7 +276,6 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.active:
-
             dist.barrier()
 
 
@@ -390,7 +388,6 @@ class Trainer:
             self._load_checkpoint()  # every rank resumes from rank 0's last checkpoint
         self.step_module: torch.nn.Module = _LossModule(self.policy, self.loss)
         if self.dist.active:
-
             ids = [torch.device(self.device).index] if str(self.device).startswith("cuda") else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids,
                                                        find_unused_parameters=True)
@@ -600,7 +597,6 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
 
     ``progress_context()`` (a context manager yielding the progress callback) is entered only
     once every input is validated, so a progress bar never precedes an error."""
-
 
     lc = loss_config(method, k=k, **(loss_options or {}))
     pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})

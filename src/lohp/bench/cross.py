@@ -62,7 +62,6 @@ class CrossStudy:
 
 
 def _studies() -> dict[str, CrossStudy]:
-
     return {
         "mlp-width": CrossStudy("rotated-mnist", {"heldout_domain": 0, "n_way": 5}, "hidden", 32, [16, 64, 128],
                                 policy_options=MLP_POLICY, train_options=MLP_TRAIN),

@@ -105,7 +105,6 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str,
 
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -126,7 +125,6 @@ def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) ->
 
 
 def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: str) -> None:
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -134,7 +134,6 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, note: Callable[[str], No
 
 
 def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> float:
-
     times = []
     for i, task in enumerate([tasks[0]] + list(tasks)):  # the first run is a warm-up
         theta0 = task.init_theta(10_000 + i)[None]
@@ -338,7 +337,6 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
 
 
 def plot(result: dict[str, Any], path) -> None:
-
     plt = pyplot()
 
     rows = result["rows"]

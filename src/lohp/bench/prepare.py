@@ -108,7 +108,6 @@ def run(family: str = "digits", family_config: dict[str, Any] | None = None,
 
 
 def plot(result: dict[str, Any], path) -> None:
-
     plt = pyplot()
 
     rows = result["rows"]
@@ -136,7 +135,6 @@ def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
     """Stage I on a local Ray cluster with 1 and 2 workers, the same workload (a whole
     ``prepare`` into a fresh folder each time, shards written by the driver): run-steps
     per second side by side and ``ray_speedup`` = (2 workers) / (1 worker)."""
-
 
     cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks, seeds=seeds,
                       steps=steps, batch_size=batch_size, shard_runs=shard_runs)

@@ -79,7 +79,6 @@ def register_refine_scenario(name: str, scenario: RefineScenario) -> None:
 
 
 def _register_builtin() -> None:
-
     register_refine_scenario("digits", RefineScenario("digits", {}))
     register_refine_scenario("transfer", RefineScenario("openclipart", {"n_way": 5}, policy_options=HEAD_POLICY))
     register_refine_scenario("few-shot", RefineScenario("openclipart", {"n_way": 5, "shots": 5, "queries": 15},

@@ -249,7 +249,6 @@ DIVERGED = "DIVERGED"
 
 
 def _log_rows(out: Path) -> list[dict[str, str]]:
-
     with open(out / "log.csv", newline="") as fh:
         return list(csv.DictReader(fh))
 
@@ -290,7 +289,6 @@ def speedup(tasks: Sequence[Task], s0: torch.Tensor, lohp_acc: Sequence[float], 
 
 # --------------------------------------------------------------------------- closed-form baselines
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-
     t0 = time.perf_counter()
     out = fn()
     return out, (time.perf_counter() - t0) * 1e3

@@ -33,7 +33,6 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)

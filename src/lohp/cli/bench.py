@@ -25,7 +25,7 @@ from lohp.cli.common import (
     _check_outputs,
     _device,
     _run_bench,
-    _write_outputs,
+    _write_json,
     app,
     bench_app,
     console,
@@ -85,7 +85,7 @@ def show(bench: Benchmark, result: dict[str, Any], json_out: Optional[Path], plo
     print_tables(bench.tables(result), title)
     for line in bench.notes(result) if bench.notes is not None else []:
         console.print(line)
-    _write_outputs(result, json_out, None, "", None)
+    _write_json(result, json_out)
     if plot is not None and bench.plots is not None:
         for p in bench.plots(result, plot):
             console.print(f"wrote {p}")
@@ -105,10 +105,6 @@ def demo(
                                variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")], l2o_methods=[])
     result = _run_bench(bd.run, cfg, "demo")
     show(benchmark("digits"), result, work / DEMO_JSON, work, title="lohp demo: digits heads, held-out tasks")
-
-
-# --------------------------------------------------------------------------- bench prepare
-# (registered in lohp.bench.prepare; its command comes from PrepareBenchConfig below)
 
 
 # --------------------------------------------------------------------------- one command per registered benchmark

@@ -14,9 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lohp.bench import runner
 from lohp.errors import LohpError
-from lohp.plotting import figure_path
 from lohp.io import atomic_write_json, ensure_writable_dir
 
 app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
@@ -36,7 +34,6 @@ def progress_bar(description: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; elsewhere (a log file, CI) a plain line at most every
     LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress."""
     if not err_console.is_terminal:
-
         start, last = time.perf_counter(), {"t": -math.inf, "stage": None}
 
         def plain(done: int, total: int, text: str | None = None) -> None:
@@ -135,7 +132,6 @@ app.add_typer(data_app, name="data")
 
 
 def _device(name: str) -> str:
-
     try:
         torch.empty(0, device=name)
     except (RuntimeError, ValueError) as exc:
@@ -155,19 +151,11 @@ def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
         ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)
 
 
-def _write_outputs(result: dict[str, Any], json_out: Path | None, plot: Path | None, default_name: str,
-                   plot_fn: Any) -> None:
-
+def _write_json(result: dict[str, Any], json_out: Path | None) -> None:
     if json_out is not None:
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
         atomic_write_json(json_out, result)
         console.print(f"wrote {json_out}")
-    if plot is not None:
-        target = figure_path(plot, default_name)
-        ensure_writable_dir(target.parent)
-        plot_fn(result, target)
-        console.print(f"wrote {target}")
-
 
 
 def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
@@ -189,6 +177,3 @@ def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> 
 
 _CURRENT_ARGV: list[str] | None = None  # the arguments main() was called with (lohp train --nproc re-runs them)
 
-
-# The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate); owned by bench.runner.
-SCENARIO_COLUMNS = runner.SCENARIO_COLUMNS

@@ -11,12 +11,12 @@ from rich.table import Table
 
 from lohp.bench import evaluate as be
 from lohp.bench.harness import print_table
+from lohp.bench.runner import SCENARIO_COLUMNS
 from lohp.cli.common import (
-    SCENARIO_COLUMNS,
     _check_outputs,
     _device,
     _split_list,
-    _write_outputs,
+    _write_json,
     app,
     console,
     parse_family_options,
@@ -188,7 +188,7 @@ def evaluate(
         result = be.evaluate(policy, family_options=options, note=lambda text: update(0, 0, text), **settings)
     print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
                 SCENARIO_COLUMNS, console)
-    _write_outputs(result, json_out, None, "", None)
+    _write_json(result, json_out)
     if plot is not None:
         for p in be.plots(result, plot):
             console.print(f"wrote {p}")

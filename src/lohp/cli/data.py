@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from lohp.cli.common import console, data_app
-from lohp.config import setting_help
+from lohp.config import setting_default, setting_help
 from lohp.data.packages import install, status
 from lohp.errors import LohpError
 from lohp.tasks import family_factory, family_names
@@ -52,12 +52,8 @@ def _family_options(name: str) -> list[dict[str, str]]:
         return []
     rows = []
     for f in dataclasses.fields(options):
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
-        else:
-            default = "(required)"
+        value = setting_default(f)
+        default = "(required)" if value is dataclasses.MISSING else repr(value)
         rows.append({"option": f.name, "default": default, "help": setting_help(f)})
     return rows
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from lohp.config import setting_help
+from lohp.config import setting_default, setting_help
 from lohp.errors import LohpError
 
 SCALARS = (bool, int, float, str)
@@ -73,8 +73,8 @@ def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tupl
     """``(annotation, typer.Option, convert)`` for one field, or None when it has no option form."""
     flag = "--" + f.name.replace("_", "-")
     base, optional = _unwrap_optional(tp)
-    default = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+    default = setting_default(f)
+    default = None if default is dataclasses.MISSING else default
     convert: Callable[[Any], Any] = lambda v: v  # noqa: E731
     sequence = _sequence_item(base)
     if sequence is not None:

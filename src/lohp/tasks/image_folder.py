@@ -44,7 +44,6 @@ def _files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-
     require_module("PIL", "the image-folder family")
     from PIL import Image, UnidentifiedImageError
 
@@ -88,7 +87,6 @@ class ImageFolderFamily(TableFamily):
         return h.hexdigest()
 
     def _load(self, folder: Path, digest: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-
         classes = _files(folder)
         names = list(classes)
         files = [(i, f) for i, c in enumerate(names) for f in classes[c]]

@@ -124,17 +124,14 @@ class TextFamily(TaskFamily):
 
     # ------------------------------------------------------------------ family API
     def model_factory(self):
-
         return make_classifier(self.spec, self.n_way)
 
     @functools.lru_cache(maxsize=64)
     def _tokens(self, category: str, part: str) -> torch.Tensor:
-
         return token_ids(self._pools[category][part], self.max_length)
 
     @functools.lru_cache(maxsize=64)
     def _embeddings(self, category: str, part: str) -> torch.Tensor:
-
         return frozen_embeddings(self._pools[category][part], self.max_length)
 
     def _draw(self, seed: int, split: str) -> tuple[list[str], dict[str, list[np.ndarray]]]:
@@ -191,7 +188,6 @@ class TextFamily(TaskFamily):
 
 
 def _patterns() -> tuple[str, ...]:
-
     return LORA_PATTERNS
 
 
@@ -202,7 +198,6 @@ class WordNetFamily(TextFamily):
     Options = WordNetOptions
 
     def _texts(self) -> dict[str, list[str]]:
-
         return wordnet_glosses()
 
 
@@ -213,7 +208,6 @@ class FortunesFamily(TextFamily):
     Options = FortunesOptions
 
     def _texts(self) -> dict[str, list[str]]:
-
         return fortune_topics()
 
 

@@ -280,26 +280,26 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
         check_ray(ray_address)
     out = Path(out)
     # tasks of shards without a record (a record's checksum is verified under the lock)
-    pending = [p for p in plan_shards(config) if overwrite or not (out / SHARD_DIR / p.record_file).exists()]
+    plans = plan_shards(config)
+    pending = [p for p in plans if overwrite or not (out / SHARD_DIR / p.record_file).exists()]
     family = check_store_tasks(config, sorted({r["task_seed"] for p in pending for r in p.runs}))
     if not overwrite and out.exists():
         claim_output(out, config)  # a store made with other arguments: refused before the bar appears
     with OutputLock(ensure_writable_dir(out), "lohp prepare"):
         out = claim_output(out, config, overwrite)
         if progress_context is None:
-            return _prepare_locked(out, config, family, device, progress, executor, ray_address, ray_workers)
+            return _prepare_locked(out, config, plans, family, device, progress, executor, ray_address, ray_workers)
         with progress_context() as bar:
-            return _prepare_locked(out, config, family, device, bar, executor, ray_address, ray_workers)
+            return _prepare_locked(out, config, plans, family, device, bar, executor, ray_address, ray_workers)
 
 
-def _prepare_locked(out: Path, config: dict[str, Any], family: Any, device: str, progress: Any, executor: str,
-                    ray_address: str | None, ray_workers: int | None) -> TrajectoryStore:
+def _prepare_locked(out: Path, config: dict[str, Any], plans: list[ShardPlan], family: Any, device: str,
+                    progress: Any, executor: str, ray_address: str | None, ray_workers: int | None
+                    ) -> TrajectoryStore:
     (out / SHARD_DIR).mkdir(exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
         stale.unlink(missing_ok=True)
     atomic_write_json(out / CONFIG, config)
-
-    plans = plan_shards(config)
     steps = config["steps"]
     task_cache: dict[int, Any] = {}
 

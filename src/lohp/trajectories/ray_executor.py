@@ -29,7 +29,6 @@ CRASH_ONCE: str | None = None
 
 
 def _import_ray():
-
     return require_module("ray", "--ray (Stage I on Ray)")
 
 
