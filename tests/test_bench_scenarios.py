@@ -46,7 +46,7 @@ def test_transfer_rows_cover_every_method_and_the_cross_dataset(fake_features, t
 
 
 def test_prototype_and_probe_are_near_perfect_on_separated_classes(fake_features, tmp_path):
-    from lohp.bench.scenario import probe_accuracy, prototype_accuracy
+    from lohp.bench.baselines import probe_accuracy, prototype_accuracy
     from lohp.tasks import make_family
 
     task = make_family("openclipart", n_way=3).sample(0, "heldout")  # class centres 1 apart, unit noise in 16-d

@@ -171,7 +171,7 @@ class Generator:
         if s0 is None:
             s0 = torch.stack([self.initial_state(t, s, init_scale) for t, s in zip(tasks, seeds)])
 
-        conds = [t.condition() for t in tasks]
+        conds = [t.condition(policy.condition_points) for t in tasks]
         for t, c in zip(tasks, conds):
             check_finite(c, f"task {t.name}'s condition (from its training split)",
                          "its features hold NaN or inf: clean the data")
@@ -256,9 +256,9 @@ class Generator:
             return self._mean_rollout(s0, cond, policy)
 
         def with_condition() -> torch.Tensor:
-            return self._mean_rollout(s0, task.condition()[None].to(self.device), policy)
+            return self._mean_rollout(s0, task.condition(policy.condition_points)[None].to(self.device), policy)
 
-        cond = task.condition()[None].to(self.device)
+        cond = task.condition(policy.condition_points)[None].to(self.device)
         for _ in range(warmup):
             steps_only(cond)
             with_condition()

@@ -46,6 +46,12 @@ def check_task(task: Task, family: TaskFamily | None = None) -> None:
     if not torch.equal(probe.condition(), cond):
         _fail(fam, f"task {task.name}: the condition changes with the evaluation split; it must use the training "
                    "split only")
+    # A family that gives class means only (condition_fn without condition_features) serves
+    # m = 1 policies only; the rows it does give must be as wide as its means.
+    rows, labels = task.condition_rows() if task.condition_fn is None or task.condition_features else (cond, None)
+    if labels is not None and (rows.dim() != 2 or len(rows) != len(labels) or rows.shape[1] != cond.shape[1]):
+        _fail(fam, f"task {task.name}: condition_rows() must give features [n, {cond.shape[1]}] and n labels "
+                   f"(the rows its class means come from), got {list(rows.shape)} and {list(labels.shape)}")
     layout = task.layout
     if layout.size == 0:
         _fail(fam, f"task {task.name}: the generated subset (patterns {task.patterns}) is empty")

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from lohp.condition import DEFAULT_POINTS, check_points, class_rows
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.flatness import task_loss_fn
@@ -32,6 +33,7 @@ from lohp.io import (
     OutputLock,
     atomic_save_tensors,
     atomic_write_json,
+    check_finite,
     ensure_writable_dir,
     load_tensors,
     read_json,
@@ -49,6 +51,29 @@ LOG = "log.csv"
 
 
 # --------------------------------------------------------------------------- data
+def resolve_condition(requested: int | None, tasks: dict[int, Any]) -> dict[str, Any]:
+    """The condition a policy trains on, from the requested points per class (None: the
+    default, capped at the smallest class's training rows; an explicit m above that is
+    refused in one line) and the training tasks (seed -> Task); what policy.json records."""
+    rows, where = None, None
+    for seed, task in tasks.items():
+        counts = class_rows(task.condition_rows()[1], task.n_classes) if requested != 1 else [1]
+        if rows is None or min(counts) < rows:
+            rows, where = min(counts), (seed, counts.index(min(counts)))
+    rows = rows if rows is not None else 1
+    if requested is None:
+        points = max(1, min(DEFAULT_POINTS, rows))
+    else:
+        points = check_points(requested)
+        if points > rows:
+            raise LohpError(f"condition points {points} is more than the {rows} training row(s) of class {where[1]} "
+                            f"of source task {where[0]}; use --condition-points {rows} or fewer, or leave it unset "
+                            f"(the default, {DEFAULT_POINTS}, is capped at the smallest class)")
+    return {"kind": "means" if points == 1 else "coreset", "points": points, "requested": requested,
+            "min_class_rows": rows if requested != 1 else None,
+            "capped": requested is None and points < DEFAULT_POINTS}
+
+
 class OfflineData:
     """Offline trajectories at online times (stride k), their conditions, and scales.
 
@@ -58,7 +83,7 @@ class OfflineData:
     modes draw the same batches from the same generator."""
 
     def __init__(self, store: TrajectoryStore, k: int, optimizers: list[str] | None = None,
-                 device: str = "cpu", in_memory_gb: float | None = None):
+                 device: str = "cpu", in_memory_gb: float | None = None, condition_points: int | None = 1):
         cfg = store.config
         total = cfg["steps"]
         if k > total:
@@ -100,17 +125,26 @@ class OfflineData:
             self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
             self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
         family = store.family()
-        conds: dict[int, torch.Tensor] = {}
+        tasks: dict[int, Any] = {}
         for i in chosen:
             seed = store.trajectories[i]["task_seed"]
-            if seed not in conds:
-                conds[seed] = family.sample(seed, store.config["split"]).condition()
+            if seed not in tasks:
+                tasks[seed] = family.sample(seed, store.config["split"])
+        self.condition = resolve_condition(condition_points, tasks)
+        m = self.condition["points"]
+        conds = {}
+        for seed, task in tasks.items():
+            conds[seed] = task.condition(m)
+            check_finite(conds[seed], f"task {task.name}'s condition (from its training split)",
+                         "its features hold NaN or inf: clean the data")
         self.cond = torch.stack([conds[store.trajectories[i]["task_seed"]] for i in chosen]).to(device)
         self.family = family
         self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
         self.task_seeds = torch.tensor([store.trajectories[i]["task_seed"] for i in chosen])
-        self._tasks: dict[int, Any] = {}
-        self.cond_scale = self.cond.square().mean().sqrt().clamp_min(1e-8).item()
+        self._tasks: dict[int, Any] = {}  # sampled again on demand (not kept: their data)
+        # RMS of the class means the conditions carry (the same number for every m)
+        means = self.cond if m == 1 else (self.cond[..., :-1] * self.cond[..., -1:]).sum(-2)
+        self.cond_scale = means.square().mean().sqrt().clamp_min(1e-8).item()
 
     def _refuse_non_finite(self, i: int) -> None:
         tid = self.store.trajectories[i]["id"]
@@ -280,7 +314,7 @@ class Distributed:
 
 
 # The parts of a run that must not change on resume (iterations and time limit may).
-_RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha")
+_RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha", "condition_points")
 
 
 def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
@@ -288,6 +322,7 @@ def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
     defaults (new settings default to the old behaviour), so a folder trained by an older
     version resumes; a changed or unknown setting still differs."""
     out = dict(meta)
+    out["condition_points"] = int((meta.get("condition") or {}).get("points", 1))  # 1: saved before coresets
     for key, cls in (("policy_config", PolicyConfig), ("loss_config", LossConfig)):
         if isinstance(out.get(key), dict):
             out[key] = {**asdict(cls()), **out[key]}
@@ -332,7 +367,7 @@ def heldout_accuracy(policy: LohpPolicy, family, n_tasks: int, init: str, init_s
                      device: str = "cpu", init_scale: float = 1.0, seed: int = 0) -> float:
     tasks = family.heldout_tasks(n_tasks)
     s0 = torch.stack([t.init_theta(10_000 + seed * 1000 + i, init, init_sigma) for i, t in enumerate(tasks)])
-    cond = torch.stack([t.condition() for t in tasks])
+    cond = torch.stack([t.condition(policy.condition_points) for t in tasks])
     out = policy.rollout(s0.to(device) * init_scale, cond.to(device)).cpu()
     return float(np.mean([t.evaluate(th)[t.metric_name] for t, th in zip(tasks, out)]))
 
@@ -365,12 +400,14 @@ class Trainer:
         # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)
         pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
         self.policy_config = pc
-        self.data = OfflineData(self.store, k, self.train_config.optimizers, device, self.train_config.in_memory_gb)
+        self.data = OfflineData(self.store, k, self.train_config.optimizers, device, self.train_config.in_memory_gb,
+                                pc.condition_points)
         structure = make_structure(self.store.layout, {"features": pc.features}, kind=pc.structure)
         with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
             torch.manual_seed(self.train_config.seed)
             self.policy = LohpPolicy(structure, self.data.n_steps, pc, self.data.step_scale.cpu(),
-                                     self.data.theta_scale, self.data.cond_scale, self.data.init_scale).to(device)
+                                     self.data.theta_scale, self.data.cond_scale, self.data.init_scale,
+                                     self.data.condition["points"]).to(device)
         self.loss = make_loss(loss_config)
         groups = self.policy.parameter_groups()
         tc = self.train_config
@@ -398,6 +435,7 @@ class Trainer:
 
         return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
+                "condition": self.data.condition,
                 "k": self.data.k, "n_steps": self.data.n_steps, "total_steps": self.data.total_steps,
                 "layout": st.layout.to_dict(), "structure": self.policy.structure.to_dict(),
                 "family": st.config["family"], "family_config": self.data.family.config(),
@@ -415,7 +453,7 @@ class Trainer:
                 (self.out / name).unlink(missing_ok=True)
         elif meta_path.exists():
             old = _with_defaults(read_json(meta_path, "policy description"))
-            diff = [k for k in _RESUME_KEYS if old.get(k) != self.meta.get(k)]
+            diff = [k for k in _RESUME_KEYS if old.get(k) != _with_defaults(self.meta).get(k)]
             if diff:
                 raise LohpError(f"{self.out} holds a policy trained with other settings ({', '.join(diff)} differ); "
                                 "use the same command to resume, another --out, or --overwrite")

@@ -194,7 +194,7 @@ def _step_cosines(cfg: DigitsBenchConfig, gen: Generator, tasks, s0: torch.Tenso
     thetas, _, _ = train_runs(tasks, make_optimizer("adam", **adam_hp), s0, gen.meta["total_steps"],
                               cfg.batch_size, record_every=k, seed=123)
     b, n1, d = thetas.shape
-    cond = torch.stack([t.condition() for t in tasks])
+    cond = torch.stack([t.condition(gen.policy.condition_points) for t in tasks])
     states = thetas[:, :-1].reshape(-1, d)
     jj = torch.arange(n1 - 1).repeat(b)
     mu = gen.policy(states, jj, cond.repeat_interleave(n1 - 1, 0))

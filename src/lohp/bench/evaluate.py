@@ -17,12 +17,9 @@ import numpy as np
 import torch
 
 from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
+from lohp.bench.baselines import BaselineContext, baseline_names, baseline_rows
 from lohp.bench.scenario import (
-    closed_form_row,
     gradient_rows,
-    probe_accuracy,
-    prototype_accuracy,
-    prototype_l2_accuracy,
     public,
     speedup,
     task_metrics,
@@ -36,8 +33,8 @@ from lohp.tasks import make_family
 from lohp.trajectories import TrajectoryStore
 
 PNG = "evaluate_accuracy_latency.png"
-BASELINES = ("adam", "sgd", "adam-n", "prototype", "prototype-l2", "linear-probe")
-_CLOSED = {"prototype": prototype_accuracy, "prototype-l2": prototype_l2_accuracy, "linear-probe": probe_accuracy}
+GRADIENT = ("adam", "sgd", "adam-n")
+BASELINES = GRADIENT + tuple(baseline_names())  # the registered closed forms and condition rows
 
 
 def _hparams(gen: Generator, family: Any, tune: bool, batch_size: int) -> dict[str, dict[str, Any]]:
@@ -66,7 +63,7 @@ class EvaluateConfig(Config):
 
     family: str | None = setting(None, "Task family (default: the policy's).")
     tasks: int = setting(20, "Held-out tasks.")
-    baselines: tuple[str, ...] = setting(("adam", "adam-n", "prototype", "linear-probe"),
+    baselines: tuple[str, ...] = setting(("adam", "adam-n", "adam-cond", "prototype", "lda", "linear-probe"),
                                          "Comma-separated: " + ", ".join(BASELINES) + ".")
     seeds: int = setting(1, "Seeds (starting weights s_0 drawn anew per seed).")
     batch_size: int = setting(32, "Minibatch size of the gradient baselines.")
@@ -111,13 +108,16 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     rows: list[dict[str, Any]] = []
     grads = [(b, "sgd" if b == "sgd" else "adam", N if b == "adam-n" else T) for b in baselines
              if b in ("adam", "sgd", "adam-n")]
-    hp = _hparams(gen, fam, tune and any(b != "sgd" for b, _, _ in grads), batch_size)
+    hp = _hparams(gen, fam, tune and any(b not in ("sgd",) and not b.startswith("proto") for b in baselines),
+                  batch_size)
     if grads:
         rows += gradient_rows(held, hp, s0_for, seeds, T, batch_size, grads, note)
-    for b in baselines:
-        if b in _CLOSED:
-            note(f"baseline {b}")
-            rows.append(closed_form_row(b, held, _CLOSED[b]))
+    closed = [b for b in baselines if b not in GRADIENT]
+    if closed:
+        s0 = s0_for(0)
+        ctx = BaselineContext(family=fam, adam=hp.get("adam"), steps=T, condition_points=gen.policy.condition_points,
+                              s0={t.name: s0[i] for i, t in enumerate(held)})
+        rows += baseline_rows(closed, held, ctx, note)
     note(f"generating with {gen.meta['method']}")
     accs, wides, per_task = [], [], []
     for seed in range(seeds):

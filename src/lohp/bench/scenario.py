@@ -3,7 +3,7 @@
     store = stage_one(work, family, family_config, ...)          # Stage I (resumable)
     rows  = gradient_rows(tasks, hp, s0_for, ...)                # adam, sgd, sam, adam-n
     rows += [learned_row(work, store, v, tasks, s0_for, ...)]    # every learned variant
-    rows += [probe_row(tasks), prototype_row(tasks)]             # closed-form baselines
+    rows += baseline_rows(names, tasks, ctx)                      # closed forms, adam-cond (baselines.py)
 
 The image scenarios (transfer, few-shot, domain) run that skeleton once per :class:`Part`
 (a store and its held-out tasks) with :func:`run_part`; a part's fields are the hooks where
@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from lohp.bench.baselines import BaselineContext, baseline_rows
 from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, single_run_seconds
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace, task_loss_fn
@@ -34,7 +35,6 @@ from lohp.generation import Generator
 from lohp.losses import get_method
 from lohp.optim import make_optimizer
 from lohp.tasks import Task
-from lohp.tasks.base import class_means
 from lohp.training import train
 from lohp.trajectories import TrajectoryStore, make_config, prepare
 
@@ -287,37 +287,6 @@ def speedup(tasks: Sequence[Task], s0: torch.Tensor, lohp_acc: Sequence[float], 
             "speedup_adam_reached": reached}
 
 
-# --------------------------------------------------------------------------- closed-form baselines
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
-
-
-def prototype_accuracy(task: Task, normalize: bool = False) -> tuple[float, float]:
-    """Nearest class mean (Euclidean) on the task's own features; with ``normalize`` every
-    example is first scaled to unit L2 norm (the usual prototype classifier on frozen
-    embeddings, row ``prototype-l2``); (accuracy, ms)."""
-
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(len(x), -1)
-        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) if normalize else x
-
-    means, ms = _timed(lambda: class_means(prep(task.x_train), task.y_train, task.n_classes))
-    pred = torch.cdist(prep(task.x_eval), means).argmin(-1)
-    return float((pred == task.y_eval).float().mean()), ms
-
-
-def prototype_l2_accuracy(task: Task) -> tuple[float, float]:
-    return prototype_accuracy(task, normalize=True)
-
-
-def prototype_rows(tasks: Sequence[Task]) -> list[dict[str, Any]]:
-    """The prototype classifier on raw and on L2-normalised features."""
-    return [closed_form_row("prototype", tasks, prototype_accuracy),
-            closed_form_row("prototype-l2", tasks, prototype_l2_accuracy)]
-
-
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
@@ -358,26 +327,6 @@ def baseline_hparams(store: TrajectoryStore, steps: int, batch_size: int, note: 
                          max(steps // 2, 1), batch_size)
 
 
-def probe_accuracy(task: Task, max_iter: int = 1000) -> tuple[float, float]:
-    """scikit-learn logistic regression on the task's features (the linear probe); (accuracy, ms)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = task.x_train.reshape(len(task.x_train), -1).numpy()
-    clf, ms = _timed(lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter)).fit(
-        x, task.y_train.numpy()))
-    return float(clf.score(task.x_eval.reshape(len(task.x_eval), -1).numpy(), task.y_eval.numpy())), ms
-
-
-def closed_form_row(name: str, tasks: Sequence[Task], fn: Callable[[Task], tuple[float, float]]) -> dict[str, Any]:
-    res = [fn(t) for t in tasks]
-    acc = [a for a, _ in res]
-    return {"method": name, "k": None, "steps": None, "accuracy": float(np.mean(acc)), "accuracy_std": 0.0,
-            "accuracy_wide": None, "latency_ms": statistics.median(ms for _, ms in res), "seeds": [float(np.mean(acc))],
-            "per_task": acc}
-
-
 def ci95(values: Sequence[float]) -> float:
     """Half-width of the normal 95 % confidence interval of the mean."""
     v = np.asarray(values, dtype=float)
@@ -390,10 +339,6 @@ def public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- the shared skeleton
-CLOSED_FORMS = {"linear-probe": probe_accuracy, "prototype": prototype_accuracy,
-                "prototype-l2": prototype_l2_accuracy}
-
-
 def baseline_specs(names: Sequence[str], T: int) -> list[tuple[str, str, int]]:
     """Gradient rows by name: ``adam`` / ``sgd`` / ``sam`` for T steps, ``adam-n`` (Adam) for T/2."""
     return [(n, "adam", T // 2) if n == "adam-n" else (n, n, T) for n in names]
@@ -409,7 +354,7 @@ class Part:
     family_config: dict[str, Any]
     eval_tasks: int
     baselines: tuple[str, ...]                      # gradient rows (baseline_specs)
-    closed_forms: tuple[str, ...]                   # CLOSED_FORMS rows
+    closed_forms: tuple[str, ...]                   # baseline rows by name (lohp.bench.baselines)
     tags: dict[str, Any] = field(default_factory=dict)  # written into every row of the part
     label: str = ""                                 # progress prefix, e.g. "1-shot: "
     stage_note: str = "Stage I: preparing the store"
@@ -447,16 +392,22 @@ def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResul
     s0_for = s0_sampler(tasks, store)
     s0_cross = [s0_sampler(xt, store) for _, xt in cross]
 
-    def closed(on: Sequence[Task]) -> list[dict[str, Any]]:
-        return [closed_form_row(name, on, CLOSED_FORMS[name]) for name in part.closed_forms]
+    lohp_variant = next((v for v in cfg.variants if v.method == "lo-hp"), None)
+    points = (lohp_variant.policy_options.get("condition_points") if lohp_variant else None)
+    ctx = BaselineContext(family=store.family(), adam=hp.get("adam"), steps=T, condition_points=points)
+
+    def closed(on: Sequence[Task], s0: torch.Tensor) -> list[dict[str, Any]]:
+        ctx.s0 = {t.name: s0[i] for i, t in enumerate(on)}
+        return baseline_rows(part.closed_forms, on, ctx)
 
     rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size, baseline_specs(part.baselines, T), note)
     note(f"{part.label}closed-form baselines: {', '.join(part.closed_forms)}")
-    rows += closed(tasks)
+    rows += closed(tasks, s0_for(0))
     cross_rows: list[list[dict[str, Any]]] = []
     for (_, xt), xs0 in zip(cross, s0_cross):
         cross_rows.append(gradient_rows(xt, hp, xs0, cfg.seeds, T, cfg.batch_size,
-                                        baseline_specs(part.cross_baselines, T), note) + closed(xt))
+                                        baseline_specs(part.cross_baselines, T), note) + closed(xt, xs0(0)))
+    tuning = {**tuning, **ctx.tuning}
     extra_tasks = {str(i): (xt, xs0) for i, ((_, xt), xs0) in enumerate(zip(cross, s0_cross))}
     for v in cfg.variants:
         row, extra = learned_row(part.work, store, v, tasks, s0_for, cfg.seeds, 0, cfg.train_batch, note,

@@ -41,7 +41,13 @@ def build_policy(meta: dict[str, Any]) -> LohpPolicy:
                         "this build does not have; upgrade lohp, or retrain the policy")
     layout = ParamLayout.from_dict(meta["layout"])
     structure = make_structure(layout, spec=meta.get("structure"))
-    return LohpPolicy(structure, meta["n_steps"], PolicyConfig.from_dict(meta["policy_config"]))
+    return LohpPolicy(structure, meta["n_steps"], PolicyConfig.from_dict(meta["policy_config"]),
+                      condition_points=condition_points(meta))
+
+
+def condition_points(meta: dict[str, Any]) -> int:
+    """m of the conditions a saved policy was trained on (1 for policies saved before coresets)."""
+    return int((meta.get("condition") or {}).get("points", 1))
 
 
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:

@@ -15,9 +15,9 @@ Condition features per position (each kind scaled to unit RMS per task, so
 ``scale_condition`` is False):
 
 - head slots ``W[c, i]``: the negative gradient of a surrogate cross-entropy of the head on
-  the class means m_c of the frozen embeddings (each class mean one example labelled c),
-  in closed form from the current head: ``((I - softmax(M W^T)) / C)^T M``;
-- A slots: the spread across classes of coordinate i, ``std_c m_c[i]``;
+  the condition's weighted points of the frozen embeddings (:mod:`lohp.condition`; with
+  class means, ``((I - softmax(M W^T)) / C)^T M``), in closed form from the current head;
+- A slots: the spread across classes of coordinate i, ``std_c m_c[i]`` (class means m_c);
 - B slots: the surrogate gradient's size on coordinate i, ``||g_W[:, i]||``.
 """
 
@@ -31,7 +31,9 @@ import torch
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 from lohp.policy.structure import register_structure
-from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
+from lohp.condition import split as split_condition
+from lohp.condition import weighted_means
+from lohp.policy.surrogate import unit_rms, weighted_ce_grad
 
 
 @register_structure
@@ -121,16 +123,18 @@ class LoraStructure:
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Features ``[..., H, R, 1]`` aligned with :meth:`rows` (see the module doc)."""
         c, h, r = self.n_classes, self.hidden, self.rank
-        if cond.shape[-2:] != (c, h):
-            raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained for "
+        if cond.shape[-2:] != (c, h) and (cond.dim() < 3 or cond.shape[-3] != c or cond.shape[-1] != h + 1):
+            raise LohpError(f"task condition has shape {list(cond.shape)} but the policy was trained for "
                             f"{c} classes x {h} embedding dimensions; use {c}-way tasks of the same model")
         if theta is None:
             raise LohpError("the lora-dims structure needs the current weights to build its condition features")
         lead = theta.shape[:-1]
+        pts, share = split_condition(cond, c, h)
         w = theta[..., self.head_offset:self.head_offset + c * h].reshape(*lead, c, h)
-        _, g_w, _ = class_mean_ce_grad(cond, w)                                  # [..., C, H]
+        _, _, g_w, _ = weighted_ce_grad(pts, share, w)                           # [..., C, H]
         head = unit_rms(g_w).transpose(-1, -2)                                    # [..., H, C]
-        spread = unit_rms(cond.std(-2, unbiased=False)[..., None])                # [..., H, 1]
+        means = weighted_means(cond, c, h)
+        spread = unit_rms(means.std(-2, unbiased=False)[..., None])               # [..., H, 1]
         size = unit_rms(g_w.norm(dim=-2)[..., None])                              # [..., H, 1]
         block = torch.cat([spread.expand(*lead, h, r), size.expand(*lead, h, r)], dim=-1)
         return torch.cat([block] * self.n_modules + [head], dim=-1)[..., None]

@@ -7,9 +7,10 @@ Hidden unit h's row is everything that belongs to it, plus the shared output bia
 so relabelling hidden units permutes rows (the policy is equivariant to their order) and
 ``flat`` averages the per-unit copies of ``b2`` (an exact inverse of ``rows``).
 
-Condition features come from the network's own function on the task condition (the class
-means m_c, METHOD.md "whole-network generation"): each class mean is pushed through the
-current MLP as one example labelled c, and every position receives the negative gradient
+Condition features come from the network's own function on the task condition (its
+weighted points per class, :mod:`lohp.condition`; docs/method.md "whole-network
+generation"): each point is pushed through the current MLP as one example labelled with its
+class, weighted by its share / C, and every position receives the negative gradient
 of that surrogate cross-entropy in closed form (forward quantities only; no task data
 and no autograd). Each task's feature vector is scaled to unit RMS, so the policy sees a
 direction whose size does not shrink as training converges.
@@ -25,7 +26,8 @@ import torch
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 from lohp.policy.structure import register_structure
-from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
+from lohp.condition import split as split_condition
+from lohp.policy.surrogate import unit_rms, weighted_ce_grad
 
 
 @register_structure
@@ -96,17 +98,18 @@ class MlpUnitStructure:
         return torch.cat([p[1] for p in parts], dim=-1)
 
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative surrogate gradient on the class means, unit RMS per task, as rows ``[..., H, R, 1]``."""
+        """Negative surrogate gradient on the condition's weighted points, unit RMS per task,
+        as rows ``[..., H, R, 1]``."""
         if theta is None:
             raise LohpError("the mlp-units structure needs the current weights to build its condition features")
-        if cond.shape[-2:] != (self.n_classes, self.n_in):
-            raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained for "
-                            f"{self.n_classes} classes x {self.n_in} inputs; use a task of that shape")
+        pts, share = split_condition(cond, self.n_classes, self.n_in)
         w1, b1, w2, b2 = self.split(theta)
-        pre = cond @ w1.transpose(-1, -2) + b1[..., None, :]                   # [..., C(ex), H]
+        c, m = pts.shape[-3], pts.shape[-2]
+        x = pts.reshape(*pts.shape[:-3], c * m, self.n_in)                    # [..., C*m(ex), F]
+        pre = x @ w1.transpose(-1, -2) + b1[..., None, :]                      # [..., C*m, H]
         act = pre.clamp_min(0)
-        delta, g_w2, g_b2 = class_mean_ce_grad(act, w2, b2)                    # the output layer on act
+        _, delta, g_w2, g_b2 = weighted_ce_grad(act.reshape(*act.shape[:-2], c, m, self.n_hidden), share, w2, b2)
         g_pre = (delta @ w2) * (pre > 0).to(pre.dtype)                         # back through the ReLU
-        g_w1 = g_pre.transpose(-1, -2) @ cond                                  # [..., H, F]
+        g_w1 = g_pre.transpose(-1, -2) @ x                                     # [..., H, F]
         g_b1 = g_pre.sum(-2)
         return unit_rms(self._rows(g_w1, g_b1, g_w2, g_b2))[..., None]

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lohp.condition import DEFAULT_POINTS, check_points
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.policy.flows import LogZ
@@ -54,6 +55,10 @@ class PolicyConfig(Config):
                                          "features.")
     skip_init: float = setting(1.0, "Initial gain of that step, in units of the real step size (0 = no step).")
     features: str = setting("gradient", "Head (class-rows) condition features: gradient (+ class means) or means.")
+    condition_points: int | None = setting(
+        None, "Condition points per class: 1 = the class means, m > 1 = a coreset of m k-means points per class "
+              f"(refused if a class has fewer training rows); default: {DEFAULT_POINTS}, capped at the smallest "
+              "class's training rows.")
     structure: str | None = setting(None, "Policy structure kind (class-rows, mlp-units, lora-dims or a registered "
                                           "one); default: the first registered one that fits the store's layout.")
 
@@ -66,6 +71,8 @@ class PolicyConfig(Config):
         if self.sigma_f <= 0 or self.sigma_b <= 0:
             raise LohpError("sigma_f and sigma_b must be > 0")
 
+        if self.condition_points is not None:
+            check_points(self.condition_points)
         if self.features not in HEAD_FEATURES:
             raise LohpError(f"unknown head features {self.features!r}; choose one of {', '.join(HEAD_FEATURES)}")
 
@@ -82,8 +89,11 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 class LohpPolicy(nn.Module):
     def __init__(self, structure: Any, n_steps: int, config: PolicyConfig | None = None,
                  step_scale: torch.Tensor | None = None, theta_scale: float = 1.0, cond_scale: float = 1.0,
-                 init_scale: float = 1.0):
+                 init_scale: float = 1.0, condition_points: int = 1):
         super().__init__()
+        # m of the conditions the policy was trained on (1: class means); the resolved value
+        # (the config's may be None = the default), recorded in policy.json's "condition"
+        self.condition_points = check_points(int(condition_points))
         self.config = config = config or PolicyConfig()
         self.structure = structure
         self.n_steps = int(n_steps)
@@ -142,6 +152,13 @@ class LohpPolicy(nn.Module):
     def _condition_rows(self, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # The features are an input, not a path for gradients (as in learned optimizers that
         # take gradients as inputs): no second-order terms through differentiable rollouts.
+        have = 1 if cond.dim() == s.dim() + 1 else cond.shape[-2]   # [B, C, F] or [B, C, m, F + 1]
+        if have != self.condition_points:
+            def kind(m: int) -> str:
+                return "class means" if m == 1 else f"a coreset of {m} points per class"
+            raise LohpError(f"the policy was trained on task conditions of {kind(self.condition_points)}, but this "
+                            f"condition is {kind(have)}; build it with task.condition({self.condition_points}) "
+                            "(lohp's generate and evaluate do)")
         crow = self.structure.condition_rows(cond, s.detach())      # [B, G, R, K]
         if crow.dim() == s.dim() + 1:                                # a structure with one channel
             crow = crow[..., None]
@@ -263,4 +280,5 @@ class LohpPolicy(nn.Module):
     # ------------------------------------------------------------------ (de)serialise
     def describe(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "structure": self.structure.to_dict(), "n_steps": self.n_steps,
+                "condition_points": self.condition_points,
                 "parameters": sum(p.numel() for p in self.parameters())}

@@ -26,7 +26,7 @@ For a classifier head (``weight [C, F]`` and ``bias [C]``) each output class is 
 group: its row of weights plus its bias, paired position by position with that class's
 condition features: the negative surrogate gradient of its row (``features="gradient"``,
 the default: an untrained policy is then a sane optimizer of the surrogate loss) and its
-class mean (unit RMS per task). ``features="means"`` is the earlier form (class means
+class mean (the share-weighted mean of a coreset condition's points; unit RMS per task). ``features="means"`` is the earlier form (class means
 only, scaled by the training RMS). The policy processes every group with the same network
 and sees the other classes only through symmetric pooling, so relabelling the classes
 permutes the generated rows the same way.
@@ -41,7 +41,9 @@ import torch
 
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
-from lohp.policy.surrogate import class_mean_ce_grad, unit_rms
+from lohp.condition import split as split_condition
+from lohp.condition import weighted_means
+from lohp.policy.surrogate import unit_rms, weighted_ce_grad
 
 HEAD_FEATURES = ("gradient", "means")
 
@@ -131,18 +133,17 @@ class ClassRowStructure:
 
     def condition_rows(self, cond: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Per-class features ``[..., C, R, K]`` aligned with :meth:`rows` (see the module doc)."""
-        if cond.shape[-2:] != (self.n_classes, self.n_features):
-            raise LohpError(f"task condition has shape {list(cond.shape[-2:])} but the policy was trained "
-                            f"for {self.n_classes} classes x {self.n_features} features; use a task "
-                            "with the same number of classes and features")
-        means = cond if self.bias is None else torch.cat([cond, torch.zeros_like(cond[..., :1])], dim=-1)
+        c, f = self.n_classes, self.n_features
+        pts, share = split_condition(cond, c, f)
+        mean = weighted_means(cond, c, f)
+        means = mean if self.bias is None else torch.cat([mean, torch.zeros_like(mean[..., :1])], dim=-1)
         if self.features == "means":
             return means[..., None]
         if theta is None:
             raise LohpError("the class-rows structure needs the current weights to build its gradient features")
         rows = self.rows(theta)
-        w, b = rows[..., :self.n_features], (rows[..., self.n_features] if self.bias else None)
-        _, g_w, g_b = class_mean_ce_grad(cond, w, b)
+        w, b = rows[..., :f], (rows[..., f] if self.bias else None)
+        _, _, g_w, g_b = weighted_ce_grad(pts, share, w, b)
         grad = g_w if g_b is None else torch.cat([g_w, g_b[..., None]], dim=-1)
         return torch.stack([unit_rms(grad), unit_rms(means)], dim=-1)
 

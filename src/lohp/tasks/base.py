@@ -51,9 +51,9 @@ from functools import cached_property
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lohp.condition import check_points, class_means, summarize  # noqa: F401 (class_means re-exported)
 from lohp.config import Config, config_from_dict
 from lohp.errors import LohpError
 from lohp.layout import ParamLayout
@@ -92,6 +92,9 @@ class Task:
     # c = condition_fn(task) when set (e.g. text tasks: class means of frozen embeddings of
     # the token ids); otherwise the class means of x_train.
     condition_fn: Callable[["Task"], torch.Tensor] | None = None
+    # The rows a coreset condition summarises, (features [n, F], labels [n]), when they are
+    # not x_train (e.g. text tasks: the frozen embeddings of the training texts).
+    condition_features: Callable[["Task"], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def name(self) -> str:
@@ -108,15 +111,27 @@ class Task:
     def layout(self) -> ParamLayout:
         return ParamLayout.from_module(self.model(), self.patterns)
 
-    def condition(self) -> torch.Tensor:
-        """The task condition c = g(task) from the training split only.
+    def condition(self, points: int = 1) -> torch.Tensor:
+        """The task condition c = g(task) from the training split only (:mod:`lohp.condition`).
 
-        Per-class mean input features in label order, shape [n_classes, features]: a
-        policy can pair each output class with its own row (METHOD.md, 'ours').
+        ``points=1``: per-class mean input features in label order, ``[n_classes, F]``, so a
+        policy can pair each output class with its own row; ``points=m > 1``: a coreset of
+        m weighted points per class, ``[n_classes, m, F + 1]``.
         """
-        if self.condition_fn is not None:
+        if check_points(points) == 1 and self.condition_fn is not None:
             return self.condition_fn(self)
-        return class_means(self.x_train, self.y_train, self.n_classes)
+        x, y = self.condition_rows()
+        return summarize(x, y, self.n_classes, points)
+
+    def condition_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training rows a condition summarises: (features [n, F], labels [n])."""
+        if self.condition_features is not None:
+            return self.condition_features(self)
+        if self.condition_fn is not None:
+            raise LohpError(f"the {self.family} family gives its tasks a condition of class means only; a coreset "
+                            "condition needs its training features (set Task.condition_features), or use "
+                            "condition points 1")
+        return self.x_train.reshape(len(self.x_train), -1), self.y_train
 
     def init_theta(self, seed: int, scheme: str = "standard", sigma: float = 0.01) -> torch.Tensor:
         """theta_0: the layer's standard init under ``seed``, or N(0, sigma^2)."""
@@ -155,12 +170,6 @@ def relabelled_splits(x: torch.Tensor, classes: Sequence[int], train_idx: dict[i
             xs[part].append(x[idx])
             ys[part].append(torch.full((len(idx),), label, dtype=torch.long))
     return torch.cat(xs["train"]), torch.cat(ys["train"]), torch.cat(xs["eval"]), torch.cat(ys["eval"])
-
-
-def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    onehot = F.one_hot(y, n_classes).to(x.dtype)
-    counts = onehot.sum(0).clamp_min(1.0)
-    return (onehot.T @ x.reshape(len(x), -1)) / counts[:, None]
 
 
 def as_type(value: Any, to: Callable[[Any], Any], name: str, what: str = "") -> Any:

@@ -189,7 +189,8 @@ class TextTableFamily(TableFamily):
         return Task(family=self.name, seed=task.seed, split=split, x_train=tok_train, y_train=y_train,
                     x_eval=tok_eval, y_eval=y_eval, n_classes=self.n_way, model_factory=self.model_factory,
                     patterns=self.patterns, info=task.info,
-                    condition_fn=lambda _t, c=cond: c)
+                    condition_fn=lambda _t, c=cond: c,
+                    condition_features=lambda _t, f=(task.x_train, task.y_train): f)
 
     def frozen_features(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen MiniLM embeddings (standardised as the head sees them) of the task's training

@@ -154,6 +154,7 @@ class TextFamily(TaskFamily):
                 ys[part].append(torch.full((len(idx[part][label]),), label, dtype=torch.long))
         train_feats = [self._embeddings(c, "train")[torch.from_numpy(i)] for c, i in zip(classes, idx["train"])]
         cond = torch.stack([f.mean(0) for f in train_feats])  # [n_way, 384]
+        feats = (torch.cat(train_feats), torch.cat(ys["train"]))  # what a coreset condition summarises
         return Task(
             family=self.name, seed=int(seed), split=split,
             x_train=torch.cat(xs["train"]), y_train=torch.cat(ys["train"]),
@@ -161,6 +162,7 @@ class TextFamily(TaskFamily):
             n_classes=self.n_way, model_factory=self.model_factory, patterns=_patterns(),
             info={"classes": classes, "combo": sorted(classes)},
             condition_fn=lambda task, c=cond: c,
+            condition_features=lambda task, f=feats: f,
         )
 
     def frozen_features(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,155 @@
+"""Task conditions: everything a policy sees of a task (one concept, one place).
+
+A condition summarises a task's training split per class. Two forms share one tensor type:
+
+- **class means** ``[C, F]``: one point per class (m = 1), the form every policy trained
+  before coresets uses, and still what ``points=1`` gives, bit for bit;
+- **coreset** ``[C, m, F + 1]``: m weighted points per class. ``[..., :F]`` are the points
+  (k-means centroids of the class's rows), ``[..., F]`` each point's *share* of its class
+  (its cluster's row count / the class's row count; the shares of a class sum to 1). A
+  class with no more than m rows is represented exactly: each row is a point with share
+  1 / rows, and the slots left over are padding with share 0 (a copy of a real row, so
+  the tensor stays finite and the padding adds nothing to any sum).
+
+The surrogate loss of :mod:`lohp.policy.surrogate` weighs point i of class c by
+``share_ci / C``, so every class weighs 1/C as with the class means, and m = 1 is exactly
+today's surrogate. Why more than the means: a gradient optimizer trained on the class
+means alone lands well short of one trained on the full split (the means carry no spread),
+and any policy that imitates it from the means inherits that ceiling; k-means points lift
+it most of the way (see docs/method.md).
+
+The summary is deterministic for a seed (k-means++ seeding from a fixed generator,
+then a fixed number of Lloyd iterations), batched over classes in torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lohp.errors import LohpError
+
+# Points per class of the default condition (the policy option condition_points=None),
+# capped at the smallest class's training rows. Chosen by measurement (docs/method.md).
+DEFAULT_POINTS = 8
+KMEANS_ITERATIONS = 10
+KMEANS_SEED = 0
+
+
+def class_means(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-class mean rows ``[C, F]`` (a class without rows gets zeros)."""
+    onehot = F.one_hot(y, n_classes).to(x.dtype)
+    counts = onehot.sum(0).clamp_min(1.0)
+    return (onehot.T @ x.reshape(len(x), -1)) / counts[:, None]
+
+
+def check_points(points: int) -> int:
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+        raise LohpError(f"condition points per class must be a whole number >= 1 (got {points!r}); "
+                        "use 1 for class means, or e.g. 8")
+    return points
+
+
+def class_rows(y: torch.Tensor, n_classes: int) -> list[int]:
+    """Training rows per class."""
+    return torch.bincount(y, minlength=n_classes)[:n_classes].tolist()
+
+
+def coreset(x: torch.Tensor, y: torch.Tensor, n_classes: int, points: int, seed: int = KMEANS_SEED,
+            iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
+    """The coreset condition ``[C, points, F + 1]`` of rows ``x [n, ...]`` labelled ``y``
+    (see the module doc). ``points=1`` gives the weighted form of the class means (the
+    :func:`summarize` of ``points=1`` is the plain ``[C, F]`` means form)."""
+    points = check_points(points)
+    x = x.reshape(len(x), -1)
+    if not torch.isfinite(x).all():
+        raise LohpError("the task's training features hold NaN or inf, so no condition can be computed: "
+                        "clean the data")
+    n_feat = x.shape[1]
+    counts = class_rows(y, n_classes)
+    if min(counts) == 0:
+        raise LohpError(f"class {counts.index(0)} has no training rows, so the task has no condition for it; "
+                        "every class needs at least one training example")
+    order = torch.argsort(y, stable=True)
+    xs, n_max = x[order], max(counts)
+    # classes padded to one batch: X [C, n_max, F], valid [C, n_max]
+    cnt = torch.tensor(counts)
+    starts = torch.cumsum(cnt, 0) - cnt
+    pos = torch.arange(n_max)[None, :]
+    X = xs[starts[:, None] + torch.minimum(pos, cnt[:, None] - 1)]   # a short class repeats its last row
+    valid = pos < cnt[:, None]
+    cent = _kmeans_pp(X, valid, points, torch.Generator().manual_seed(int(seed)))
+    size = torch.zeros(cent.shape[:2], dtype=x.dtype)
+    for _ in range(max(int(iterations), 1)):
+        assign = _assign(X, valid, cent)                                   # [C, n_max, m]
+        size = assign.sum(1)                                               # [C, m]
+        new = assign.transpose(1, 2) @ X / size.clamp_min(1.0)[..., None]
+        cent = torch.where(size[..., None] > 0, new, cent)                 # an empty cluster keeps its centre
+    # each centre is the mean of the rows it was last assigned, so the share-weighted mean
+    # of the points is the class mean (up to rounding)
+    share = size / torch.tensor(counts, dtype=x.dtype)[:, None]
+    out = torch.cat([cent, share[..., None]], dim=-1)
+    # classes with no more rows than points: the rows themselves (exact), padding share 0
+    for c, n in enumerate(counts):
+        if n <= points:
+            rows = X[c, :n]
+            pad = rows[:1].expand(points - n, n_feat)
+            out[c, :, :n_feat] = torch.cat([rows, pad])
+            out[c, :, n_feat] = torch.cat([torch.full((n,), 1.0 / n), torch.zeros(points - n)]).to(x.dtype)
+    return out
+
+
+def _assign(X: torch.Tensor, valid: torch.Tensor, cent: torch.Tensor) -> torch.Tensor:
+    """One-hot nearest-centre assignment ``[C, n, m]`` of the valid rows (zeros elsewhere)."""
+    d = torch.cdist(X, cent)
+    return F.one_hot(d.argmin(-1), cent.shape[1]).to(X.dtype) * valid[..., None].to(X.dtype)
+
+
+def _kmeans_pp(X: torch.Tensor, valid: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding, batched over classes: ``[C, m, F]``."""
+    c, n, _ = X.shape
+    w = valid.to(X.dtype)
+    first = torch.multinomial(w, 1, generator=gen)[:, 0]
+    cents = [X[torch.arange(c), first]]
+    dist = (X - cents[0][:, None]).square().sum(-1) * w
+    for _ in range(1, m):
+        p = torch.where(dist.sum(-1, keepdim=True) > 0, dist, w)  # all rows covered: uniform over valid
+        pick = torch.multinomial(p, 1, generator=gen)[:, 0]
+        cents.append(X[torch.arange(c), pick])
+        dist = torch.minimum(dist, (X - cents[-1][:, None]).square().sum(-1) * w)
+    return torch.stack(cents, 1)
+
+
+def summarize(x: torch.Tensor, y: torch.Tensor, n_classes: int, points: int = 1) -> torch.Tensor:
+    """A task's condition from its training rows: the class means ``[C, F]`` for
+    ``points=1``, else the coreset ``[C, points, F + 1]``."""
+    if check_points(points) == 1:
+        return class_means(x, y, n_classes)
+    return coreset(x, y, n_classes, points)
+
+
+# --------------------------------------------------------------------------- reading a condition
+def points_of(cond: torch.Tensor, n_features: int) -> int:
+    """m of a condition whose points have ``n_features`` features (1 for the means form)."""
+    return 1 if cond.shape[-1] == n_features else cond.shape[-2]
+
+
+def split(cond: torch.Tensor, n_classes: int, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points [..., C, m, F], share [..., C, m])`` of either form (the means form is
+    m = 1 with share 1), or a one-line LohpError naming the shapes."""
+    if cond.dim() >= 2 and cond.shape[-2:] == (n_classes, n_features):
+        return cond[..., None, :], torch.ones(cond.shape[:-1] + (1,), dtype=cond.dtype, device=cond.device)
+    if cond.dim() >= 3 and cond.shape[-3] == n_classes and cond.shape[-1] == n_features + 1:
+        return cond[..., :n_features], cond[..., n_features]
+    raise LohpError(f"task condition has shape {list(cond.shape)} but the policy was trained for {n_classes} "
+                    f"classes x {n_features} features (class means [C, F] or a coreset [C, m, F + 1]); "
+                    "use a task of that shape")
+
+
+def weighted_means(cond: torch.Tensor, n_classes: int, n_features: int) -> torch.Tensor:
+    """The per-class means ``[..., C, F]`` a condition carries: itself for the means form,
+    the share-weighted mean of the points for a coreset (the class mean up to rounding)."""
+    if cond.shape[-2:] == (n_classes, n_features):
+        return cond
+    pts, share = split(cond, n_classes, n_features)
+    return (pts * share[..., None]).sum(-2)
