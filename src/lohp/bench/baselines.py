@@ -35,6 +35,10 @@ from lohp.tasks import Task
 
 Fit = Callable[[Task], tuple[float, float]]
 
+# The rows every scenario table shows beside the generators (the closed forms a skeptic
+# tries first, and the information bound of the condition).
+SKEPTIC = ("prototype", "prototype-l2", "lda", "linear-probe", "adam-cond")
+
 
 @dataclass
 class BaselineContext:

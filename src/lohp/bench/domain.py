@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import (
     SCENARIO_COLUMNS,
@@ -100,7 +101,7 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
     t_start = time.perf_counter()
     parts = [Part(Path(cfg.work) / f"{ds}-{angle}", DATASETS[ds],
                   {"heldout_domain": angle, "n_way": cfg.n_way, "hidden": cfg.hidden, **cfg.family_options},
-                  cfg.eval_tasks, ("adam", "sgd", "adam-n"), ("linear-probe",),
+                  cfg.eval_tasks, ("adam", "sgd", "adam-n"), SKEPTIC,
                   tags={"dataset": ds, "domain": str(angle)}, label=f"{ds}, held-out {angle} degrees: ",
                   stage_note="Stage I on the other domains")
              for ds in cfg.datasets for angle in cfg.domains]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
 from lohp.bench.scenario import Part, Variant, budget_variants, ci95, public, run_parts
@@ -76,7 +77,7 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
     t_start = time.perf_counter()
     parts = [Part(Path(cfg.work) / f"{shots}-shot", "openclipart",
                   {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **cfg.family_options}, cfg.episodes,
-                  ("adam", "adam-n"), ("linear-probe", "prototype", "prototype-l2"),
+                  ("adam", "adam-n"), SKEPTIC,
                   tags={"shots": shots, "episodes": cfg.episodes}, row_tags=lambda r: {"ci95": ci95(r["per_task"])},
                   label=f"{shots}-shot: ", stage_note="Stage I on source episodes")
              for shots in cfg.shots]

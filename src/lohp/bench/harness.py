@@ -23,6 +23,8 @@ from lohp.plotting import pyplot, save_figure
 from lohp.tasks import Task
 from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
+# Rows drawn as horizontal reference lines in the learning-curve plots.
+REFERENCE_ROWS = ("adam", "adam-cond", "prototype", "prototype-l2", "lda", "linear-probe")
 WIDE = 10.0  # the robustness column: s_0 drawn this many times wider than in training
 
 
@@ -158,7 +160,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
             label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) else "")
             ax.plot(pts[:, 0], pts[:, 1], color=color, marker=".", label=label)
     for r in rows:  # gradient and closed-form baselines as horizontal references
-        if r.get("method") in ("adam", "prototype", "prototype-l2", "linear-probe") and r.get("accuracy") is not None:
+        if r.get("method") in REFERENCE_ROWS and r.get("accuracy") is not None:
             ax.axhline(r["accuracy"], ls="--", lw=0.8, color="grey")
             ax.annotate(r["method"], (0.01, r["accuracy"]), xycoords=("axes fraction", "data"), fontsize=7,
                         xytext=(0, 2), textcoords="offset points", color="grey")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
 from lohp.bench.scenario import Part, Variant, budget_variants, public, run_parts
@@ -62,7 +63,7 @@ class TransferBenchConfig(Config):
 def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
     t_start = time.perf_counter()
     part = Part(Path(cfg.work), "openclipart", {"n_way": cfg.n_way, **cfg.family_options}, cfg.eval_tasks,
-                ("adam", "sgd", "adam-n"), ("linear-probe", "prototype", "prototype-l2"),
+                ("adam", "sgd", "adam-n"), SKEPTIC,
                 tags={"dataset": "openclipart"}, order_on_lohp=False,
                 stage_note="Stage I: preparing the store (features are computed once and cached)",
                 cross=lambda: [({"dataset": "fashion"},
