@@ -215,3 +215,22 @@ def test_held_out_domain_tasks_never_appear_in_source_tasks(fake_domains):
     assert fam.sample(0).layout.size == 784 * 4 + 4 + 4 * 3 + 3
     with pytest.raises(LohpError, match="unknown domain 50"):
         make_family("rotated-mnist", heldout_domain=50)
+
+
+def test_target_shots_train_source_episodes_on_more_images_than_their_condition_sees(fake_features):
+    from lohp.condition import class_means
+
+    base = make_family("openclipart", n_way=5, shots=2, queries=10, heldout_fraction=0.5)
+    more = make_family("openclipart", n_way=5, shots=2, queries=10, heldout_fraction=0.5, target_shots=8)
+    src, src_base = more.sample(3, "source"), base.sample(3, "source")
+    assert torch.bincount(src.y_train).tolist() == [8] * 5
+    # the condition sees the support set alone: the first 2 of the 8 images per class, the base episode's
+    assert torch.equal(src.condition(), class_means(src_base.x_train, src_base.y_train, 5))
+    assert torch.equal(src.condition(2)[..., :-1].sort(1).values,
+                       src_base.condition(2)[..., :-1].sort(1).values)
+    assert set(map(tuple, src.x_eval.tolist())).isdisjoint(map(tuple, src.x_train.tolist()))
+    # held-out episodes do not change
+    a, b = more.sample(3, "heldout"), base.sample(3, "heldout")
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_eval, b.x_eval)
+    with pytest.raises(LohpError, match="target_shots"):
+        make_family("openclipart", n_way=5, shots=4, target_shots=2, heldout_fraction=0.5)

@@ -128,6 +128,10 @@ class FeatureOptions(Config):
     n_way: int = setting(5, "Classes per task.")
     shots: int | None = setting(None, "Training images per class of a few-shot episode (none: the whole pool).")
     queries: int = setting(15, "Evaluation images per class of a few-shot episode.")
+    target_shots: int | None = setting(
+        None, "Source episodes only: train on this many images per class (>= shots) while the condition sees the "
+              "first `shots` of them, so Stage I's targets know more than the support set; held-out episodes "
+              "are unchanged.")
     heldout_fraction: float = setting(0.35, "Fraction of the classes held out.")
     train_fraction: float = setting(0.6, "Fraction of each class's images in the training pool.")
     split_seed: int = setting(0, "Seed of the fixed class and image splits.")
@@ -140,6 +144,8 @@ class FeatureOptions(Config):
             raise LohpError(f"n_way must be >= 2 (got {self.n_way})")
         if self.shots is not None and self.shots < 1:
             raise LohpError(f"shots must be >= 1 (got {self.shots})")
+        if self.target_shots is not None and (self.shots is None or self.target_shots < self.shots):
+            raise LohpError(f"target_shots ({self.target_shots}) needs shots and must be >= shots ({self.shots})")
         if not 0 < self.heldout_fraction < 1 or not 0 < self.train_fraction < 1:
             raise LohpError("heldout_fraction and train_fraction must lie strictly between 0 and 1")
         self.patterns = tuple(self.patterns)
@@ -170,8 +176,9 @@ class FeatureFamily(TaskFamily):
                                                        rng)
         if shots is not None:
             smallest = min(len(self._train_idx[c]) + len(self._eval_idx[c]) for c in self._train_idx)
-            if shots + queries > smallest:
-                raise LohpError(f"{self.dataset} classes hold too few images for {shots} shots and {queries} "
+            most = max(shots, self.target_shots or 0)
+            if most + queries > smallest:
+                raise LohpError(f"{self.dataset} classes hold too few images for {most} shots and {queries} "
                                 f"queries (the smallest class has {smallest}); ask for fewer shots or queries")
 
     def model_factory(self) -> nn.Module:
@@ -183,13 +190,23 @@ class FeatureFamily(TaskFamily):
         rng = np.random.default_rng([int(seed), 0 if split == "source" else 1, self.split_seed, 7])
         classes = [int(c) for c in rng.choice(pool, self.n_way, replace=False)]
         train, evals = self._train_idx, self._eval_idx
+        support = None
         if self.shots is not None:  # an episode: disjoint support and queries from the class's images
-            train, evals = {}, {}
+            train, evals, support = {}, {}, {}
+            # a source episode with target_shots trains on more images than its support set
+            n = self.target_shots if (self.target_shots and split == "source") else self.shots
             for c in classes:
                 pick = rng.permutation(np.concatenate([self._train_idx[c], self._eval_idx[c]]))
-                train[c], evals[c] = pick[:self.shots], pick[self.shots:self.shots + self.queries]
-        return _build_task(self.name, seed, split, self._x, classes, train, evals, self.model_factory,
+                train[c], evals[c], support[c] = pick[:n], pick[n:n + self.queries], pick[:self.shots]
+        task = _build_task(self.name, seed, split, self._x, classes, train, evals, self.model_factory,
                            self.patterns, {"classes": [self.class_names[c] for c in classes], "shots": self.shots})
+        if support is not None and len(train[classes[0]]) > self.shots:
+            idx = [torch.as_tensor(support[c], dtype=torch.long) for c in classes]
+            rows = (torch.cat([self._x[i] for i in idx]),
+                    torch.cat([torch.full((len(i),), label, dtype=torch.long) for label, i in enumerate(idx)]))
+            task.condition_features = lambda _t, r=rows: r
+            task.info["target_shots"] = len(train[classes[0]])
+        return task
 
 
 class OpenclipartFamily(FeatureFamily):
