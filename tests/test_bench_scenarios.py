@@ -34,13 +34,15 @@ def test_transfer_rows_cover_every_method_and_the_cross_dataset(fake_features, t
     rows = result["rows"]
     _schema(rows)
     clip = [r["method"] for r in rows if r["dataset"] == "openclipart"]
-    assert clip == ["adam", "sgd", "adam-n", "linear-probe", "prototype", "prototype-l2", "hypernetwork", "lo-di",
-                    "lo-hp"]
-    assert [r["method"] for r in rows if r["dataset"] == "fashion"] == ["adam", "linear-probe", "prototype",
-                                                                        "prototype-l2", "hypernetwork", "lo-di", "lo-hp"]
+    skeptic = ["prototype", "prototype-l2", "lda", "linear-probe", "adam-cond"]
+    assert clip == ["adam", "sgd", "adam-n", *skeptic, "hypernetwork", "lo-di", "lo-hp"]
+    assert [r["method"] for r in rows if r["dataset"] == "fashion"] == ["adam", *skeptic, "hypernetwork", "lo-di",
+                                                                        "lo-hp"]
     learned = [r for r in rows if r["dataset"] == "openclipart" and r["method"] in ("hypernetwork", "lo-di", "lo-hp")]
     assert all(r["iterations_per_second"] > 0 and r["curves"] and r["curves"][0] for r in learned)
-    assert "time_to_accuracy_speedup" in next(r for r in rows if r["method"] == "lo-hp")
+    lohp = next(r for r in rows if r["method"] == "lo-hp")
+    assert lohp["speedup_condition_included"] and lohp["time_to_accuracy_speedup_without_condition"] > 0
+    assert result["adam_tuning"]["linear-probe"]["C"] in (0.01, 0.1, 1.0, 10.0)
     json.dumps(result)
     assert btr.plots(result, tmp_path / "plots")[0].stat().st_size > 0
 
@@ -60,8 +62,9 @@ def test_few_shot_rows_carry_shots_and_a_confidence_interval(fake_features, tmp_
     rows = bfs.run(cfg)["rows"]
     _schema(rows)
     assert [(r["method"], r["shots"]) for r in rows] == [(m, s) for s in (1, 2)
-                                                         for m in ("adam", "adam-n", "linear-probe", "prototype",
-                                                                   "prototype-l2", "hypernetwork", "lo-hp")]
+                                                         for m in ("adam", "adam-n", "prototype", "prototype-l2", "lda",
+                                                                   "linear-probe", "adam-cond", "hypernetwork",
+                                                                   "lo-hp")]
     assert all(r["episodes"] == 6 and r["ci95"] >= 0 for r in rows)
 
 
@@ -80,9 +83,10 @@ def test_domain_rows_per_held_out_domain_and_their_mean(fake_domains, tmp_path):
                                  variants=_variants(["lo-di", "lo-hp"], token_size=32, condition_skip=True))
     rows = bdom.run(cfg)["rows"]
     _schema(rows)
+    methods = ("adam", "sgd", "adam-n", "prototype", "prototype-l2", "lda", "linear-probe", "adam-cond", "lo-di",
+               "lo-hp")
     assert [(r["method"], r["domain"]) for r in rows] == (
-        [(m, d) for d in ("0", "30") for m in ("adam", "sgd", "adam-n", "linear-probe", "lo-di", "lo-hp")]
-        + [(m, "mean") for m in ("adam", "sgd", "adam-n", "linear-probe", "lo-di", "lo-hp")])
+        [(m, d) for d in ("0", "30") for m in methods] + [(m, "mean") for m in methods])
     for m in ("adam", "lo-hp"):
         per = [r["accuracy"] for r in rows if r["method"] == m and r["domain"] != "mean"]
         mean = next(r for r in rows if r["method"] == m and r["domain"] == "mean")

@@ -84,6 +84,10 @@ def lda_accuracy(task: Task) -> tuple[float, float]:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     x, y = _flat(task.x_train).double().numpy(), task.y_train.numpy()
+    if len(y) <= task.n_classes:
+        # one example per class: no within-class scatter, so shrinkage LDA is full shrinkage
+        # to a spherical covariance, i.e. the nearest class mean (scikit-learn refuses the fit)
+        return prototype_accuracy(task)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one example per class: a zero within-class scatter is shrunk anyway
         clf, ms = _timed(lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y))

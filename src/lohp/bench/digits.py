@@ -154,7 +154,7 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
         if v.method == "lo-hp" and v.optimizers is None:
             note(f"time-to-accuracy of Adam vs lo-hp k={v.k}")
             row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
-                               cfg.speedup_tasks))
+                               cfg.speedup_tasks, row.get("latency_with_condition_ms")))
         rows.append(row)
 
     # ------------------------------------------------------------- figure 3: step cosines

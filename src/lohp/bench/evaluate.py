@@ -135,7 +135,8 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
            "latency_with_condition_ms": lat["latency_with_condition_ms"], "seeds": accs, "per_task": per_task,
            "policy": str(policy)}
     if "adam" in hp:
-        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held))))
+        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held)),
+                           row["latency_with_condition_ms"]))
     rows.append(row)
     return {"benchmark": "evaluate", "policy": str(policy), "config": cfg.to_dict(), "family": fam.name,
             "family_config": fam.config(),

@@ -33,8 +33,9 @@ ACCURACY = ("accuracy", "accuracy (mean ± sample std)", ".4f")
 
 # The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate).
 SCENARIO_COLUMNS: Columns = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,
-                             ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "latency ms", ".2f"),
-                             ("time_to_accuracy_speedup", "speedup vs Adam", ".1f"),
+                             ("accuracy_wide", "acc. s0 x10", ".4f"), ("latency_ms", "ms steps", ".2f"),
+                             ("latency_with_condition_ms", "ms +cond", ".2f"),
+                             ("time_to_accuracy_speedup", "Adam time / ms+cond", ".1f"),
                              ("iterations_per_second", "train it/s", ".1f"), ("lr", "lr", "g")]
 
 
