@@ -242,3 +242,55 @@ def test_task_loss_and_flatness_metrics_on_digits():
         task_loss_fn(tasks, "test")
     with pytest.raises(LohpError, match="expected weights"):
         task_loss_fn(tasks)(thetas[:2])
+
+
+# --------------------------------------------------------------------------- on the default lo-hp
+def _head_policy_and_batch(points=3):
+    from lohp.losses import Batch
+    from lohp.policy import LohpPolicy, PolicyConfig
+    from lohp.policy.structure import ClassRowStructure
+
+    st = ClassRowStructure.from_layout(ParamLayout.from_module(nn.Linear(4, 3)))
+    torch.manual_seed(0)
+    policy = LohpPolicy(st, 2, PolicyConfig(token_size=5, channels=8, depth=1), step_scale=torch.full((2,), 0.1),
+                        condition_points=points)
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(2, 3, points, 4, generator=g)
+    share = torch.rand(2, 3, points, generator=g) + 0.1
+    cond = torch.cat([pts, (share / share.sum(-1, keepdim=True))[..., None]], -1)
+    off = torch.randn(2, 3, st.size, generator=g) * 0.3
+    return policy, Batch(off, cond, torch.Generator().manual_seed(2))
+
+
+def test_lohp_hessian_trace_regularizer_is_the_exact_surrogate_trace_at_the_one_step_predictions():
+    """With many probes the Hutchinson term is the exact Hessian trace of the condition's
+    surrogate loss at s_j + mu(s_j) (torch.func.hessian as the reference), and it moves
+    the policy's parameters (its gradient reaches them through mu)."""
+    from lohp.losses import OnPolicyStates, loss_config
+
+    policy, batch = _head_policy_and_batch()
+    loss = OnPolicyStates(loss_config("lo-hp", flatness_weight=1.0, flatness_probes=4000, beta=1.0))
+    b, n1, d = batch.offline.shape
+    states = batch.offline[:, :-1].reshape(-1, d)
+    jj = torch.arange(n1 - 1).repeat(b)
+    cond = batch.cond.repeat_interleave(n1 - 1, 0)
+    pred = states + policy.heads(states, jj, cond)[0]
+    diag: dict[str, float] = {}
+    term = loss.flatness(policy, batch, pred, n1 - 1, diag)
+    exact = torch.stack([exact_trace(lambda th, c=c: policy.structure.surrogate_loss(c, th), p.detach())
+                         for p, c in zip(pred, cond)]).mean()
+    assert term.item() == pytest.approx(exact.item(), rel=0.05)
+    grads = torch.autograd.grad(term, [p for p in policy.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_lohp_local_entropy_regularizer_runs_and_only_lohp_style_losses_take_it():
+    from lohp.losses import OnPolicyStates, loss_config
+
+    policy, batch = _head_policy_and_batch()
+    total, diag = OnPolicyStates(loss_config("lo-hp", entropy_weight=1.0))(policy, batch)
+    assert torch.isfinite(total) and diag["entropy_loss"] >= 0
+    with pytest.raises(LohpError, match="flatness regularizers act on weights the policy generates"):
+        loss_config("lo-di", entropy_weight=1.0)
+    with pytest.raises(LohpError, match="states formulation"):
+        loss_config("lo-hp-v1", entropy_weight=1.0)

@@ -104,6 +104,9 @@ def test_flatness_regularizer_adds_weight_times_hutchinson_trace():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
 
 
-def test_flatness_needs_an_on_policy_method():
-    with pytest.raises(LohpError, match="on-policy"):
+def test_flatness_needs_a_method_that_generates():
+    with pytest.raises(LohpError, match="act on weights the policy generates"):
         loss_config("lo-di", flatness_weight=0.1)
+    with pytest.raises(LohpError, match="act on weights the policy generates"):
+        loss_config("lo-hp-v1", flatness_weight=0.1, beta=1.0)
+    assert loss_config("lo-hp", flatness_weight=0.1).flatness_weight == 0.1

@@ -71,6 +71,14 @@ class LossConfig(Config):
     # at the generated s_N (on-policy).
     flatness_weight: float = setting(0.0, "Flatness regularizer weight (Hessian trace at the generated weights).")
     flatness_probes: int = setting(1, "Hutchinson probes of the flatness regularizer.")
+    # lo-hp / lo-op (formulation "states"): both regularizers act at the one-step predictions
+    # s_j + mu(sg(s_j)) on the surrogate loss of the condition's weighted points.
+    entropy_weight: float = setting(0.0, "Local-entropy regularizer weight (Entropy-SGD; states formulation: at the "
+                                         "one-step predictions, on the condition's surrogate loss).")
+    entropy_gamma: float = setting(100.0, "Local-entropy scope gamma (larger = a narrower neighbourhood).")
+    entropy_temperature: float = setting(1e-4, "Local-entropy temperature.")
+    entropy_steps: int = setting(10, "Langevin steps of the local-entropy estimate.")
+    entropy_lr: float = setting(1e-3, "Langevin step size of the local-entropy estimate.")
     # formulation "states": the rollouts' starts are theta_0 x a width drawn from these, so the
     # policy also learns to correct from far-away starts; rollout_noise adds sigma_F noise.
     start_widths: list[float] = setting(factory=lambda: [1.0], help="Rollouts start at theta_0 x one of these "
@@ -97,9 +105,16 @@ class LossConfig(Config):
             raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
         regression = self.method in _METHODS and _METHODS[self.method].regression
         subtb = self.formulation == "subtb" and not regression
-        if self.flatness_weight > 0 and (self.beta >= 1 or not subtb):
-            raise LohpError("the flatness regularizer acts on generated weights of differentiable on-policy "
-                            "rollouts; use it with lo-hp-v1 or lo-hp-literal (beta < 1)")
+        if self.entropy_weight < 0 or min(self.entropy_gamma, self.entropy_temperature, self.entropy_lr) <= 0 \
+                or self.entropy_steps < 1:
+            raise LohpError("entropy_weight must be >= 0, entropy_gamma / entropy_temperature / entropy_lr > 0 and "
+                            "entropy_steps >= 1")
+        if (self.flatness_weight > 0 or self.entropy_weight > 0) and (regression or (subtb and self.beta >= 1)):
+            raise LohpError("the flatness regularizers act on weights the policy generates; use them with lo-hp, lo-op "
+                            "(one-step predictions) or lo-hp-v1 / lo-hp-literal (rollouts, beta < 1)")
+        if self.entropy_weight > 0 and subtb:
+            raise LohpError("the local-entropy regularizer is wired into the states formulation (lo-hp, lo-op); "
+                            "lo-hp-v1 / lo-hp-literal take flatness_weight (Hessian trace)")
         if subtb and self.log_z == "mean-residual" and self.rollouts < 2 and self.beta < 1:
             raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
 

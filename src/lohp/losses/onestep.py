@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import torch
 
+from lohp.errors import LohpError
+from lohp.flatness import hutchinson_trace, local_entropy_loss
 from lohp.losses.base import Batch, LossConfig
 from lohp.policy import LohpPolicy
 
 
 class OnPolicyStates:
-    diagnostics = ("loss_on", "loss_off")  # the names beside the loss value (the training log's columns)
+    # the names beside the loss value (the training log's columns)
+    diagnostics = ("loss_on", "loss_off", "hessian_trace", "entropy_loss")
 
     def __init__(self, config: LossConfig):
         self.config = config
@@ -79,11 +82,41 @@ class OnPolicyStates:
         err = ((off[:, 1:].reshape(b * n, d) - states.reshape(b * n, d) - mu)
                / policy.step_scale[jj][:, None]).square().mean(-1)
         loss = err.mean()
-        on = on.reshape(-1)
         diag = {}
+        cfg = self.config
+        if cfg.flatness_weight > 0 or cfg.entropy_weight > 0:
+            loss = loss + self.flatness(policy, batch, states.reshape(b * n, d) + mu, n, diag)
+        on = on.reshape(-1)
         with torch.no_grad():
             if on.any():
                 diag["loss_on"] = err[on].mean().item()
             if (~on).any():
                 diag["loss_off"] = err[~on].mean().item()
         return loss, diag
+
+    def flatness(self, policy: LohpPolicy, batch: Batch, pred: torch.Tensor, n: int, diag: dict[str, float]
+                 ) -> torch.Tensor:
+        """The L2O-Entropy regularizers at the one-step predictions ``pred [B*N, d]`` (whose
+        gradient reaches the policy through mu): the Hutchinson Hessian trace and the local
+        entropy of the surrogate loss on each task's condition points."""
+        cfg = self.config
+        surrogate = getattr(policy.structure, "surrogate_loss", None)
+        if surrogate is None:
+            raise LohpError(f"the {policy.structure.kind} structure has no surrogate_loss, which the flatness "
+                            "regularizers need; train without them or add it to the structure")
+        cond = batch.cond.repeat_interleave(n, 0)
+
+        def loss_fn(theta: torch.Tensor) -> torch.Tensor:
+            return surrogate(cond, theta)
+
+        total = pred.new_zeros(())
+        if cfg.flatness_weight > 0:
+            trace = hutchinson_trace(loss_fn, pred, cfg.flatness_probes, batch.generator).mean()
+            diag["hessian_trace"] = trace.item()
+            total = total + cfg.flatness_weight * trace
+        if cfg.entropy_weight > 0:
+            ent = local_entropy_loss(loss_fn, pred, cfg.entropy_gamma, cfg.entropy_temperature, cfg.entropy_steps,
+                                     cfg.entropy_lr, batch.generator).mean()
+            diag["entropy_loss"] = ent.item()
+            total = total + cfg.entropy_weight * ent
+        return total

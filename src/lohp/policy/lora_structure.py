@@ -33,7 +33,7 @@ from lohp.layout import ParamLayout
 from lohp.policy.structure import register_structure
 from lohp.condition import split as split_condition
 from lohp.condition import weighted_means
-from lohp.policy.surrogate import unit_rms, weighted_ce_grad
+from lohp.policy.surrogate import unit_rms, weighted_ce, weighted_ce_grad
 
 
 @register_structure
@@ -138,3 +138,11 @@ class LoraStructure:
         size = unit_rms(g_w.norm(dim=-2)[..., None])                              # [..., H, 1]
         block = torch.cat([spread.expand(*lead, h, r), size.expand(*lead, h, r)], dim=-1)
         return torch.cat([block] * self.n_modules + [head], dim=-1)[..., None]
+
+    def surrogate_loss(self, cond: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The head's weighted surrogate cross-entropy on the condition's points, ``[...]``
+        (the LoRA matrices do not enter it: the condition is of the frozen model)."""
+        c, h = self.n_classes, self.hidden
+        pts, share = split_condition(cond, c, h)
+        w = theta[..., self.head_offset:self.head_offset + c * h].reshape(*theta.shape[:-1], c, h)
+        return weighted_ce(pts, share, w)

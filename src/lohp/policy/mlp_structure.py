@@ -113,3 +113,12 @@ class MlpUnitStructure:
         g_w1 = g_pre.transpose(-1, -2) @ x                                     # [..., H, F]
         g_b1 = g_pre.sum(-2)
         return unit_rms(self._rows(g_w1, g_b1, g_w2, g_b2))[..., None]
+
+    def surrogate_loss(self, cond: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The weighted surrogate cross-entropy of the MLP on the condition's points, ``[...]``."""
+        pts, share = split_condition(cond, self.n_classes, self.n_in)
+        w1, b1, w2, b2 = self.split(theta)
+        act = (pts @ w1.transpose(-1, -2)[..., None, :, :] + b1[..., None, None, :]).clamp_min(0)
+        logits = act @ w2.transpose(-1, -2)[..., None, :, :] + b2[..., None, None, :]      # [..., C, m, C]
+        own = logits.log_softmax(-1).diagonal(dim1=-3, dim2=-1).transpose(-1, -2)           # [..., C, m]
+        return -(own * share).sum((-1, -2)) / self.n_classes

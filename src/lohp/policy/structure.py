@@ -12,6 +12,8 @@ symmetric pooling over groups. The protocol (duck-typed, see :class:`ClassRowStr
   negative gradient of the surrogate loss (:mod:`lohp.policy.surrogate`), unit RMS.
   (a structure written to the earlier one-channel protocol, returning ``[..., G, R]`` and
   without ``condition_channels``, is read as K = 1)
+- optionally ``surrogate_loss(cond, theta) -> [...]``: that surrogate loss itself,
+  differentiable in ``theta`` (what lo-hp's flatness regularizers measure)
 - ``condition_channels`` (K) and ``scale_condition`` (bool: whether the policy divides the
   features by the RMS of the training conditions; False when the structure normalises
   them itself)
@@ -43,7 +45,7 @@ from lohp.errors import LohpError
 from lohp.layout import ParamLayout
 from lohp.condition import split as split_condition
 from lohp.condition import weighted_means
-from lohp.policy.surrogate import unit_rms, weighted_ce_grad
+from lohp.policy.surrogate import unit_rms, weighted_ce, weighted_ce_grad
 
 HEAD_FEATURES = ("gradient", "means")
 
@@ -146,6 +148,13 @@ class ClassRowStructure:
         _, _, g_w, g_b = weighted_ce_grad(pts, share, w, b)
         grad = g_w if g_b is None else torch.cat([g_w, g_b[..., None]], dim=-1)
         return torch.stack([unit_rms(grad), unit_rms(means)], dim=-1)
+
+    def surrogate_loss(self, cond: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The surrogate loss ``[...]`` of the weights on the condition's weighted points
+        (differentiable in ``theta``: the flatness regularizers' loss)."""
+        pts, share = split_condition(cond, self.n_classes, self.n_features)
+        rows = self.rows(theta)
+        return weighted_ce(pts, share, rows[..., :self.n_features], rows[..., self.n_features] if self.bias else None)
 
 
 _STRUCTURES: dict[str, Any] = {}
