@@ -2,7 +2,9 @@
 
     python scripts/compare_variants.py domain 120 "lo-di,lo-hp,lo-hp:b0.8" '{"b0.8": {"loss": {"beta": 0.8}}}'
 
-SCENARIO is digits, domain (rotated MNIST, held-out 0 degrees, whole MLP) or transfer;
+SCENARIO is digits, domain (rotated MNIST, held-out 0 degrees, whole MLP), domain75,
+transfer, fewshotS (S-shot 5-way episodes) or fewshotS-tT (source episodes trained on T
+images per class: the family option target_shots);
 VARIANTS are METHOD[:TAG], a TAG's loss / policy / train options in the JSON argument
 (plus "grad": true for Adam rows, "seeds": N). Work goes to runs/exp/SCENARIO (resumable).
 README, "What we tried", was measured with this script.
@@ -24,6 +26,16 @@ elif scen == "domain":
     store = stage_one(work, "rotated-mnist", {"heldout_domain": 0, "n_way": 5, "hidden": 32}, 64, 32, 32)
     pol, tr = {"token_size": 32}, {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}
     ntasks = 20
+elif scen == "domain75":
+    store = stage_one(work, "rotated-mnist", {"heldout_domain": 75, "n_way": 5, "hidden": 32}, 64, 32, 32)
+    pol, tr = {"token_size": 32}, {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}
+    ntasks = 20
+elif scen.startswith("fewshot"):
+    shots, _, target = scen[len("fewshot"):].partition("-t")
+    fam = {"n_way": 5, "shots": int(shots), "queries": 15, **({"target_shots": int(target)} if target else {})}
+    store = stage_one(work, "openclipart", fam, 96, 32, 16)
+    pol, tr = {"token_size": 64}, {}
+    ntasks = 200
 elif scen == "transfer":
     store = stage_one(work, "openclipart", {"n_way": 5}, 96, 32, 32)
     pol, tr = {"token_size": 64}, {}
@@ -35,6 +47,11 @@ out = []
 if extra.pop("grad", False):
     for r in gradient_rows(tasks, hp, s0_for, seeds, 32, 32, [("adam", "adam", 32), ("adam-n", "adam", 16)], print):
         print(r["method"], round(r["accuracy"], 4), round(r["accuracy_wide"], 4), flush=True)
+    from lohp.bench.baselines import SKEPTIC, BaselineContext, baseline_rows
+    s0 = s0_for(0)
+    ctx = BaselineContext(store.family(), hp.get("adam"), 32, None, {t.name: s0[i] for i, t in enumerate(tasks)})
+    for r in baseline_rows(SKEPTIC + ("adam-means",), tasks, ctx):
+        print(r["method"], round(r["accuracy"], 4), flush=True)
 for spec in names:
     name, _, tag = spec.partition(":")
     lo = dict(extra.get(tag, {}).get("loss", {}))

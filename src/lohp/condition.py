@@ -16,7 +16,7 @@ The surrogate loss of :mod:`lohp.policy.surrogate` weighs point i of class c by
 today's surrogate. Why more than the means: a gradient optimizer trained on the class
 means alone lands well short of one trained on the full split (the means carry no spread),
 and any policy that imitates it from the means inherits that ceiling; k-means points lift
-it most of the way (see docs/method.md).
+it most of the way (docs/conditions.md has the measurements).
 
 The summary is deterministic for a seed (k-means++ seeding from a fixed generator,
 then a fixed number of Lloyd iterations), batched over classes in torch.
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from lohp.errors import LohpError
 
 # Points per class of the default condition (the policy option condition_points=None),
-# capped at the smallest class's training rows. Chosen by measurement (docs/method.md).
+# capped at the smallest class's training rows. Chosen by measurement (docs/conditions.md).
 DEFAULT_POINTS = 8
 KMEANS_ITERATIONS = 10
 KMEANS_SEED = 0
