@@ -44,6 +44,7 @@ from lohp.plotting import pyplot, save_figure
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
 from lohp.policy.io import META, WEIGHTS, load_state, save_policy
 from lohp.trajectories import TrajectoryStore
+from lohp.trajectories.matching import MATCHINGS, MEASURES, adaptive_indices, loss_progress, path_progress
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
@@ -83,31 +84,48 @@ class OfflineData:
     modes draw the same batches from the same generator."""
 
     def __init__(self, store: TrajectoryStore, k: int, optimizers: list[str] | None = None,
-                 device: str = "cpu", in_memory_gb: float | None = None, condition_points: int | None = 1):
+                 device: str = "cpu", in_memory_gb: float | None = None, condition_points: int | None = 1,
+                 matching: str = "uniform", online_steps: int | None = None, measure: str = "path"):
         cfg = store.config
         total = cfg["steps"]
-        if k > total:
-            raise LohpError(f"the store has T={total} steps, fewer than k={k}; prepare a store with "
-                            f"--steps of at least {k} (a multiple of k), or lower --k")
-        if total % k:
-            raise LohpError(f"T={total} steps is not divisible by k={k}, so online step j cannot be matched "
-                            f"to offline step k*j; use a k that divides {total} or prepare with --steps "
-                            f"{(total // k + 1) * k}")
-        self.k, self.n_steps, self.total_steps = k, total // k, total
+        if matching not in MATCHINGS or measure not in MEASURES:
+            raise LohpError(f"unknown matching {matching!r} / measure {measure!r}; choose matching from "
+                            f"{', '.join(MATCHINGS)} and measure from {', '.join(MEASURES)}")
         recorded = store.steps(0) if len(store) else []
-        pos = {s: i for i, s in enumerate(recorded)}
-        missing = [s for s in range(0, total + 1, k) if s not in pos]
-        if missing:
-            raise LohpError(f"the store records every {cfg['record_every']} steps but k={k} needs step "
-                            f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
-        idx = [pos[s] for s in range(0, total + 1, k)]
+        if matching == "adaptive":
+            n = online_steps if online_steps is not None else total // k
+            if n < 1:
+                raise LohpError(f"--online-steps must be >= 1 (got {n})")
+            self.k, self.n_steps, self.total_steps = max(total // n, 1), int(n), total  # k: nominal (T / N)
+            idx = None
+        else:
+            if online_steps is not None and online_steps * k != total:
+                raise LohpError(f"uniform matching takes k (N = T / k = {total // max(k, 1)}); --online-steps "
+                                f"{online_steps} needs --matching adaptive, or --k {total // online_steps}")
+            if k > total:
+                raise LohpError(f"the store has T={total} steps, fewer than k={k}; prepare a store with "
+                                f"--steps of at least {k} (a multiple of k), or lower --k")
+            if total % k:
+                raise LohpError(f"T={total} steps is not divisible by k={k}, so online step j cannot be matched "
+                                f"to offline step k*j; use a k that divides {total} or prepare with --steps "
+                                f"{(total // k + 1) * k}")
+            self.k, self.n_steps, self.total_steps = k, total // k, total
+            pos = {s: i for i, s in enumerate(recorded)}
+            missing = [s for s in range(0, total + 1, k) if s not in pos]
+            if missing:
+                raise LohpError(f"the store records every {cfg['record_every']} steps but k={k} needs step "
+                                f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
+            idx = [pos[s] for s in range(0, total + 1, k)]
+        self.matching, self.measure = matching, measure
         chosen = [i for i, tr in enumerate(store) if optimizers is None or tr["optimizer"] in optimizers]
         if not chosen:
             have = sorted({tr["optimizer"] for tr in store})
             raise LohpError(f"the store holds no trajectory of optimizer(s) {optimizers}; it has {', '.join(have)}")
         self.optimizers = sorted({store.trajectories[i]["optimizer"] for i in chosen})
-        self.store, self.device, self._chosen, self._idx = store, device, chosen, idx
-        size_gb = len(chosen) * len(idx) * store.layout.size * 4 / 2 ** 30
+        self.store, self.device, self._chosen = store, device, chosen
+        # the records each trajectory's online steps are matched to (one list for uniform)
+        self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen)
+        size_gb = len(chosen) * (self.n_steps + 1) * store.layout.size * 4 / 2 ** 30
         self.streamed = in_memory_gb is not None and size_gb > in_memory_gb
         if self.streamed:
             self.thetas = None
@@ -117,7 +135,7 @@ class OfflineData:
             bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
             if bad.any():
                 self._refuse_non_finite(chosen[int(bad.nonzero()[0])])
-            thetas = torch.stack([t[idx] for t in full])
+            thetas = torch.stack([t[self._idx[i]] for i, t in zip(chosen, full)])
             del full
             self.thetas = thetas.to(device)
             steps = self.thetas[:, 1:] - self.thetas[:, :-1]
@@ -146,6 +164,30 @@ class OfflineData:
         means = self.cond if m == 1 else (self.cond[..., :-1] * self.cond[..., -1:]).sum(-2)
         self.cond_scale = means.square().mean().sqrt().clamp_min(1e-8).item()
 
+    def _adaptive(self, chosen: list[int]) -> dict[int, list[int]]:
+        """Each trajectory's own N + 1 records at equal shares of its progress (matching.py)."""
+        out = {}
+        for i in chosen:
+            if self.measure == "loss":
+                progress = loss_progress(self.store.metrics(i)["train_loss"])
+            else:
+                t = self.store.theta(i)
+                if not torch.isfinite(t).all():
+                    self._refuse_non_finite(i)
+                progress = path_progress(t)
+            out[i] = adaptive_indices(progress, self.n_steps)
+        return out
+
+    def matched(self) -> dict[str, Any]:
+        """What policy.json records of the matching: kind, measure, N and, when adaptive, each
+        trajectory's matched offline steps."""
+        info: dict[str, Any] = {"kind": self.matching, "steps": self.n_steps}
+        if self.matching == "adaptive":
+            info["measure"] = self.measure
+            info["offline_steps"] = {self.store.trajectories[i]["id"]: [self.store.steps(i)[r] for r in self._idx[i]]
+                                     for i in self._chosen}
+        return info
+
     def _refuse_non_finite(self, i: int) -> None:
         tid = self.store.trajectories[i]["id"]
         raise LohpError(f"trajectory {tid} of {self.store.path} contains NaN or inf; re-prepare the store "
@@ -160,7 +202,7 @@ class OfflineData:
             t = self.store.theta(i)
             if not torch.isfinite(t).all():
                 self._refuse_non_finite(i)
-            s = t[self._idx].double()
+            s = t[self._idx[i]].double()
             sq_steps += (s[1:] - s[:-1]).square().sum(1)
             sq_all += s.square().sum().item()
             sq_init += s[0].square().sum().item()
@@ -182,10 +224,11 @@ class OfflineData:
     def _read(self, i: int) -> torch.Tensor:
         """Trajectory i at online times: only those records are read when they are evenly
         spaced (every stride-k store: k is a multiple of record_every)."""
-        first, stride = self._idx[0], (self._idx[1] - self._idx[0]) if len(self._idx) > 1 else 1
-        if self._idx == list(range(first, first + stride * len(self._idx), stride)):
-            return self.store.theta(i, first, self._idx[-1] + 1, stride)
-        return self.store.theta(i)[self._idx]
+        idx = self._idx[i]
+        first, stride = idx[0], (idx[1] - idx[0]) if len(idx) > 1 else 1
+        if idx == list(range(first, first + stride * len(idx), stride)):
+            return self.store.theta(i, first, idx[-1] + 1, stride)
+        return self.store.theta(i)[idx]
 
     def sample(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
         """``batch_size`` trajectories drawn with replacement; with ``world > 1`` processes,
@@ -212,6 +255,12 @@ class TrainConfig(Config):
     what = "training"
 
     iterations: int = setting(1500, "Training iterations.")
+    matching: str = setting("uniform", "Trajectory matching: uniform (online step j <-> offline step k j) or adaptive "
+                                       "(each trajectory's records at equal shares of its progress; takes "
+                                       "--online-steps).")
+    online_steps: int | None = setting(None, "N, the online (policy) steps of adaptive matching (default T / k).")
+    matching_measure: str = setting("path", "Progress measure of adaptive matching: path (distance travelled) or "
+                                            "loss (drop of the running-minimum training loss).")
     batch_size: int = setting(16, "Trajectories (tasks) per iteration.")
     lr: float = setting(1e-3, "Learning rate of the backbone and forward head.")
     lr_backward: float = setting(1e-3, "Learning rate of the backward head (learned P_B only).")
@@ -245,6 +294,12 @@ class TrainConfig(Config):
                 raise LohpError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.in_memory_gb is not None and not self.in_memory_gb >= 0:
             raise LohpError(f"in_memory_gb must be >= 0 (got {self.in_memory_gb})")
+        if self.matching not in MATCHINGS:
+            raise LohpError(f"unknown matching {self.matching!r}; choose one of {', '.join(MATCHINGS)}")
+        if self.matching_measure not in MEASURES:
+            raise LohpError(f"unknown matching measure {self.matching_measure!r}; choose one of {', '.join(MEASURES)}")
+        if self.online_steps is not None and self.online_steps < 1:
+            raise LohpError(f"online_steps must be >= 1 (got {self.online_steps})")
         for name in ("time_limit", "eval_every_seconds"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -400,8 +455,9 @@ class Trainer:
         # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)
         pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
         self.policy_config = pc
-        self.data = OfflineData(self.store, k, self.train_config.optimizers, device, self.train_config.in_memory_gb,
-                                pc.condition_points)
+        tc = self.train_config
+        self.data = OfflineData(self.store, k, tc.optimizers, device, tc.in_memory_gb, pc.condition_points,
+                                tc.matching, tc.online_steps, tc.matching_measure)
         structure = make_structure(self.store.layout, {"features": pc.features}, kind=pc.structure)
         with torch.random.fork_rng(devices=[]):  # the policy's initialisation depends on the seed only
             torch.manual_seed(self.train_config.seed)
@@ -435,7 +491,7 @@ class Trainer:
 
         return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
-                "condition": self.data.condition,
+                "condition": self.data.condition, "matching": self.data.matched(),
                 "k": self.data.k, "n_steps": self.data.n_steps, "total_steps": self.data.total_steps,
                 "layout": st.layout.to_dict(), "structure": self.policy.structure.to_dict(),
                 "family": st.config["family"], "family_config": self.data.family.config(),

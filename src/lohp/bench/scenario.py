@@ -224,7 +224,7 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
     m, s = mean_std(accs)
     row = {"method": v.name, "k": None if get_method(v.method).whole_trajectory else v.k, "ablation": v.ablation,
            "diverged_seeds": diverged,
-           "steps": gen.n_steps, "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
+           "steps": gen.n_steps, "matching": (gen.meta.get("matching") or {}).get("kind", "uniform"), "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
            "latency_ms": statistics.median(l["latency_ms"] for l in lats),
            "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
            "seeds": accs, "per_task": per_task, "train_seconds": float(np.mean(train_s)),
