@@ -6,7 +6,7 @@ SCENARIO is digits, domain (rotated MNIST, held-out 0 degrees, whole MLP), domai
 transfer, fewshotS (S-shot 5-way episodes) or fewshotS-tT (source episodes trained on T
 images per class: the family option target_shots);
 VARIANTS are METHOD[:TAG], a TAG's loss / policy / train options in the JSON argument
-(plus "grad": true for Adam rows, "seeds": N). Work goes to runs/exp/SCENARIO (resumable).
+(plus "k" per tag, "grad": true for Adam rows, "seeds": N). Work goes to runs/exp/SCENARIO (resumable).
 README, "What we tried", was measured with this script.
 """
 import json, sys
@@ -57,10 +57,12 @@ for spec in names:
     lo = dict(extra.get(tag, {}).get("loss", {}))
     po = {**pol, **extra.get(tag, {}).get("policy", {})}
     to = budgeted(budget, **tr, **extra.get(tag, {}).get("train", {}))
-    v = Variant(spec.replace(":", "_"), name, k=None if name == "hypernetwork" else 2, loss_options=lo, policy_options=po, train_options=to)
+    k = extra.get(tag, {}).get("k", 2)
+    v = Variant(spec.replace(":", "_"), name, k=None if name == "hypernetwork" else k, loss_options=lo, policy_options=po, train_options=to)
     row, _ = learned_row(work, store, v, tasks, s0_for, seeds, 0, 16 if scen != "domain" else 8, lambda s: None, latency_repeats=5)
     import csv
     from lohp.bench.scenario import policy_dir
     log = list(csv.DictReader(open(policy_dir(work, v, 0) / "log.csv")))
     print(f"{spec:30s} acc {row['accuracy']:.4f}±{row['accuracy_std']:.4f} wide {row['accuracy_wide']:.4f} it {log[-1]['iteration']} "
-          f"cos {row['diagnostics']['cos_real']:.3f} dist {row['diagnostics']['dist']:.2f} lat {row['latency_ms']:.2f}", flush=True)
+          f"cos {row['diagnostics']['cos_real']:.3f} dist {row['diagnostics']['dist']:.2f} lat {row['latency_ms']:.2f} "
+          f"lat+cond {row['latency_with_condition_ms']:.2f} N {row['steps']} {row['matching']} seeds {row['seeds']}", flush=True)

@@ -450,6 +450,13 @@ class Trainer:
 
         if get_method(loss_config.method).whole_trajectory:  # one step over the whole trajectory (k = T)
             loss_config = replace(loss_config, k=self.store.config["steps"])
+        tc0 = train_config or TrainConfig()
+        if tc0.online_steps is not None and tc0.matching == "uniform":  # N given directly: k = T / N
+            total = self.store.config["steps"]
+            if total % tc0.online_steps:
+                raise LohpError(f"uniform matching needs N to divide T={total} (got --online-steps "
+                                f"{tc0.online_steps}); use a divisor of {total} or --matching adaptive")
+            loss_config = replace(loss_config, k=total // tc0.online_steps)
         self.loss_config = loss_config
         k = loss_config.k
         # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)

@@ -26,7 +26,7 @@ from lohp.bench.runner import (
     result,
     rows_where,
 )
-from lohp.bench.scenario import Part, Variant, budget_variants, public, run_parts
+from lohp.bench.scenario import Part, Variant, budget_variants, matching_variants, public, run_parts
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
@@ -53,7 +53,9 @@ def learning_curves_png(dataset: str, angle: str) -> str:
 
 def default_variants(budget: float = 100) -> list[Variant]:
     """Every learned method gets the same training-time budget (seconds, per seed)."""
-    return budget_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN, loss_options=HYBRID)
+    return (budget_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN, loss_options=HYBRID)
+            + matching_variants(budget, policy_options=MLP_POLICY, train_options=MLP_TRAIN,
+                                loss_options=HYBRID.get("lo-hp")))
 
 
 @dataclass

@@ -82,6 +82,22 @@ def budget_variants(budget: float, names: Sequence[str] = LEARNED, policy_option
             for name in names]
 
 
+FEW_STEPS = 4  # N of the few-step rows: uniform (k = T / N) beside adaptive matching
+
+
+def matching_variants(budget: float | None = None, n_steps: int = FEW_STEPS, policy_options: dict[str, Any] | None = None,
+                      train_options: dict[str, Any] | None = None, loss_options: dict[str, Any] | None = None
+                      ) -> list[Variant]:
+    """lo-hp at N = ``n_steps`` policy steps, uniformly matched (k = T / N) and adaptively
+    matched (each trajectory's records at equal shares of its path), with the same budget."""
+    base = budgeted(budget, **(train_options or {})) if budget is not None else dict(train_options or {})
+    return [Variant(f"lo-hp N={n_steps}", "lo-hp", policy_options=dict(policy_options or {}),
+                    loss_options=dict(loss_options or {}), train_options={**base, "online_steps": n_steps}),
+            Variant(f"lo-hp N={n_steps} adaptive", "lo-hp", policy_options=dict(policy_options or {}),
+                    loss_options=dict(loss_options or {}),
+                    train_options={**base, "online_steps": n_steps, "matching": "adaptive"})]
+
+
 def ablation_order(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The paper's claim hypernetwork < lo-di < lo-op < lo-hp, checked on these rows' mean accuracy."""
     acc = {r["method"]: r["accuracy"] for r in rows if r["method"] in PAPER_ORDER and r.get("k") in (None, 2)}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
-from lohp.bench.scenario import Part, Variant, budget_variants, public, run_parts
+from lohp.bench.scenario import Part, Variant, budget_variants, matching_variants, public, run_parts
 from lohp.config import Config, setting
 from lohp.tasks import make_family
 
@@ -28,7 +28,8 @@ LEARNING_CURVES_PNG = "transfer_learning_curves.png"
 
 def default_variants(budget: float = 120) -> list[Variant]:
     """Every learned method gets the same training-time budget (seconds, per seed)."""
-    return budget_variants(budget, policy_options=HEAD_POLICY)
+    return (budget_variants(budget, policy_options=HEAD_POLICY)
+            + matching_variants(budget, policy_options=HEAD_POLICY))
 
 
 @dataclass
