@@ -50,6 +50,9 @@ class FewShotBenchConfig(Config):
     family_options: dict[str, Any] = setting(factory=dict, help="Extra openclipart options.")
     shots: list[int] = setting(factory=lambda: [1, 5], help="Shot counts, comma-separated.")
     queries: int = setting(15, "Query examples per class.")
+    target_shots: int | None = setting(5, "Source episodes of a shot count below this train Stage I on this many "
+                                          "images per class while their condition sees the support set (the "
+                                          "openclipart option target_shots); none = off.")
     store_tasks: int = setting(96, "Source episodes in Stage I (per shot count).")
     steps: int = setting(32, "Steps per Stage I run (T).")
     batch_size: int = setting(16, "Minibatch size of Stage I and the gradient baselines.")
@@ -75,8 +78,12 @@ class FewShotBenchConfig(Config):
 
 def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
     t_start = time.perf_counter()
+    def target(shots: int) -> dict[str, Any]:
+        return {"target_shots": cfg.target_shots} if cfg.target_shots and cfg.target_shots > shots else {}
+
     parts = [Part(Path(cfg.work) / f"{shots}-shot", "openclipart",
-                  {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **cfg.family_options}, cfg.episodes,
+                  {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **target(shots), **cfg.family_options},
+                  cfg.episodes,
                   ("adam", "adam-n"), SKEPTIC,
                   tags={"shots": shots, "episodes": cfg.episodes}, row_tags=lambda r: {"ci95": ci95(r["per_task"])},
                   label=f"{shots}-shot: ", stage_note="Stage I on source episodes")
