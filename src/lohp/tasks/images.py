@@ -181,6 +181,12 @@ class FeatureFamily(TaskFamily):
                 raise LohpError(f"{self.dataset} classes hold too few images for {most} shots and {queries} "
                                 f"queries (the smallest class has {smallest}); ask for fewer shots or queries")
 
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        if out.get("target_shots") is None:  # unset: stores made before the option keep resuming
+            out.pop("target_shots", None)
+        return out
+
     def model_factory(self) -> nn.Module:
         return nn.Linear(self._x.shape[1], self.n_way)
 
