@@ -63,8 +63,8 @@ def coreset(x: torch.Tensor, y: torch.Tensor, n_classes: int, points: int, seed:
     points = check_points(points)
     x = x.reshape(len(x), -1)
     if not torch.isfinite(x).all():
-        raise LohpError("the task's training features hold NaN or inf, so no condition can be computed: "
-                        "clean the data")
+        raise LohpError("the task's condition (from its training split) holds features with NaN or inf, so no "
+                        "summary can be computed: clean the data")
     n_feat = x.shape[1]
     counts = class_rows(y, n_classes)
     if min(counts) == 0:
