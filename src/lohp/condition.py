@@ -50,6 +50,11 @@ def check_points(points: int) -> int:
     return points
 
 
+def default_points(min_class_rows: int) -> int:
+    """m of the default condition: DEFAULT_POINTS, capped at the smallest class's training rows."""
+    return max(1, min(DEFAULT_POINTS, min_class_rows))
+
+
 def class_rows(y: torch.Tensor, n_classes: int) -> list[int]:
     """Training rows per class."""
     return torch.bincount(y, minlength=n_classes)[:n_classes].tolist()
@@ -130,11 +135,6 @@ def summarize(x: torch.Tensor, y: torch.Tensor, n_classes: int, points: int = 1)
 
 
 # --------------------------------------------------------------------------- reading a condition
-def points_of(cond: torch.Tensor, n_features: int) -> int:
-    """m of a condition whose points have ``n_features`` features (1 for the means form)."""
-    return 1 if cond.shape[-1] == n_features else cond.shape[-2]
-
-
 def split(cond: torch.Tensor, n_classes: int, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(points [..., C, m, F], share [..., C, m])`` of either form (the means form is
     m = 1 with share 1), or a one-line LohpError naming the shapes."""

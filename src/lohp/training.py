@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from lohp.condition import DEFAULT_POINTS, check_points, class_rows
+from lohp.condition import DEFAULT_POINTS, check_points, class_rows, default_points
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.flatness import task_loss_fn
@@ -42,7 +42,7 @@ from lohp.io import (
 from lohp.losses import Batch, LossConfig, get_method, loss_config, loss_diagnostics, make_loss
 from lohp.plotting import pyplot, save_figure
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
-from lohp.policy.io import META, WEIGHTS, load_state, save_policy
+from lohp.policy.io import META, WEIGHTS, condition_points, load_state, save_policy
 from lohp.trajectories import TrajectoryStore
 from lohp.trajectories.matching import MATCHINGS, MEASURES, adaptive_indices, loss_progress, path_progress
 
@@ -63,7 +63,7 @@ def resolve_condition(requested: int | None, tasks: dict[int, Any]) -> dict[str,
             rows, where = min(counts), (seed, counts.index(min(counts)))
     rows = rows if rows is not None else 1
     if requested is None:
-        points = max(1, min(DEFAULT_POINTS, rows))
+        points = default_points(rows)
     else:
         points = check_points(requested)
         if points > rows:
@@ -124,10 +124,10 @@ class OfflineData:
         self.optimizers = sorted({store.trajectories[i]["optimizer"] for i in chosen})
         self.store, self.device, self._chosen = store, device, chosen
         # the records each trajectory's online steps are matched to (one list for uniform)
-        self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen)
         size_gb = len(chosen) * (self.n_steps + 1) * store.layout.size * 4 / 2 ** 30
         self.streamed = in_memory_gb is not None and size_gb > in_memory_gb
         if self.streamed:
+            self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen)
             self.thetas = None
             self._scales_streaming()
         else:
@@ -135,6 +135,7 @@ class OfflineData:
             bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
             if bad.any():
                 self._refuse_non_finite(chosen[int(bad.nonzero()[0])])
+            self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen, full)
             thetas = torch.stack([t[self._idx[i]] for i, t in zip(chosen, full)])
             del full
             self.thetas = thetas.to(device)
@@ -164,14 +165,15 @@ class OfflineData:
         means = self.cond if m == 1 else (self.cond[..., :-1] * self.cond[..., -1:]).sum(-2)
         self.cond_scale = means.square().mean().sqrt().clamp_min(1e-8).item()
 
-    def _adaptive(self, chosen: list[int]) -> dict[int, list[int]]:
-        """Each trajectory's own N + 1 records at equal shares of its progress (matching.py)."""
+    def _adaptive(self, chosen: list[int], full: list[torch.Tensor] | None = None) -> dict[int, list[int]]:
+        """Each trajectory's own N + 1 records at equal shares of its progress (matching.py);
+        ``full``: the trajectories already in memory (else each is read once, streaming)."""
         out = {}
-        for i in chosen:
+        for n, i in enumerate(chosen):
             if self.measure == "loss":
                 progress = loss_progress(self.store.metrics(i)["train_loss"])
             else:
-                t = self.store.theta(i)
+                t = full[n] if full is not None else self.store.theta(i)
                 if not torch.isfinite(t).all():
                     self._refuse_non_finite(i)
                 progress = path_progress(t)
@@ -377,7 +379,7 @@ def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
     defaults (new settings default to the old behaviour), so a folder trained by an older
     version resumes; a changed or unknown setting still differs."""
     out = dict(meta)
-    out["condition_points"] = int((meta.get("condition") or {}).get("points", 1))  # 1: saved before coresets
+    out["condition_points"] = condition_points(meta)  # 1: saved before coresets
     for key, cls in (("policy_config", PolicyConfig), ("loss_config", LossConfig)):
         if isinstance(out.get(key), dict):
             out[key] = {**asdict(cls()), **out[key]}

@@ -29,7 +29,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lohp.condition import DEFAULT_POINTS, class_means, class_rows
+from lohp.condition import class_means, class_rows
+from lohp.condition import default_points as default_condition_points
+from lohp.condition import split as split_condition
 from lohp.errors import LohpError
 from lohp.tasks import Task
 
@@ -101,7 +103,7 @@ def lda_accuracy(task: Task) -> tuple[float, float]:
         # to a spherical covariance, i.e. the nearest class mean (scikit-learn refuses the fit)
         return prototype_accuracy(task)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one example per class: a zero within-class scatter is shrunk anyway
+        warnings.simplefilter("ignore")  # e.g. collinear features: the shrinkage handles them
         clf, ms = _timed(lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y))
         return float(clf.score(_flat(task.x_eval).double().numpy(), task.y_eval.numpy())), ms
 
@@ -136,7 +138,7 @@ def default_points(task: Task, requested: int | None) -> int:
     """The condition's m for a task: the requested one, or the default capped at its smallest class."""
     if requested is not None:
         return requested
-    return max(1, min(DEFAULT_POINTS, min(class_rows(task.condition_rows()[1], task.n_classes))))
+    return default_condition_points(min(class_rows(task.condition_rows()[1], task.n_classes)))
 
 
 def condition_training(task: Task, theta0: torch.Tensor, adam: dict[str, Any], steps: int, points: int
@@ -144,11 +146,8 @@ def condition_training(task: Task, theta0: torch.Tensor, adam: dict[str, Any], s
     """Adam (torch.optim, full batch) for ``steps`` steps on the task's condition alone: each
     point an example of its class, weighted by share / C (the surrogate loss)."""
     _check_features(task, "adam-cond")
-    cond = task.condition(points)
-    if points == 1:
-        pts, share = cond[:, None, :], torch.ones(cond.shape[0], 1)
-    else:
-        pts, share = cond[..., :-1], cond[..., -1]
+    x_rows, _ = task.condition_rows()
+    pts, share = split_condition(task.condition(points), task.n_classes, x_rows.shape[1])
     c, m = share.shape
     x = pts.reshape(c * m, *task.x_train.shape[1:]).to(task.x_train.dtype)
     y = torch.arange(c).repeat_interleave(m)
