@@ -220,3 +220,12 @@ def test_rank_or_targets_mismatch(wordnet):
     wordnet.check_policy(trained)
     with pytest.raises(LohpError, match="unknown LoRA target"):
         make_family("wordnet", targets=["nope"])
+
+
+def test_traced_generation_agrees_with_eager_on_lora_dims(task, capfd):
+    # The trace (the default path) only: a cold inductor compile of this structure's graph
+    # alone takes about a minute here (tests/test_generation_backends.py covers inductor on
+    # the other structures).
+    from tests.test_generation_backends import assert_backend_agrees
+
+    assert_backend_agrees(task, "trace", capfd)

@@ -111,6 +111,9 @@ def generate(
     sample_seed: int = typer.Option(0, help="Seed of the sampling noise."),
     latency: bool = typer.Option(True, help="Also measure the generation latency."),
     device: str = typer.Option("cpu", help="torch device."),
+    backend: str = typer.Option("trace", help="How the N steps run: trace (TorchScript), inductor (torch.compile: "
+                                              "fastest, but the first compile of a policy takes minutes; cached on "
+                                              "disk) or eager."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file (LoRA: an adapter already in --out)."),
     rank: Optional[int] = typer.Option(None, help="LoRA policies: LoRA rank (default: the policy's)."),
     targets: Optional[str] = typer.Option(None, help="LoRA policies: target modules, e.g. query,value."),
@@ -132,7 +135,7 @@ def generate(
 
     if refine is not None and refine <= 0:
         raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
-    gen = Generator.load(policy, _device(device))
+    gen = Generator.load(policy, _device(device), backend=backend)
     if refine is not None:
         gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work
     target = target_for(gen.policy.structure.kind)  # how --out is written (a file, a PEFT adapter, ...)
