@@ -181,3 +181,71 @@ def test_generated_weights_reopen_checked(small_store_path, tmp_path):
     (tmp_path / "w.safetensors").write_bytes(bytes(data))
     with pytest.raises(LohpError, match="generated weights .* is corrupt"):
         GeneratedWeights.load(tmp_path / "w.safetensors")
+
+
+@pytest.fixture
+def special_outputs(tmp_path):
+    """A FIFO, a folder and a dangling link, each where a file output might go."""
+    import os
+
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    link = tmp_path / "dangling.safetensors"
+    link.symlink_to(tmp_path / "nowhere")
+    return {"fifo": fifo, "folder": folder, "dangling link": link}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_generate_never_replaces_a_device_fifo_or_folder(small_store_path, tmp_path, cli, special_outputs, overwrite):
+    import os
+    import stat
+
+    from lohp import api
+
+    api.train(small_store_path, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1})
+    for kind, out in special_outputs.items():
+        code, _, err = cli("generate", "--policy", tmp_path / "p", "--out", out, "--no-latency",
+                           *(["--overwrite"] if overwrite else []))
+        _one_line(code, err)
+        assert "never replaces anything else" in err, (kind, err)
+    assert stat.S_ISFIFO(os.lstat(special_outputs["fifo"]).st_mode)
+    assert special_outputs["folder"].is_dir() and special_outputs["dangling link"].is_symlink()
+
+
+def test_a_device_is_refused_as_an_output_before_any_write():
+    # checked on the path alone: a regression must not get to replace the machine's /dev/null
+    import os
+
+    from lohp.io import check_output_file
+
+    with pytest.raises(LohpError, match="not a regular file \\(a device, FIFO or socket\\)"):
+        check_output_file(os.devnull)
+
+
+def test_every_atomic_write_and_figure_refuses_special_files(special_outputs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lohp.io import atomic_write_json
+    from lohp.plotting import save_figure
+
+    for out in special_outputs.values():
+        with pytest.raises(LohpError, match="never replaces anything else"):
+            atomic_write_json(out, {"a": 1})
+        with pytest.raises(LohpError, match="never replaces anything else"):
+            save_figure(plt.figure(), out.with_suffix(".png") if out.suffix == ".png" else out)
+    assert not list(special_outputs["fifo"].parent.glob(".*.tmp"))
+
+
+def test_a_link_to_a_regular_file_is_an_allowed_output(tmp_path):
+    from lohp.io import atomic_write_json
+
+    (tmp_path / "real.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    atomic_write_json(tmp_path / "link.json", {"a": 1})
+    assert (tmp_path / "link.json").read_text().strip().startswith("{")

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lohp.errors import LohpError
+from lohp.io import check_output_file
 
 
 def _check_file(out: Path, overwrite: bool, family: Any, trained_family_config: dict[str, Any]) -> None:
+    check_output_file(out)  # a device, FIFO or folder is refused even with --overwrite
     if out.exists() and not overwrite:
         raise LohpError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
 

@@ -66,10 +66,24 @@ def _new_temp(path: Path) -> str:
     return tmp
 
 
+def check_output_file(path: Path | str) -> Path:
+    """Refuse (one line) an output path that exists and is not a regular file (a folder, a
+    device such as /dev/null, a FIFO, a socket, a dangling link): lohp replaces its outputs by
+    renaming a new file over them, which would replace the special file itself, so this
+    holds with or without ``--overwrite``. A link to a regular file is allowed."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        kind = ("a folder" if path.is_dir() else "a dangling link" if not path.exists()
+                else "not a regular file (a device, FIFO or socket)")
+        raise LohpError(f"{path} exists and is {kind}; lohp writes its outputs as regular files and never replaces "
+                        "anything else, so choose another output path")
+    return path
+
+
 def _replace_with(path: Path, write: Any) -> None:
     """``write(tmp)`` fills a temporary file beside ``path`` (and fsyncs it); the rename then
     makes it ``path`` in one step. On any failure the temporary file is removed."""
-    path = Path(path)
+    path = check_output_file(path)
     tmp = _new_temp(path)
     try:
         write(tmp)

@@ -24,6 +24,15 @@ def figure_path(target: str | Path, default_name: str) -> Path:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """Render in memory, then write like every lohp output (atomically; never over a device,
+    FIFO or folder)."""
+    import io
+
+    from lohp.io import atomic_write_bytes, check_output_file
+
+    path = check_output_file(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
     pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
