@@ -249,3 +249,53 @@ def test_a_link_to_a_regular_file_is_an_allowed_output(tmp_path):
     (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
     atomic_write_json(tmp_path / "link.json", {"a": 1})
     assert (tmp_path / "link.json").read_text().strip().startswith("{")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA (a CUDA device would be usable)")
+def test_a_cuda_device_on_a_cpu_only_torch_is_one_line(small_store_path, tmp_path, cli):
+    code, _, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--device", "cuda",
+                       "--iterations", "1")
+    _one_line(code, err)
+    assert "device 'cuda' is not usable here" in err and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("prepare", "--tasks", "2", "--steps", "2", "--task-start", "-5"), "--task-start"),
+    (("prepare", "--tasks", "2", "--steps", "2", "--seed", "-1"), "--seed"),
+    (("train", "--iterations", "1", "--seed", "-1"), "--seed"),
+])
+def test_a_negative_seed_is_one_line(small_store_path, tmp_path, cli, args, flag):
+    extra = ("--store", small_store_path) if args[0] == "train" else ()
+    code, _, err = cli(*args, *extra, "--out", tmp_path / "o")
+    _one_line(code, err)
+    assert f"{flag} takes a whole number >= 0 (got -1" in err or f"{flag} takes a whole number >= 0 (got -5" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("emb_dim=abc", "--set emb_dim takes a whole number (got 'abc')"),
+    ("lr=1e-3x", "--set lr takes a number (got '1e-3x')"),
+    ("learn_sigma_f=maybe", "--set learn_sigma_f takes true or false (got 'maybe')"),
+])
+def test_set_values_take_the_fields_type(small_store_path, tmp_path, cli, setting, message):
+    code, _, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "1",
+                       "--set", setting)
+    _one_line(code, err)
+    assert message in err
+
+
+def test_parse_setting_keeps_a_str_field_as_typed():
+    from dataclasses import dataclass
+
+    from lohp.config import Config, parse_setting, setting
+
+    @dataclass
+    class Opts(Config):
+        path: str = setting("a")
+        n: int | None = setting(None)
+        names: tuple[str, ...] = setting(())
+
+    assert parse_setting(Opts, "path", "data/a,b.csv") == "data/a,b.csv"
+    assert parse_setting(Opts, "path", "1e3") == "1e3"
+    assert parse_setting(Opts, "n", "none") is None and parse_setting(Opts, "n", "7") == 7
+    assert parse_setting(Opts, "names", "query,value") == ("query", "value")

@@ -73,3 +73,45 @@ class Config:
     def replace(self: C, **changes: Any) -> C:
         _refuse_unknown(self, changes, self.what)
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def parse_setting(cls: type, key: str, text: str, flag: str = "--set") -> Any:
+    """The text of ``KEY=VALUE`` converted to the type the settings dataclass ``cls`` declares
+    for ``key``: a str field keeps the text as typed (never split or read as a number), an
+    int or float field must parse as one, a bool is true/false, a list or tuple of scalars is
+    comma-separated, an optional field also takes ``none``. A bad value is one line."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    tp = hints[key]
+    args = typing.get_args(tp)
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        rest = [a for a in args if a is not type(None)]
+        tp = rest[0] if len(rest) == 1 else tp
+    text = text.strip()
+    if optional and text.lower() == "none":
+        return None
+    origin, items = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and items and items[0] in (bool, int, float, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        values = [parse_setting_scalar(items[0], p, f"{flag} {key}") for p in parts]
+        return values if origin is list else tuple(values)
+    if tp in (bool, int, float, str):
+        return parse_setting_scalar(tp, text, f"{flag} {key}")
+    return dataclasses.MISSING  # no declared scalar form: the caller's generic parsing
+
+
+def parse_setting_scalar(tp: type, text: str, what: str) -> Any:
+    if tp is str:
+        return text
+    if tp is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise LohpError(f"{what} takes true or false (got {text!r})")
+    try:
+        return int(text) if tp is int else float(text)
+    except ValueError:
+        kind = "a whole number" if tp is int else "a number"
+        raise LohpError(f"{what} takes {kind} (got {text!r})") from None

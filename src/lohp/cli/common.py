@@ -134,8 +134,9 @@ app.add_typer(data_app, name="data")
 def _device(name: str) -> str:
     try:
         torch.empty(0, device=name)
-    except (RuntimeError, ValueError) as exc:
-        raise LohpError(f"device {name!r} is not usable here ({str(exc).splitlines()[0]}); try --device cpu") from None
+    except (RuntimeError, ValueError, AssertionError) as exc:  # a CPU-only torch asserts on "cuda"
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LohpError(f"device {name!r} is not usable here ({why}); try --device cpu") from None
     return name
 
 

@@ -23,7 +23,7 @@ from lohp.cli.common import (
     parse_hparams,
     progress_bar,
 )
-from lohp.cli.options import Group, with_options
+from lohp.cli.options import Group, check_seed, with_options
 from lohp.errors import LohpError
 from lohp.export import target_for
 from lohp.generation import GeneratedWeights, Generator
@@ -135,6 +135,8 @@ def generate(
 
     if refine is not None and refine <= 0:
         raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
+    for flag, value in (("--task-seed", task_seed), ("--seed", seed), ("--sample-seed", sample_seed)):
+        check_seed(value, flag)
     gen = Generator.load(policy, _device(device), backend=backend)
     if refine is not None:
         gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work

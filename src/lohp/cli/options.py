@@ -69,6 +69,18 @@ def _sequence_item(tp: Any) -> tuple[type, type] | None:
     return None
 
 
+def is_seed(name: str) -> bool:
+    """Settings that are seeds or seed offsets: whole numbers >= 0 (numpy refuses others)."""
+    return name.endswith("seed") or name == "task_start"
+
+
+def check_seed(value: Any, flag: str) -> Any:
+    """``value`` when it is a whole number >= 0 (or None), else one line naming ``flag``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise LohpError(f"{flag} takes a whole number >= 0 (got {value})")
+    return value
+
+
 def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tuple[Any, Any, Callable[[Any], Any]] | None:
     """``(annotation, typer.Option, convert)`` for one field, or None when it has no option form."""
     flag = "--" + f.name.replace("_", "-")
@@ -85,6 +97,8 @@ def _option(f: dataclasses.Field, tp: Any, unset: bool, unset_help: str) -> tupl
         default = shown
     elif base in SCALARS:
         annotation = Optional[base] if (optional or unset) else base
+        if base is int and is_seed(f.name):
+            convert = functools.partial(check_seed, flag=flag)
     else:
         return None
     help_text = setting_help(f)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from lohp.cli.common import (
     progress_bar,
 )
 from lohp.cli.options import Group, with_options
+from lohp.config import parse_setting
 from lohp.errors import LohpError
 from lohp.losses import LossConfig
 from lohp.policy import PolicyConfig
@@ -55,8 +57,13 @@ def train_cmd(
     TrainConfig (defaults there). Data-parallel: --nproc N, or torchrun --nproc-per-node N
     -m lohp train ... (multi-node: torchrun's --nnodes / --rdzv-endpoint)."""
 
-    for key, value in parse_settings(set_).items():  # --set reaches every config field by name
+    for item in set_ or []:  # --set reaches every config field by name
+        key, value = next(iter(parse_settings([item]).items()))
         target = _config_of(key)
+        # the value takes its type from the field (a str is kept as typed; a bad number is one line)
+        typed = parse_setting(_CONFIGS[target], key, item.partition("=")[2])
+        if typed is not dataclasses.MISSING:
+            value = typed
         {"loss": loss_options, "policy": policy_options, "training": train_options}[target][key] = value
     method, k = loss_options.pop("method"), loss_options.pop("k")
     batch_size = train_options["batch_size"]
@@ -121,6 +128,9 @@ def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
 
 
 
+
+
+_CONFIGS = {"loss": LossConfig, "policy": PolicyConfig, "training": TrainConfig}
 
 
 def _config_of(key: str) -> str:
