@@ -57,3 +57,18 @@ def test_an_unknown_backend_is_refused():
     task = make_family("digits", n_way=3).sample(0)
     with pytest.raises(LohpError, match="unknown generation backend 'jax'"):
         _generator_pair(task, "jax")
+
+
+def test_more_compiled_policies_than_dynamos_default_limit_in_one_process(capfd):
+    # the same loop code compiled for 9 policies: dynamo's default limit of 8 graphs per code
+    # object would refuse the ninth
+    task = make_family("digits", n_way=3).sample(0, "heldout")
+    s0 = 0.1 * torch.randn(1, task.layout.size)
+    for i in range(9):
+        fast, plain = _generator_pair(task, "inductor", n_steps=1)
+        with torch.no_grad():
+            fast.policy.skip_gain.add_(0.01 * i)
+        torch.testing.assert_close(fast.generate_batch([task], s0=s0), plain.generate_batch([task], s0=s0),
+                                   rtol=1e-4, atol=1e-5)
+        assert list(fast._traced.values())[0] is not None
+    assert "not usable" not in capfd.readouterr().err

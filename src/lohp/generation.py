@@ -123,15 +123,24 @@ class Generator:
             return policy.rollout(s0, cond)
         # The plain interpreter: no profiling runs or re-specialisation (which make some
         # calls slow at unpredictable times); the saving is the Python overhead alone.
-        with torch.jit.optimized_execution(False):
-            return traced(s0, cond)
+        try:
+            with torch.jit.optimized_execution(False):
+                return traced(s0, cond)
+        except Exception as exc:  # noqa: BLE001 - e.g. a recompile the compiler refuses: eager from now on
+            _warn_fallback(self.backend, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160])
+            self._traced[key] = None
+            return policy.rollout(s0, cond)
 
     def _trace(self, s0: torch.Tensor, cond: torch.Tensor, policy: LohpPolicy) -> Any:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 loop = _MeanRollout(policy).eval()
+                policy._film_table()  # fill the eval-mode cache first: the graph sees one state of it
                 if self.backend == "inductor":
+                    # one graph per policy of the same loop code: lift dynamo's per-code limit
+                    # (8) so a process serving several policies does not hit it
+                    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
                     fast = torch.compile(loop, fullgraph=True, dynamic=False)
                 else:
                     fast = torch.jit.freeze(torch.jit.trace(loop, (s0, cond), check_trace=False))
