@@ -209,3 +209,19 @@ def test_text_table_lora_generates_lora_and_head_on_token_ids(tmp_path):
         fam.check_policy({**fam.config(), "rank": 4})
     with pytest.raises(LohpError, match="drop hidden"):
         make_family("text-table", path=str(path), n_way=2, lora=True, hidden=8)
+
+
+def test_command_line_option_text_takes_the_options_types(tmp_path):
+    """--family-option's generic parsing turns 2020 into a number and a,b into a list; a
+    str option gets its text back, a number option refuses text in one line."""
+    from lohp.cli.common import parse_family_options
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = _csv(folder / "a,b.csv", *_blobs(), label="2020")
+    opts = parse_family_options([f"path={path}", "label=2020", "n_way=3"])
+    fam = make_family("table", **opts)
+    assert fam.options.path == str(path) and fam.options.label == "2020"
+    assert fam.sample(0).n_classes == 3
+    with pytest.raises(LohpError, match="family 'table' option n_way takes a whole number \\(got 'abc'\\)"):
+        make_family("table", **parse_family_options([f"path={path}", "n_way=abc"]))

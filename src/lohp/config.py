@@ -16,6 +16,8 @@ derives its options (name, type, default, help) from the dataclass: one place pe
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, TypeVar
 
 from lohp.errors import LohpError
@@ -80,9 +82,6 @@ def parse_setting(cls: type, key: str, text: str, flag: str = "--set") -> Any:
     for ``key``: a str field keeps the text as typed (never split or read as a number), an
     int or float field must parse as one, a bool is true/false, a list or tuple of scalars is
     comma-separated, an optional field also takes ``none``. A bad value is one line."""
-    import types
-    import typing
-
     hints = typing.get_type_hints(cls)
     tp = hints[key]
     args = typing.get_args(tp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -308,7 +309,6 @@ class Generator:
 
 
 def _warn_fallback(backend: str, why: str) -> None:
-    import sys
     print(f"lohp: the {backend} generation path is not usable here ({why}); generating with plain PyTorch",
           file=sys.stderr)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from lohp.io import atomic_write_bytes, check_output_file
 
 
 def pyplot() -> Any:
@@ -26,10 +29,6 @@ def figure_path(target: str | Path, default_name: str) -> Path:
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
     """Render in memory, then write like every lohp output (atomically; never over a device,
     FIFO or folder)."""
-    import io
-
-    from lohp.io import atomic_write_bytes, check_output_file
-
     path = check_output_file(path)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from lohp.config import parse_setting_scalar
 from lohp.errors import LohpError
 from lohp.tasks.base import TaskFamily
 
@@ -82,9 +84,39 @@ def family_options(factory: Callable[..., Any]) -> list[str] | None:
 def make_family(name: str, **config: Any) -> TaskFamily:
     """Build a registered task family by name, e.g. ``make_family("digits", n_way=5)``."""
     factory = family_factory(name)
+    config = _typed_options(name, factory, config)
     try:
         return factory(**config)
     except TypeError as exc:
         known = family_options(factory)
         hint = "" if known is None else f"; known options: {', '.join(known) or '(none)'}"
         raise LohpError(f"bad configuration for family {name!r}: {exc}{hint}") from None
+
+
+def _typed_options(name: str, factory: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Text given for a number or a flag of the family's ``Options`` dataclass (from a command
+    line) becomes that number or flag, or one line naming the option; a number or a list given
+    for a ``str`` option (the command line's generic parsing of ``label=2020`` or
+    ``path=a,b.csv``) is turned back into its text."""
+    options = getattr(factory, "Options", None)
+    if options is None or not dataclasses.is_dataclass(options):
+        return config
+    try:
+        hints = typing.get_type_hints(options)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: leave the values as given
+        return config
+    out = dict(config)
+    for key, value in config.items():
+        tp = hints.get(key)
+        args = typing.get_args(tp)
+        if args and type(None) in args:
+            rest = [a for a in args if a is not type(None)]
+            tp = rest[0] if len(rest) == 1 else tp
+        what = f"family {name!r} option {key}"
+        if tp in (int, float, bool) and isinstance(value, str):
+            out[key] = parse_setting_scalar(tp, value, what)
+        elif tp is str and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            out[key] = ",".join(value)
+        elif tp is str and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = str(value)
+    return out
