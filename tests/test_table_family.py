@@ -225,3 +225,43 @@ def test_command_line_option_text_takes_the_options_types(tmp_path):
     assert fam.sample(0).n_classes == 3
     with pytest.raises(LohpError, match="family 'table' option n_way takes a whole number \\(got 'abc'\\)"):
         make_family("table", **parse_family_options([f"path={path}", "n_way=abc"]))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("gzip", "is not a UTF-8 text table (a compressed or binary file?)"),
+    ("two labels", "has 2 columns named 'label'"),
+    ("label only", "has only the label column 'label'"),
+    ("huge", "1 row(s) hold features beyond float32's range"),
+    ("folder", "is a folder; pass --family-option path= the table file"),
+])
+def test_bad_tables_are_one_line(tmp_path, kind, message):
+    import gzip
+
+    path = tmp_path / "t.csv"
+    if kind == "gzip":
+        path.write_bytes(gzip.compress(b"f0,label\\n1,a\\n2,b\\n" * 50))
+    elif kind == "two labels":
+        path.write_text("f0,label,label\n1,a,a\n2,b,b\n")
+    elif kind == "label only":
+        path.write_text("label\na\nb\n")
+    elif kind == "huge":
+        x, y = _blobs()
+        x[3, 1] = 1e39
+        _csv(path, x, y)
+    else:
+        path.mkdir()
+    with pytest.raises(LohpError) as info:
+        make_family("table", path=str(path), n_way=2).sample(0)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    x, y = _blobs()
+    path = _csv(tmp_path / "t.csv", x, y, label="label")
+    text = path.read_text()
+    path.write_bytes("\ufeff".encode() + text.replace("f0,", "label2,", 1).encode())
+    fam = make_family("table", path=str(path), n_way=3, label="label")
+    assert fam.sample(0).n_classes == 3
+    first = tmp_path / "first.csv"
+    first.write_bytes("\ufefflabel,f0\n".encode() + b"".join(f"{lab},{v:.3f}\n".encode() for lab, v in zip(y, x[:, 0])))
+    assert make_family("table", path=str(first), n_way=3).sample(0).n_classes == 3

@@ -47,41 +47,61 @@ def _read(path: str, label: str, digest: str) -> tuple[np.ndarray, np.ndarray, l
             raise LohpError(f"{p}: X must be [rows, features] and y [rows] (got {list(x.shape)} and {list(raw.shape)})")
         labels = [str(v) for v in raw.tolist()]
         try:
-            x = x.astype(np.float32)
+            x = x.astype(np.float64)
         except (TypeError, ValueError):
             raise LohpError(f"{p}: X is not numeric") from None
     else:
         delimiter = "\t" if p.suffix in (".tsv", ".tab") else ","
-        with open(p, newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            header = next(reader, None)
-            if not header:
-                raise LohpError(f"{p} is empty; a table needs a header row and data rows")
-            header = [h.strip() for h in header]
-            if label not in header:
-                raise LohpError(f"{p} has no label column {label!r} (columns: {', '.join(header[:12])}"
-                                f"{', ...' if len(header) > 12 else ''}); pass --family-option label=COLUMN")
-            li = header.index(label)
-            rows, labels = [], []
-            for n, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise LohpError(f"{p} line {n} has {len(row)} fields, the header {len(header)}")
-                try:
-                    rows.append([float(c) for i, c in enumerate(row) if i != li])
-                except ValueError:
-                    bad = next(c for i, c in enumerate(row) if i != li and not _is_number(c))
-                    raise LohpError(f"{p} line {n}: feature value {bad!r} is not a number; a table's feature "
-                                    "columns must be numeric (encode categories first)") from None
-                labels.append(row[li].strip())
-        x = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(header) - 1)
+        try:
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+            with open(p, newline="", encoding="utf-8-sig") as fh:
+                x, labels = _read_rows(p, csv.reader(fh, delimiter=delimiter), label)
+        except UnicodeDecodeError:
+            raise LohpError(f"{p} is not a UTF-8 text table (a compressed or binary file?); give lohp the "
+                            "uncompressed CSV / TSV, or an .npz with X and y") from None
+        except OSError as exc:  # unreadable, a folder, vanished since the option was checked
+            raise LohpError(f"cannot read the table {p} ({exc.strerror or exc})") from None
     if len(x) == 0:
         raise LohpError(f"{p} has no data rows")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(1).sum())
+    x64 = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x64).all():
+        bad = int((~np.isfinite(x64)).any(1).sum())
         raise LohpError(f"{p}: {bad} row(s) hold NaN or inf features; drop or impute them first")
-    return (x, *class_index(labels))
+    big = np.abs(x64) > np.finfo(np.float32).max
+    if big.any():
+        raise LohpError(f"{p}: {int(big.any(1).sum())} row(s) hold features beyond float32's range "
+                        f"(|value| > {np.finfo(np.float32).max:.3g}); rescale those columns first")
+    return (x64.astype(np.float32), *class_index(labels))
+
+
+def _read_rows(p: Path, reader: Any, label: str) -> tuple[np.ndarray, list[str]]:
+    """(features [n, F] float64, label texts) of a CSV reader, with one-line refusals."""
+    header = next(reader, None)
+    if not header:
+        raise LohpError(f"{p} is empty; a table needs a header row and data rows")
+    header = [h.strip() for h in header]
+    if label not in header:
+        raise LohpError(f"{p} has no label column {label!r} (columns: {', '.join(header[:12])}"
+                        f"{', ...' if len(header) > 12 else ''}); pass --family-option label=COLUMN")
+    if header.count(label) > 1:
+        raise LohpError(f"{p} has {header.count(label)} columns named {label!r}; rename all but the label column")
+    if len(header) < 2:
+        raise LohpError(f"{p} has only the label column {label!r}; a table needs at least one feature column")
+    li = header.index(label)
+    rows, labels = [], []
+    for n, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise LohpError(f"{p} line {n} has {len(row)} fields, the header {len(header)}")
+        try:
+            rows.append([float(c) for i, c in enumerate(row) if i != li])
+        except ValueError:
+            bad = next(c for i, c in enumerate(row) if i != li and not _is_number(c))
+            raise LohpError(f"{p} line {n}: feature value {bad!r} is not a number; a table's feature "
+                            "columns must be numeric (encode categories first)") from None
+        labels.append(row[li].strip())
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header) - 1), labels
 
 
 def class_index(labels: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -153,6 +173,10 @@ class TableFamily(TaskFamily):
         super().__init__(**options)
         path = self.path
         file = Path(path).expanduser()
+        if file.exists() and not (file.is_dir() if self.is_folder else file.is_file()):
+            kind = "a file" if self.is_folder else "a folder" if file.is_dir() else "not a regular file"
+            raise LohpError(f"{self.what} {path} is {kind}; pass --family-option path= "
+                            f"{'a folder of class folders' if self.is_folder else 'the table file'}")
         if not (file.is_dir() if self.is_folder else file.is_file()):
             raise LohpError(f"{self.what} {path} not found (from {Path.cwd()}); if it moved, pass "
                             "--family-option path=NEW_LOCATION")
