@@ -223,7 +223,7 @@ def test_command_line_option_text_takes_the_options_types(tmp_path):
     fam = make_family("table", **opts)
     assert fam.options.path == str(path) and fam.options.label == "2020"
     assert fam.sample(0).n_classes == 3
-    with pytest.raises(LohpError, match="family 'table' option n_way takes a whole number \\(got 'abc'\\)"):
+    with pytest.raises(LohpError, match="table: n_way must be an integer \\(got 'abc'\\)"):
         make_family("table", **parse_family_options([f"path={path}", "n_way=abc"]))
 
 

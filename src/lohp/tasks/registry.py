@@ -93,6 +93,15 @@ def make_family(name: str, **config: Any) -> TaskFamily:
         raise LohpError(f"bad configuration for family {name!r}: {exc}{hint}") from None
 
 
+def _family_scalar(name: str, key: str, tp: type, text: str) -> Any:
+    """One option's text as its dataclass type, in the wording family checks already use."""
+    try:
+        return parse_setting_scalar(tp, text, key)
+    except LohpError:
+        kind = {int: "an integer", float: "a number", bool: "true or false"}[tp]
+        raise LohpError(f"{name}: {key} must be {kind} (got {text!r})") from None
+
+
 def _typed_options(name: str, factory: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Text given for a number or a flag of the family's ``Options`` dataclass (from a command
     line) becomes that number or flag, or one line naming the option; a number or a list given
@@ -112,9 +121,8 @@ def _typed_options(name: str, factory: Any, config: dict[str, Any]) -> dict[str,
         if args and type(None) in args:
             rest = [a for a in args if a is not type(None)]
             tp = rest[0] if len(rest) == 1 else tp
-        what = f"family {name!r} option {key}"
         if tp in (int, float, bool) and isinstance(value, str):
-            out[key] = parse_setting_scalar(tp, value, what)
+            out[key] = _family_scalar(name, key, tp, value)
         elif tp is str and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             out[key] = ",".join(value)
         elif tp is str and isinstance(value, int) and not isinstance(value, bool):
