@@ -178,3 +178,33 @@ def test_a_second_benchmark_of_a_registered_name_is_refused():
     with pytest.raises(LohpError, match="a benchmark named 'digits' is already registered"):
         runner.register_benchmark("digits", digits.DigitsBenchConfig, digits.run, digits.tables)
     assert runner.BENCHMARKS["digits"] is before
+
+
+def test_adam_times_to_several_accuracies_match_a_plain_torch_optim_loop():
+    """One Adam run serves several targets: each target's first step is the one a plain
+    full-batch torch.optim.Adam loop (written here) first reaches it at."""
+    import torch
+
+    from lohp.bench.harness import adam_time_to_accuracy, adam_times_to_accuracies
+    from lohp.tasks import make_family
+
+    task = make_family("digits", n_way=3).heldout_tasks(1)[0]
+    hp = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    theta0 = task.init_theta(0)
+    model = task.model()
+    task.layout.load_into(model, theta0)
+    params = [p for n, p in model.named_parameters() if n in task.layout.names]
+    opt = torch.optim.Adam(params, lr=0.05)
+    accs = []
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(task.x_train), task.y_train).backward()
+        opt.step()
+        with torch.no_grad():
+            accs.append((model(task.x_eval).argmax(1) == task.y_eval).float().mean().item())
+    targets = [accs[2], accs[9], 2.0]  # reached early, reached later, never reached
+    got = adam_times_to_accuracies(task, theta0, targets, hp, 30)
+    first = [next((i + 1 for i, a in enumerate(accs) if a >= t), None) for t in targets]
+    assert [step for _, step in got] == first
+    assert got[0][0] <= got[1][0] <= got[2][0]
+    assert adam_time_to_accuracy(task, theta0, targets[1], hp, 30)[1] == first[1]

@@ -299,3 +299,44 @@ def test_parse_setting_keeps_a_str_field_as_typed():
     assert parse_setting(Opts, "path", "1e3") == "1e3"
     assert parse_setting(Opts, "n", "none") is None and parse_setting(Opts, "n", "7") == 7
     assert parse_setting(Opts, "names", "query,value") == ("query", "value")
+
+
+def test_an_unknown_optimizer_in_train_optimizers_is_one_line(small_store_path, tmp_path, cli):
+    code, _, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "1",
+                       "--optimizers", "sgd,nosuch")
+    _one_line(code, err)
+    assert "no trajectory of optimizer(s) nosuch; it has" in err and not (tmp_path / "p").exists()
+
+
+def test_a_negative_temperature_is_one_line(small_store_path, tmp_path, cli):
+    from lohp import api
+
+    api.train(small_store_path, tmp_path / "p", "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1})
+    code, _, err = cli("generate", "--policy", tmp_path / "p", "--out", tmp_path / "w.safetensors", "--no-latency",
+                       "--temperature", "-1")
+    _one_line(code, err)
+    assert "temperature must be >= 0" in err and not (tmp_path / "w.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", [("bench", "digits", "--quick"), ("evaluate", "--policy", "nowhere")])
+def test_an_existing_result_file_is_replaced_only_with_overwrite(tmp_path, cli, command):
+    out = tmp_path / "result.json"
+    out.write_text('{"mine": 1}')
+    code, _, err = cli(*command, "--json", out)
+    _one_line(code, err)
+    assert "already exists; pass --overwrite" in err and out.read_text() == '{"mine": 1}'
+    # with --overwrite the check passes: the command goes on to its next refusal
+    code, _, err = cli(*command, "--json", out, "--overwrite",
+                       *(["--store-tasks", "0"] if command[0] == "bench" else []))
+    _one_line(code, err)
+    assert "already exists" not in err and out.read_text() == '{"mine": 1}'
+
+
+def test_a_refused_train_or_prepare_leaves_no_folder_behind(tmp_path, cli):
+    code, _, err = cli("train", "--store", tmp_path / "nowhere", "--out", tmp_path / "p", "--iterations", "1")
+    _one_line(code, err)
+    code, _, err = cli("prepare", "--family", "table", "--family-option", f"path={tmp_path / 'none.csv'}",
+                       "--tasks", "1", "--steps", "2", "--out", tmp_path / "s")
+    _one_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

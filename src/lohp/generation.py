@@ -196,6 +196,8 @@ class Generator:
                        init_scale: float = 1.0, sample_seed: int = 0,
                        s0: torch.Tensor | None = None) -> torch.Tensor:
         """Flat weights ``[len(tasks), d]`` for several tasks in one batched rollout."""
+        if not temperature >= 0:  # a negative one would silently be the mean path
+            raise LohpError(f"the sampling temperature must be >= 0 (0: the mean path); got {temperature}")
         policies = [self.policy_for(t) for t in tasks]
         if any(p is not policies[0] for p in policies):
             raise LohpError("generate_batch needs tasks of one architecture; generate the others separately")

@@ -215,7 +215,11 @@ class OutputLock:
     releases it (a resumed command never finds a stale lock)."""
 
     def __init__(self, folder: Path | str, what: str):
-        self.path = Path(folder) / LOCK_FILE
+        folder = Path(folder)
+        # a folder this command creates and then writes nothing into (it was refused) is
+        # removed again on the way out: a refusal leaves nothing behind
+        self._created = not os.path.lexists(folder)
+        self.path = ensure_writable_dir(folder) / LOCK_FILE
         self.what = what
         self._fh = None
 
@@ -240,5 +244,13 @@ class OutputLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self._fh is not None:
+            if self._created and exc[0] is not None:
+                folder = self.path.parent
+                try:
+                    if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                        self.path.unlink()
+                        folder.rmdir()
+                except OSError:
+                    pass  # best effort: the refusal itself is what the user must see
             self._fh.close()  # closing releases the flock
             self._fh = None

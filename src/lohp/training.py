@@ -117,6 +117,12 @@ class OfflineData:
                                 f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
             idx = [pos[s] for s in range(0, total + 1, k)]
         self.matching, self.measure = matching, measure
+        if optimizers is not None:
+            have = sorted({tr["optimizer"] for tr in store})
+            missing = [o for o in optimizers if o not in have]
+            if missing:  # one typo would otherwise silently train on fewer optimizers than asked
+                raise LohpError(f"the store holds no trajectory of optimizer(s) {', '.join(missing)}; "
+                                f"it has {', '.join(have)}")
         chosen = [i for i, tr in enumerate(store) if optimizers is None or tr["optimizer"] in optimizers]
         if not chosen:
             have = sorted({tr["optimizer"] for tr in store})
@@ -704,7 +710,7 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
     lc = loss_config(method, k=k, **(loss_options or {}))
     pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})
     # one writer per policy folder (in a data-parallel run, rank 0 is the writer)
-    lock = OutputLock(ensure_writable_dir(Path(out)), "lohp train") if os.environ.get("RANK", "0") == "0" \
+    lock = OutputLock(Path(out), "lohp train") if os.environ.get("RANK", "0") == "0" \
         else nullcontext()
     with lock:
         trainer = Trainer(store, out, lc, pc, tc, device=device, overwrite=overwrite, family_options=family_options)

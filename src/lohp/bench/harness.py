@@ -60,11 +60,19 @@ def adam_time_to_accuracy(task: Task, theta0: torch.Tensor, target: float, hpara
                           max_steps: int) -> tuple[float, int | None]:
     """Seconds of full-batch torch.optim.Adam training (steps only, evaluation off the clock)
     until the eval metric first reaches ``target``; ``(seconds_used, None)`` if it never does."""
+    return adam_times_to_accuracies(task, theta0, [target], hparams, max_steps)[0]
+
+
+def adam_times_to_accuracies(task: Task, theta0: torch.Tensor, targets: list[float], hparams: dict[str, Any],
+                             max_steps: int) -> list[tuple[float, int | None]]:
+    """:func:`adam_time_to_accuracy` for several targets from one Adam run (it stops when the
+    highest is reached): per target ``(seconds, step)``, or ``(seconds_used, None)``."""
     model = task.model()
     layout = task.layout
     layout.load_into(model, theta0)
     params = [p for n, p in model.named_parameters() if n in layout.names]
     opt = torch.optim.Adam(params, lr=hparams["lr"], betas=(hparams["beta1"], hparams["beta2"]), eps=hparams["eps"])
+    out: list[tuple[float, int | None] | None] = [None] * len(targets)
     clock = 0.0
     for step in range(1, max_steps + 1):
         t0 = time.perf_counter()
@@ -73,9 +81,13 @@ def adam_time_to_accuracy(task: Task, theta0: torch.Tensor, target: float, hpara
         opt.step()
         clock += time.perf_counter() - t0
         with torch.no_grad():
-            if task.metric_fn(model(task.x_eval), task.y_eval).mean().item() >= target:
-                return clock, step
-    return clock, None
+            metric = task.metric_fn(model(task.x_eval), task.y_eval).mean().item()
+        for i, target in enumerate(targets):
+            if out[i] is None and metric >= target:
+                out[i] = (clock, step)
+        if all(o is not None for o in out):
+            break
+    return [o if o is not None else (clock, None) for o in out]
 
 
 # --------------------------------------------------------------------------- output

@@ -39,6 +39,7 @@ DEMO_JSON = "demo.json"
 
 JSON = typer.Option(None, "--json", help="Write the results here.")
 PLOT = typer.Option(None, help="Folder for the PNG plots.")
+OVERWRITE = typer.Option(False, help="Replace an existing --json file (the plots in --plot are always redrawn).")
 QUICK = typer.Option(False, help="Small settings (under 5 minutes on 2 cores).")
 BUDGET = typer.Option(None, help="Training budget per learned policy and seed, in seconds (same for every method).")
 THREADS = typer.Option(None, help="torch threads (default: torch's; 1 on a busy machine). Tables state the count.")
@@ -53,11 +54,12 @@ def _options(config_cls: type) -> Any:
 
 
 def run_benchmark(name: str, json_out: Optional[Path], plot: Optional[Path], quick: bool, given: dict[str, Any],
-                  budget: Optional[float] = None, family_option: Optional[list[str]] = None) -> dict[str, Any]:
+                  budget: Optional[float] = None, family_option: Optional[list[str]] = None,
+                  overwrite: bool = False) -> dict[str, Any]:
     """Check the outputs, build ``(quick or default config).replace(**given)``, run it under
     one progress bar, print its tables, write the JSON and the plots."""
     bench = benchmark(name)
-    _check_outputs(json_out, plot)
+    _check_outputs(json_out, plot, overwrite)
     given = dict(given)
     if budget is not None:  # a budget that is no field of the config: the benchmark's hook
         check_budget(budget)
@@ -115,20 +117,21 @@ def add_command(bench: Benchmark) -> None:
 
     def command(json_out: Optional[Path] = None, plot: Optional[Path] = None, quick: bool = False,
                 budget: Optional[float] = None, family_option: Optional[list[str]] = None,
-                threads: Optional[int] = None, cfg_options: Optional[dict] = None) -> None:
+                threads: Optional[int] = None, overwrite: bool = False, cfg_options: Optional[dict] = None) -> None:
         if threads is not None:
             if threads <= 0:
                 raise LohpError(f"--threads must be >= 1 (got {threads})")
             torch.set_num_threads(threads)
-        run_benchmark(bench.name, json_out, plot, quick, cfg_options or {}, budget, family_option)
+        run_benchmark(bench.name, json_out, plot, quick, cfg_options or {}, budget, family_option, overwrite)
 
     defaults = {"json_out": JSON, "plot": PLOT, "quick": QUICK, "budget": BUDGET, "family_option": FAMILY_OPTION,
-                "threads": THREADS, "cfg_options": None}
+                "threads": THREADS, "overwrite": OVERWRITE, "cfg_options": None}
     own_threads = "threads" in {f.name for f in dataclasses.fields(bench.config_cls)}
-    keep = {"json_out", "plot", "quick", "cfg_options"} | ({"budget"} if bench.budget else set()) \
+    keep = {"json_out", "plot", "quick", "overwrite", "cfg_options"} | ({"budget"} if bench.budget else set()) \
         | ({"family_option"} if bench.family_setting else set()) | (set() if own_threads else {"threads"})
     hints = {"json_out": Optional[Path], "plot": Optional[Path], "quick": bool, "budget": Optional[float],
-             "family_option": Optional[list[str]], "threads": Optional[int], "cfg_options": Optional[dict]}
+             "family_option": Optional[list[str]], "threads": Optional[int], "overwrite": bool,
+             "cfg_options": Optional[dict]}
     params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n], annotation=hints[n])
               for n in hints if n in keep]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lohp.errors import LohpError
-from lohp.io import atomic_write_json, ensure_writable_dir
+from lohp.io import atomic_write_json, check_output_file, ensure_writable_dir
 
 app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -141,12 +141,17 @@ def _device(name: str) -> str:
 
 
 
-def _check_outputs(json_out: Path | None, plot: Path | None) -> None:
-    """Fail on an unwritable --json/--plot before a long benchmark runs, not after."""
+def _check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = False) -> None:
+    """Fail on an unwritable --json/--plot, or a --json file that exists (unless
+    ``overwrite``), before a long benchmark runs, not after."""
 
     if json_out is not None:
         if json_out.is_dir():
             raise LohpError(f"--json {json_out} is a folder; give a file name")
+        check_output_file(json_out)
+        if (json_out.exists() or json_out.is_symlink()) and not overwrite:
+            raise LohpError(f"--json {json_out} already exists; pass --overwrite to replace it, or choose another "
+                            "file (results are never replaced silently)")
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
     if plot is not None:
         ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)

@@ -179,13 +179,14 @@ def evaluate(
         None, "--family-option", help="Family setting KEY=VALUE over the policy's family config (repeatable)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     plot: Optional[Path] = typer.Option(None, help="Folder for the PNG."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
     settings: dict = None,  # type: ignore[assignment]
 ) -> None:
     """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family.
 
     The options are EvaluateConfig's fields (defaults there)."""
 
-    _check_outputs(json_out, plot)
+    _check_outputs(json_out, plot, overwrite)
     options = parse_family_options(family_option)
     _device(settings["device"])
     be.EvaluateConfig.from_dict(settings)  # bad settings fail before the progress bar

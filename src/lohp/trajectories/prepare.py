@@ -285,7 +285,7 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     family = check_store_tasks(config, sorted({r["task_seed"] for p in pending for r in p.runs}))
     if not overwrite and out.exists():
         claim_output(out, config)  # a store made with other arguments: refused before the bar appears
-    with OutputLock(ensure_writable_dir(out), "lohp prepare"):
+    with OutputLock(out, "lohp prepare"):
         out = claim_output(out, config, overwrite)
         if progress_context is None:
             return _prepare_locked(out, config, plans, family, device, progress, executor, ray_address, ray_workers)
