@@ -340,3 +340,18 @@ def test_a_refused_train_or_prepare_leaves_no_folder_behind(tmp_path, cli):
                        "--tasks", "1", "--steps", "2", "--out", tmp_path / "s")
     _one_line(code, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (("prepare", "--tasks", "abc", "--out", "o"), "Invalid value for '--tasks'"),
+    (("bench", "digits", "--threads", "x"), "Invalid value for '--threads'"),
+    (("prepare", "--nosuch"), "No such option: --nosuch"),
+    (("prepare",), "Missing option '--out'"),
+    (("nosuch",), "No such command 'nosuch'"),
+])
+def test_a_usage_error_is_one_line_not_a_box(tmp_path, cli, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(*args)
+    _one_line(code, err)
+    assert message in err and "╭" not in err and "--help" in err
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ commands live in ``core`` (prepare, inspect, generate, evaluate), ``train``, ``b
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -21,6 +22,24 @@ __all__ = ["app", "console", "err_console", "main", "parse_family_options", "par
 
 
 # --------------------------------------------------------------------------- entry point
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other click errors, aborts) of the click typer runs on: recent typer
+    vendors click as ``typer._click``, older typer uses ``click`` itself."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    import typer
+
+    aborts = {typer.Abort, *(m.Abort for m in mods if hasattr(m, "Abort"))}
+    return (tuple(m.UsageError for m in mods), tuple(m.ClickException for m in mods), tuple(aborts))
+
+
+USAGE_ERRORS, CLICK_ERRORS, ABORTS = _click_errors()
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     """Ctrl-C / SIGTERM: unwind (finally blocks close logs; files are written atomically, so
     nothing half-written stays), say how to resume, exit 130 / 143. Click would otherwise
@@ -38,7 +57,25 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(sig, _on_signal)
     common._CURRENT_ARGV = list(argv) if argv is not None else sys.argv[1:]
     try:
-        app(args=argv, prog_name="lohp")
+        # not standalone: click's usage errors (a bad integer, an unknown option) reach us and
+        # become one line like every other refusal, instead of typer's boxed panel
+        code = app(args=argv, prog_name="lohp", standalone_mode=False)
+    except USAGE_ERRORS as exc:
+        where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "lohp --help"
+        what = " ".join(exc.format_message().split())
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without a command: its help (printed), exit 2
+            if what:
+                err_console.print(escape(exc.format_message()), highlight=False)
+            sys.exit(exc.exit_code)
+        err_console.print(f"[bold red]error:[/] {escape(what)} (see {where})", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except CLICK_ERRORS as exc:
+        err_console.print(f"[bold red]error:[/] {escape(' '.join(exc.format_message().split()))}",
+                          highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ABORTS:
+        err_console.print("aborted")
+        sys.exit(1)
     except LohpError as exc:
         # escaped: messages hold install commands such as pip install -e '.[images]'
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -46,4 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; re-run the same command to resume where it stopped")
         sys.exit(130)
+    if isinstance(code, int) and code != 0:  # --help and ctx.exit(n) in non-standalone mode
+        sys.exit(code)
 
