@@ -32,14 +32,16 @@ from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
 DATASETS = {"mnist": "rotated-mnist", "fashion": "rotated-fashion"}
-# Whole-network settings (METHOD.md, third prototype): the policy adds a learned gain on the
-# structure's surrogate-gradient features, and learns faster than on heads.
+# Whole-network settings (docs/method.md, section 'Whole-network generation'): the policy
+# adds a learned gain on the structure's surrogate-gradient features, and learns faster
+# than on heads.
 MLP_POLICY = {"condition_skip": True, "token_size": 32}
 MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole-MLP rollouts are costly
 
 
 # The earlier SubTB hybrid at d = 25,285 needs to be mostly off-policy (beta 0.9) with K = 2
-# rollouts to learn at all (METHOD.md, fourth prototype); the default lo-hp needs nothing.
+# rollouts to learn at all (docs/method.md, section 'Large d: why the SubTB hybrid collapses');
+# the default lo-hp needs nothing.
 HYBRID = {"lo-hp-v1": {"beta": 0.9, "rollouts": 2}}
 
 

@@ -66,7 +66,7 @@ class Variant:
 
 
 # The learned rows every scenario shows, in the paper's ablation order, plus the earlier
-# hybrid (lo-hp-v1) and lo-di with input noise (METHOD.md asks for both).
+# hybrid (lo-hp-v1) and lo-di with input noise (docs/method.md, section 'What every benchmark shows').
 LEARNED = ("hypernetwork", "lo-di", "lo-di-noise", "lo-op", "lo-hp-v1", "lo-hp")
 PAPER_ORDER = ("hypernetwork", "lo-di", "lo-op", "lo-hp")
 

@@ -11,8 +11,9 @@ offline trajectories already strided by k (online time). Method presets:
 | lo-op           | lo-hp with beta = 0 (on-policy segments only)                               |
 | lo-hp-v1        | the earlier hybrid: reparameterised on-policy SubTB (log-variance log Z,   |
 |                 | fixed P_B) + off-policy maximum likelihood, each normalised, mixed by beta  |
-| lo-hp-literal   | METHOD.md taken literally: learned P_B, detached rollouts, learned log Z,   |
-|                 | off-policy SubTB, raw (unnormalised) mix                                    |
+| lo-hp-literal   | docs/method.md, section 'Sub-trajectory balance', read literally:           |
+|                 | learned P_B, detached rollouts, learned log Z, off-policy SubTB, raw        |
+|                 | (unnormalised) mix                                                          |
 | lo-di           | regression of real stride-k steps (no flow terms)                           |
 | lo-di-noise     | lo-di on noise-perturbed inputs (denoising target)                          |
 | hypernetwork    | lo-di with k = T: one step from theta_0 to theta_T                          |

@@ -1,4 +1,4 @@
-"""The hybrid-policy sub-trajectory balance loss (lo-hp, lo-op, lo-hp-literal).
+"""The hybrid-policy sub-trajectory balance loss (lo-hp-v1, lo-hp-literal; formulation "subtb").
 
     L = (1 - beta) * E_on[ sum_{m<n} w(n-m) Delta^2 ] + beta * E_off[ ... ]
 
@@ -7,7 +7,8 @@ On-policy part: K rollouts of P_F per task from the trajectory's own theta_0. Wi
 the reward's gradient reaches the policy through the states; with ``"detached"`` only the
 log-probabilities carry gradient (the literal reading, which does not learn well).
 Flows: log F(s_j) = log Z_j + log R_{kj}(s_j), log R = -||s - theta_{kj}||^2 / (2 width^2)
-with a per-coordinate width (default sigma_F[j]: METHOD.md's rho = sigma_F / sqrt(d)).
+with a per-coordinate width (default sigma_F[j], that is rho = sigma_F / sqrt(d):
+docs/method.md, section 'Flows and reward').
 ``log_z="mean-residual"`` replaces log Z by its least-squares optimum for each task and
 segment (the mean residual over the task's K rollouts: the log-variance form);
 ``"learned"`` uses the policy's per-step log Z.
