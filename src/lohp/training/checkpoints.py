@@ -1,0 +1,103 @@
+"""Checkpoints of a run and the policy folder they live in.
+
+A checkpoint holds the policy *and* its optimizer state (safetensors, atomically) with
+``checkpoint.json`` naming its iteration; the servable policy is rewritten with every
+checkpoint, so ``kill -9`` loses at most one interval and re-running the same command
+resumes. A folder resumes only a run of the same settings (:data:`_RESUME_KEYS`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lohp.errors import LohpError
+from lohp.io import POLICY_FORMAT, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from lohp.losses import LossConfig
+from lohp.policy import LohpPolicy, PolicyConfig
+from lohp.policy.io import META, WEIGHTS, condition_points, load_state, save_policy
+from lohp.training.logs import CURVES, LOG
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+
+# The parts of a run that must not change on resume (iterations and time limit may).
+_RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha", "condition_points")
+
+
+def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """A saved policy description with settings a newer lohp added filled in by their
+    defaults (new settings default to the old behaviour), so a folder trained by an older
+    version resumes; a changed or unknown setting still differs."""
+    out = dict(meta)
+    out["condition_points"] = condition_points(meta)  # 1: saved before coresets
+    for key, cls in (("policy_config", PolicyConfig), ("loss_config", LossConfig)):
+        if isinstance(out.get(key), dict):
+            out[key] = {**asdict(cls()), **out[key]}
+    return out
+
+
+def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
+    """Make the policy folder ``out`` ready for the run ``meta`` describes: emptied of a
+    previous run with ``overwrite``, else checked to hold the same run (or none); writes
+    policy.json for a new run. True when a checkpoint of the same run is there to resume."""
+    meta_path = out / META
+    resume = False
+    if overwrite:
+        for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, CURVES):
+            (out / name).unlink(missing_ok=True)
+    elif meta_path.exists():
+        old = _with_defaults(read_json(meta_path, "policy description"))
+        diff = [k for k in _RESUME_KEYS if old.get(k) != _with_defaults(meta).get(k)]
+        if diff:
+            raise LohpError(f"{out} holds a policy trained with other settings ({', '.join(diff)} differ); "
+                            "use the same command to resume, another --out, or --overwrite")
+        resume = (out / CHECKPOINT).exists()
+    if not meta_path.exists() or overwrite:
+        atomic_write_json(meta_path, {**meta, "format": POLICY_FORMAT, "iteration": 0})
+    return resume
+
+
+def save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, iteration: int,
+                    meta: dict[str, Any]) -> None:
+    """Checkpoint ``policy`` and ``optimizer`` at ``iteration`` into ``out`` (each file atomically)."""
+    tensors = {f"policy.{k}": v for k, v in policy.state_dict().items()}
+    state = optimizer.state_dict()
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+    atomic_save_tensors(out / CHECKPOINT, tensors)
+    atomic_write_json(out / CHECKPOINT_META, {"iteration": iteration, "param_groups": state["param_groups"]})
+    # The servable policy is rewritten with every checkpoint (always the last good one).
+    save_policy(out, policy, {**meta, "iteration": iteration})
+
+
+def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, device: str) -> int:
+    """Load ``out``'s checkpoint into ``policy`` and ``optimizer``; returns its iteration."""
+    info = read_json(out / CHECKPOINT_META, "checkpoint description")
+    fix = (f"delete {out / CHECKPOINT} and {out / CHECKPOINT_META} to restart this policy from "
+           "iteration 0 (or pass --overwrite)")
+    load_state(policy, out / CHECKPOINT, prefix="policy.", fix=fix)
+    tensors = load_tensors(out / CHECKPOINT, "training checkpoint", fix)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    return int(info["iteration"])
+
+
+def checkpoint_iteration(out: Path) -> int:
+    """The iteration of ``out``'s last good checkpoint (0: none yet)."""
+    path = out / CHECKPOINT_META
+    return int(read_json(path, "checkpoint description")["iteration"]) if path.exists() else 0
+
+
+def diverged(out: Path, what: str, fix: str) -> LohpError:
+    """The refusal of a run that went non-finite (``what``): the last good checkpoint is kept
+    and resuming after ``fix`` continues from it."""
+    return LohpError(f"{what}; the last good checkpoint (iteration {checkpoint_iteration(out)}) is kept "
+                     f"in {out}; {fix}, then resume")
