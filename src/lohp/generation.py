@@ -26,11 +26,11 @@ from lohp.errors import LohpError
 from lohp.io import atomic_save_tensors, check_finite, ensure_writable_dir, load_tensors
 from lohp.layout import ParamLayout
 from lohp.optim import DEFAULTS, OPTIMIZERS, make_optimizer
+from lohp.optim.runs import train_runs
 from lohp.policy import LohpPolicy
 from lohp.policy.io import load_policy
 from lohp.policy.structure import retarget
 from lohp.tasks import Task, TaskFamily, make_family
-from lohp.trajectories.collect import train_runs
 
 
 @dataclass

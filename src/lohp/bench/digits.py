@@ -48,7 +48,7 @@ from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
 from lohp.optim import make_optimizer
-from lohp.trajectories.collect import train_runs
+from lohp.optim.runs import train_runs
 
 # The digits table: the scenario columns with the Hessian trace of the final weights, no lr.
 COLUMNS = [("method", "method", ""), ("k", "k", ""), ("steps", "steps", ""), ACCURACY,

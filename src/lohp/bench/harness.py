@@ -19,9 +19,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from lohp.bench.prepare import per_run_loop
+from lohp.optim.runs import evaluate_checkpoints, train_runs
 from lohp.plotting import pyplot, save_figure
 from lohp.tasks import Task
-from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 # Rows drawn as horizontal reference lines in the learning-curve plots.
 REFERENCE_ROWS = ("adam", "adam-cond", "prototype", "prototype-l2", "lda", "linear-probe")

@@ -54,9 +54,9 @@ from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
 from lohp.io import ensure_writable_dir
 from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, make_regularizer, run_optimizee
 from lohp.optim import make_optimizer
+from lohp.optim.runs import train_runs
 from lohp.plotting import figure_path, pyplot, save_figure
 from lohp.tasks import make_family
-from lohp.trajectories.collect import train_runs
 
 METHODS = ("adam", "sgd", "l2o", "l2o-hessian", "l2o-entropy")
 LEARNED = {"l2o": None, "l2o-hessian": "hessian", "l2o-entropy": "entropy"}

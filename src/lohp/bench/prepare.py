@@ -20,10 +20,10 @@ from lohp.bench.runner import TableSpec, check_positive, register_benchmark
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.optim import make_optimizer
+from lohp.optim.runs import train_runs
 from lohp.plotting import figure_path, pyplot, save_figure
 from lohp.tasks import make_family
 from lohp.trajectories import make_config, prepare, ray_executor
-from lohp.trajectories.collect import train_runs
 
 PNG = "bench_prepare.png"
 

@@ -37,8 +37,8 @@ from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.losses import method_names
 from lohp.optim import make_optimizer
+from lohp.optim.runs import evaluate_checkpoints, train_runs
 from lohp.plotting import pyplot, save_figure
-from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 STEP_COUNTS = (0, 1, 2, 4, 8, 16, 32)
 TARGET_FRACTION = 0.99

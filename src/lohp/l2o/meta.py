@@ -18,7 +18,7 @@ before the bad update is applied; the last good weights are saved (if an output 
 was given) and kept in the optimizer object.
 
 Meta-testing runs the learned optimizer like any other optimizer
-(:func:`lohp.trajectories.collect.train_runs`) on held-out tasks, for the trained
+(:func:`lohp.optim.runs.train_runs`) on held-out tasks, for the trained
 horizon or longer ones (:func:`run_optimizee`, :func:`meta_test`).
 """
 
@@ -39,8 +39,8 @@ from lohp.flatness import local_entropy_mean, task_loss_fn
 from lohp.io import ensure_writable_dir
 from lohp.l2o.lstm import L2OConfig, LearnedOptimizer
 from lohp.l2o.regularizers import Regularizer, make_regularizer
+from lohp.optim.runs import evaluate_checkpoints, train_runs
 from lohp.tasks import Task, TaskBatch, make_family
-from lohp.trajectories.collect import evaluate_checkpoints, train_runs
 
 
 def check_unroll(horizon: int, truncation: int) -> None:
