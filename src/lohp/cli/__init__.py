@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+import typer
 from rich.markup import escape
 
 from lohp.cli import bench, common, core, data, train  # noqa: F401  (importing them registers the commands)
@@ -31,8 +32,6 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
             mods.append(importlib.import_module(name))
         except ImportError:
             continue
-    import typer
-
     aborts = {typer.Abort, *(m.Abort for m in mods if hasattr(m, "Abort"))}
     return (tuple(m.UsageError for m in mods), tuple(m.ClickException for m in mods), tuple(aborts))
 
