@@ -11,6 +11,7 @@ import torch
 from lohp import LohpError
 from lohp.l2o import (L2OConfig, LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, make_regularizer,
                       meta_test, preprocess, run_optimizee)
+from lohp.io import atomic_write_json
 from lohp.l2o.lstm import CONFIG_FILE, WEIGHTS_FILE
 from lohp.tasks import DigitsFamily
 
@@ -114,7 +115,7 @@ def test_load_errors(tmp_path):
     LearnedOptimizer(L2OConfig(hidden=5), seed=0).save(tmp_path / "other")
     cfg = json.loads((tmp_path / "other" / CONFIG_FILE).read_text())
     cfg["config"]["hidden"] = 7
-    (tmp_path / "other" / CONFIG_FILE).write_text(json.dumps(cfg))
+    atomic_write_json(tmp_path / "other" / CONFIG_FILE, cfg, sealed=True)  # wrong but sealed
     with pytest.raises(LohpError, match="do not match"):
         LearnedOptimizer.load(tmp_path / "other")
     (tmp_path / "other" / CONFIG_FILE).write_text("{not json")

@@ -189,6 +189,7 @@ def test_lo_hp_learns_a_whole_mlp_well_above_chance(tmp_path):
 
 # --------------------------------------------------------------------------- bad input
 def test_a_policy_of_an_unknown_method_or_option_is_refused_in_one_line(tmp_path):
+    from lohp.io import atomic_write_json
     from lohp.policy.io import META, load_policy
     from lohp.training import train
     from lohp.trajectories import make_config, prepare
@@ -197,14 +198,15 @@ def test_a_policy_of_an_unknown_method_or_option_is_refused_in_one_line(tmp_path
     prepare(store, make_config(family_config={"n_way": 3}, optimizers=("adam",), tasks=2, steps=4, seed=0))
     train(store, tmp_path / "p", "lo-hp", policy_options={"channels": 8, "token_size": 8, "depth": 1},
           train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1, "checkpoint_every": 2})
+    # as a newer lohp or a plugin would write them (sealed), with what this one lacks
     meta = json.loads((tmp_path / "p" / META).read_text())
-    (tmp_path / "p" / META).write_text(json.dumps({**meta, "method": "lo-hp-v9"}))
+    atomic_write_json(tmp_path / "p" / META, {**meta, "method": "lo-hp-v9"}, sealed=True)
     with pytest.raises(LohpError, match="lo-hp-v9.*does not have"):
         load_policy(tmp_path / "p")
-    (tmp_path / "p" / META).write_text(json.dumps({**meta, "policy_config": {**meta["policy_config"], "warp": 1}}))
+    atomic_write_json(tmp_path / "p" / META, {**meta, "policy_config": {**meta["policy_config"], "warp": 1}}, sealed=True)
     with pytest.raises(LohpError, match="warp"):
         load_policy(tmp_path / "p")
-    (tmp_path / "p" / META).write_text(json.dumps({**meta, "structure": {**meta["structure"], "kind": "conv"}}))
+    atomic_write_json(tmp_path / "p" / META, {**meta, "structure": {**meta["structure"], "kind": "conv"}}, sealed=True)
     with pytest.raises(LohpError, match="'conv'.*does not have"):
         load_policy(tmp_path / "p")
 

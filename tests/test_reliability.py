@@ -355,3 +355,23 @@ def test_a_usage_error_is_one_line_not_a_box(tmp_path, cli, args, message, monke
     _one_line(code, err)
     assert message in err and "╭" not in err and "--help" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_being_read_is_not_replaced_under_its_reader(store_copy, cli, small_args):
+    """prepare --overwrite while a reader (a streaming train) holds the store: refused in one
+    line, the store intact; once the reader is done, the overwrite goes ahead."""
+    from lohp.trajectories import TrajectoryStore
+
+    store = TrajectoryStore.open(store_copy)
+    before = sorted(p.name for p in (store_copy / "shards").iterdir())
+    args = ("prepare", "--out", store_copy, "--n-way", "3", "--tasks", "2", "--steps", "2", "--optimizers", "sgd",
+            "--overwrite")
+    code, _, err = cli(*args)
+    _one_line(code, err)
+    assert "is being read by another lohp command" in err
+    assert sorted(p.name for p in (store_copy / "shards").iterdir()) == before
+    assert torch.isfinite(store.theta(0)).all()  # the reader still reads
+    store.close()
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert len(TrajectoryStore.open(store_copy)) == 2

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lohp.errors import LohpError
+from lohp.io import atomic_write_json
 from lohp.layout import ParamLayout
 from lohp.trajectories import TrajectoryStore, make_config, prepare, summarize
 from lohp import io as store_mod  # the atomic writers live in lohp.io
@@ -38,6 +39,7 @@ def manifest_without_timing(path: Path) -> dict:
     m = json.loads((Path(path) / "manifest.json").read_text())
     for sh in m["shards"]:
         sh.pop("train_seconds")
+    m.pop("checksum", None)  # of the content with the timings
     return m
 
 
@@ -351,9 +353,11 @@ def test_corrupt_bytes_fail_the_checksum(store_copy):
 
 
 def edit_manifest(path: Path, fn) -> None:
+    """A manifest whose content is wrong but sealed (as a faulty writer would leave it), so the
+    checks behind the checksum are what is tested; an unsealed edit is test_sealed's case."""
     m = json.loads((path / "manifest.json").read_text())
     fn(m)
-    (path / "manifest.json").write_text(json.dumps(m))
+    atomic_write_json(path / "manifest.json", m, sealed=True)
 
 
 def _transpose_layout(m):

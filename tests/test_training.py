@@ -104,7 +104,7 @@ def test_record_every_must_divide_k(tmp_path):
 def test_nan_in_a_trajectory_is_refused(store8, tmp_path):
     import shutil
 
-    from lohp.io import atomic_save_tensors, sha256_file
+    from lohp.io import atomic_save_tensors, atomic_write_json, sha256_file
 
     dst = tmp_path / "nan"
     shutil.copytree(store8, dst)
@@ -114,7 +114,7 @@ def test_nan_in_a_trajectory_is_refused(store8, tmp_path):
     atomic_save_tensors(shard, tensors)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["shards"][0]["sha256"] = sha256_file(shard)
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    atomic_write_json(dst / "manifest.json", manifest, sealed=True)
     with pytest.raises(LohpError, match="NaN"):
         OfflineData(TrajectoryStore.open(dst), 2)
 
@@ -239,6 +239,7 @@ def test_a_policy_folder_from_before_a_new_setting_resumes(small_store_path, tmp
     meta_path = tmp_path / "p" / "policy.json"
     meta = json.loads(meta_path.read_text())
     del meta["policy_config"]["structure"]  # a setting added in a later version
+    del meta["checksum"]  # an older lohp did not seal its metadata
     meta_path.write_text(json.dumps(meta))
     assert train(small_store_path, tmp_path / "p", "lo-di", 2, {}, pol, {**opts, "iterations": 2})["iteration"] == 2
     with pytest.raises(LohpError, match="policy_config differ"):

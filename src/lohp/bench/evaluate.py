@@ -29,6 +29,7 @@ from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
+from lohp.resources import available_memory, check_fits
 from lohp.tasks import make_family
 from lohp.trajectories import TrajectoryStore
 
@@ -82,11 +83,29 @@ class EvaluateConfig(Config):
             raise LohpError("--batch-size and --latency-repeats must be >= 1")
 
 
+def _sample(fam: Any, n: int, seeds: int, yes: bool, note: Callable[[str], None]) -> list[Any]:
+    """``n`` held-out tasks, after an estimate of their memory from the first (refused when
+    it cannot fit), with progress at least once a second."""
+    first = fam.heldout_tasks(1)[0]
+    data = sum(t.numel() * t.element_size() for t in (first.x_train, first.y_train, first.x_eval, first.y_eval))
+    # each task's data, and per seed its s_0, generated and baseline weights
+    check_fits(f"{n:,} held-out tasks", n * (data + 8 * seeds * first.layout.size * 4), available_memory(),
+               "memory", "lower --tasks", yes)
+    held, shown = [first], time.perf_counter()
+    for i in range(1, n):
+        held.append(fam.sample(i, "heldout"))
+        if time.perf_counter() - shown >= 1.0:
+            note(f"sampling held-out tasks {i + 1}/{n}")
+            shown = time.perf_counter()
+    return held
+
+
 def evaluate(policy: str | Path, family: str | None = None, family_options: dict[str, Any] | None = None,
-             note: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
+             note: Callable[[str], None] | None = None, yes: bool = False, **settings: Any) -> dict[str, Any]:
     """Generate weights for held-out tasks with the policy and compare; ``settings`` are
     :class:`EvaluateConfig`'s fields. Returns ``{"rows": [...], ...}`` whose last row's
-    ``method`` is the policy's method."""
+    ``method`` is the policy's method. Tasks that cannot fit in memory are refused before
+    they are sampled (``yes``: go on anyway)."""
     cfg = EvaluateConfig.from_dict({"family": family, **settings})
     note = note or (lambda s: None)
     family, tasks, baselines, seeds, batch_size = cfg.family, cfg.tasks, cfg.baselines, cfg.seeds, cfg.batch_size
@@ -96,7 +115,7 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     overrides = dict(family_options or {})
 
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
-    held = fam.heldout_tasks(tasks)
+    held = _sample(fam, tasks, seeds, yes, note)
     for t in held:
         gen.check_task(t)  # a family the policy cannot serve fails before any work
     T, N = gen.meta["total_steps"], gen.n_steps

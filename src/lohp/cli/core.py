@@ -50,6 +50,8 @@ def prepare(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster HOST:PORT (implies --ray)."),
     ray_workers: Optional[int] = typer.Option(None, help="With --ray: at most this many shards at once "
                                                          "(default: the cluster's CPUs)."),
+    yes: bool = typer.Option(False, "--yes", help="Run even when the store's estimated disk or memory need "
+                                                  "exceeds what is available (never prompts)."),
     stage: dict = None,  # type: ignore[assignment]
 ) -> None:
     """Stage I: train runs on source tasks with real optimizers and store every checkpoint.
@@ -66,7 +68,7 @@ def prepare(
     # prepare() checks everything (Ray, the output, every task's data) before it opens the bar
     store = run_prepare(out, config, device=_device(device), overwrite=overwrite, executor=executor,
                         ray_address=ray_address, ray_workers=ray_workers,
-                        progress_context=lambda: progress_bar("preparing"))
+                        progress_context=lambda: progress_bar("preparing"), yes=yes)
     console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
 
 
@@ -180,6 +182,8 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     plot: Optional[Path] = typer.Option(None, help="Folder for the PNG."),
     overwrite: bool = typer.Option(False, help="Replace an existing --json file."),
+    yes: bool = typer.Option(False, "--yes", help="Run even when the tasks' estimated memory exceeds what is "
+                                                  "available (never prompts)."),
     settings: dict = None,  # type: ignore[assignment]
 ) -> None:
     """A trained policy against Adam, SGD and closed-form baselines on held-out tasks of a family.
@@ -191,7 +195,8 @@ def evaluate(
     _device(settings["device"])
     be.EvaluateConfig.from_dict(settings)  # bad settings fail before the progress bar
     with progress_bar("evaluate") as update:
-        result = be.evaluate(policy, family_options=options, note=lambda text: update(0, 0, text), **settings)
+        result = be.evaluate(policy, family_options=options, note=lambda text: update(0, 0, text), yes=yes,
+                             **settings)
     print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
                 SCENARIO_COLUMNS, console)
     _write_json(result, json_out)

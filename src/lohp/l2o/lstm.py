@@ -192,7 +192,7 @@ class LearnedOptimizer:
             raise LohpError(f"refusing to save non-finite L2O weights to {folder}")
         atomic_save_tensors(folder / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
         atomic_write_json(folder / CONFIG_FILE, {"format": FORMAT, "name": self.name,
-                                                 "config": asdict(self.config), "info": self.info})
+                                                 "config": asdict(self.config), "info": self.info}, sealed=True)
         return folder
 
     @classmethod
@@ -202,7 +202,7 @@ class LearnedOptimizer:
         folder = Path(folder)
         if not folder.is_dir():
             raise LohpError(f"L2O checkpoint folder {folder} does not exist")
-        meta = read_json(folder / CONFIG_FILE, "L2O config")
+        meta = read_json(folder / CONFIG_FILE, "L2O config", sealed=True)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise LohpError(f"{folder / CONFIG_FILE} is not an lohp L2O config (format {FORMAT} expected)")
         config = L2OConfig.from_dict(dict(meta.get("config", {})))

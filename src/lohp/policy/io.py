@@ -53,7 +53,7 @@ def condition_points(meta: dict[str, Any]) -> int:
 def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> None:
     directory = Path(directory)
     atomic_save_tensors(directory / WEIGHTS, dict(policy.state_dict()), metadata={"format": POLICY_FORMAT})
-    atomic_write_json(directory / META, {**meta, "format": POLICY_FORMAT})
+    atomic_write_json(directory / META, {**meta, "format": POLICY_FORMAT}, sealed=True)
 
 
 def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
@@ -72,7 +72,7 @@ def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy,
     directory = Path(directory)
     if not (directory / META).exists():
         raise LohpError(f"no trained policy in {directory} (missing {META}); train one with lohp train --out {directory}")
-    meta = read_json(directory / META, "policy description")
+    meta = read_json(directory / META, "policy description", sealed=True)
     if meta.get("format") != POLICY_FORMAT:
         raise LohpError(f"{directory / META} is not a {POLICY_FORMAT} file")
     if not (directory / WEIGHTS).exists():

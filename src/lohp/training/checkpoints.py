@@ -49,14 +49,14 @@ def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
         for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, CURVES):
             (out / name).unlink(missing_ok=True)
     elif meta_path.exists():
-        old = _with_defaults(read_json(meta_path, "policy description"))
+        old = _with_defaults(read_json(meta_path, "policy description", sealed=True))
         diff = [k for k in _RESUME_KEYS if old.get(k) != _with_defaults(meta).get(k)]
         if diff:
             raise LohpError(f"{out} holds a policy trained with other settings ({', '.join(diff)} differ); "
                             "use the same command to resume, another --out, or --overwrite")
         resume = (out / CHECKPOINT).exists()
     if not meta_path.exists() or overwrite:
-        atomic_write_json(meta_path, {**meta, "format": POLICY_FORMAT, "iteration": 0})
+        atomic_write_json(meta_path, {**meta, "format": POLICY_FORMAT, "iteration": 0}, sealed=True)
     return resume
 
 
@@ -69,14 +69,15 @@ def save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
         for name, value in pstate.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
     atomic_save_tensors(out / CHECKPOINT, tensors)
-    atomic_write_json(out / CHECKPOINT_META, {"iteration": iteration, "param_groups": state["param_groups"]})
+    atomic_write_json(out / CHECKPOINT_META, {"iteration": iteration, "param_groups": state["param_groups"]},
+                      sealed=True)
     # The servable policy is rewritten with every checkpoint (always the last good one).
     save_policy(out, policy, {**meta, "iteration": iteration})
 
 
 def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, device: str) -> int:
     """Load ``out``'s checkpoint into ``policy`` and ``optimizer``; returns its iteration."""
-    info = read_json(out / CHECKPOINT_META, "checkpoint description")
+    info = read_json(out / CHECKPOINT_META, "checkpoint description", sealed=True)
     fix = (f"delete {out / CHECKPOINT} and {out / CHECKPOINT_META} to restart this policy from "
            "iteration 0 (or pass --overwrite)")
     load_state(policy, out / CHECKPOINT, prefix="policy.", fix=fix)
@@ -93,7 +94,7 @@ def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
 def checkpoint_iteration(out: Path) -> int:
     """The iteration of ``out``'s last good checkpoint (0: none yet)."""
     path = out / CHECKPOINT_META
-    return int(read_json(path, "checkpoint description")["iteration"]) if path.exists() else 0
+    return int(read_json(path, "checkpoint description", sealed=True)["iteration"]) if path.exists() else 0
 
 
 def diverged(out: Path, what: str, fix: str) -> LohpError:

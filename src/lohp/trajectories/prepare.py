@@ -8,7 +8,6 @@ done when its tensors *and* its JSON record exist and the checksum matches.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from lohp.io import (
     sha256_file,
 )
 from lohp.optim import make_optimizer
+from lohp.resources import available_memory, check_fits, free_disk
 from lohp.tasks import make_family
 from lohp.trajectories.collect import collect
 from lohp.trajectories.ray_executor import check_ray, run_shards
@@ -145,8 +145,8 @@ def _shard_done(out: Path, plan: ShardPlan) -> dict[str, Any] | None:
     if not (rec_path.exists() and file.exists()):
         return None
     try:
-        record = json.loads(rec_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = read_json(rec_path, "shard record", sealed=True)
+    except LohpError:  # damaged or edited: the shard is run again
         return None
     if record.get("sha256") != sha256_file(file) or record.get("runs_spec") != plan.runs:
         return None
@@ -181,7 +181,7 @@ def claim_output(out: str | Path, config: dict[str, Any], overwrite: bool = Fals
         for p in [*(out / SHARD_DIR).glob("shard-*"), out / MANIFEST, out / CONFIG]:
             p.unlink(missing_ok=True)
     elif (out / CONFIG).exists():
-        old = read_json(out / CONFIG, "store config")
+        old = read_json(out / CONFIG, "store config", sealed=True)
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise LohpError(f"{out} holds a store prepared with other arguments (differs in "
@@ -225,7 +225,7 @@ def write_shard(out: Path, plan: ShardPlan, tensors: dict[str, torch.Tensor], re
     path = out / SHARD_DIR / plan.file
     atomic_save_tensors(path, tensors, metadata={"format": FORMAT, "optimizer": plan.optimizer["name"]})
     record = {**record, "sha256": sha256_file(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(out / SHARD_DIR / plan.record_file, record)
+    atomic_write_json(out / SHARD_DIR / plan.record_file, record, sealed=True)
     return record
 
 
@@ -255,15 +255,36 @@ def check_task_data(task: Any) -> None:
     check_finite(task.condition(), f"task {task.name}'s condition (from its training split)", fix)
 
 
+def check_store_size(out: str | Path, config: dict[str, Any], yes: bool = False) -> None:
+    """Refuse (one line, before any work) a store that cannot fit: its estimated size on disk
+    against the free space where it goes, one shard's records against the available memory."""
+    family = make_family(config["family"], **config["family_config"])
+    layout = family.sample(config["task_start"], config["split"]).layout
+    value = torch.empty(0, dtype=layout.dtype).element_size()
+    records = config["steps"] // config["record_every"] + 1 + bool(config["steps"] % config["record_every"])
+    runs = config["tasks"] * config["seeds"] * len(config["optimizers"])
+    per_run = records * layout.size * value
+    # the manifest lists every trajectory (about 1 KB each), and the run plan is held in memory
+    check_fits(f"this store ({runs:,} runs x {records:,} records x {layout.size:,} values)",
+               runs * (per_run + 1000), free_disk(out), "disk", "lower --tasks, --seeds or --steps, or raise "
+               "--record-every", yes)
+    shard = min(config["shard_runs"], config["tasks"] * config["seeds"])
+    # a shard's records, plus the optimizer state and gradients of its runs
+    check_fits(f"one shard ({shard} runs x {records:,} records x {layout.size:,} values) and the run plan",
+               shard * (per_run + 4 * layout.size * value) + runs * 1000, available_memory(), "memory",
+               "lower --steps or --shard-runs, or raise --record-every", yes)
+
+
 def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwrite: bool = False,
             progress: Callable[[int, int, str], None] | None = None, executor: str = "local",
             ray_address: str | None = None, ray_workers: int | None = None,
-            progress_context: Callable[[], Any] | None = None) -> TrajectoryStore:
+            progress_context: Callable[[], Any] | None = None, yes: bool = False) -> TrajectoryStore:
     """Run (or resume) Stage I into ``out`` and return the opened store.
 
     ``progress(done, total, text)`` is called with run-steps done so far; or
     ``progress_context()``, a context manager yielding that callback, is entered once every
-    input is checked (so a progress bar never precedes an error). ``executor="ray"`` runs
+    input is checked (so a progress bar never precedes an error); a store that cannot fit on
+    disk or in memory is refused first (``yes``: run it anyway). ``executor="ray"`` runs
     each missing shard as one Ray task (``ray_address``: a cluster; default ``RAY_ADDRESS``
     or a local one; ``ray_workers``: at most this many shards at once); the driver writes
     shards and the manifest exactly as the local loop does.
@@ -279,6 +300,7 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     if executor == "ray":
         check_ray(ray_address)
     out = Path(out)
+    check_store_size(out, config, yes)  # ``--tasks 1000000000`` is refused here, not after minutes of planning
     # tasks of shards without a record (a record's checksum is verified under the lock)
     plans = plan_shards(config)
     pending = [p for p in plans if overwrite or not (out / SHARD_DIR / p.record_file).exists()]
@@ -299,7 +321,7 @@ def _prepare_locked(out: Path, config: dict[str, Any], plans: list[ShardPlan], f
     (out / SHARD_DIR).mkdir(exist_ok=True)
     for stale in out.rglob(".*.tmp"):  # leftovers of a killed write; never part of the store
         stale.unlink(missing_ok=True)
-    atomic_write_json(out / CONFIG, config)
+    atomic_write_json(out / CONFIG, config, sealed=True)
     steps = config["steps"]
     task_cache: dict[int, Any] = {}
 
@@ -327,7 +349,7 @@ def _prepare_locked(out: Path, config: dict[str, Any], plans: list[ShardPlan], f
             task_info.setdefault(r["task_seed"], task(r["task_seed"]).info)
         records = [done[i] for i in sorted(done)]
         atomic_write_json(out / MANIFEST, _build_manifest(config, layout, records, len(plans),
-                                                          first.metric_name, task_info))
+                                                          first.metric_name, task_info), sealed=True)
 
     todo = [p for p in plans if p.index not in done]
     for plan in [p for p in plans if p.index in done]:

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lohp.errors import LohpError
-from lohp.io import TRAJECTORIES_FORMAT, read_json, sha256_file
+from lohp.io import TRAJECTORIES_FORMAT, ReadLock, read_json, sha256_file
 from lohp.layout import ParamLayout
 from lohp.tasks import make_family
 
@@ -43,6 +43,7 @@ class TrajectoryStore:
         self.trajectories: list[dict[str, Any]] = manifest["trajectories"]
         self.shards: list[dict[str, Any]] = manifest["shards"]
         self._verified: set[int] = set()
+        self._read_lock: ReadLock | None = None  # released with the object (or close())
         self.family_options: dict[str, Any] = {}  # replace recorded family options (open(family_options=...))
 
     # -- opening ------------------------------------------------------------------
@@ -58,12 +59,24 @@ class TrajectoryStore:
             hint = ("an interrupted lohp prepare: re-run it with the same arguments to resume"
                     if (path / CONFIG).exists() else "not a lohp store")
             raise LohpError(f"{path} has no {MANIFEST} ({hint})")
-        manifest = read_json(path / MANIFEST, "manifest")
+        # held while the store object lives: a prepare --overwrite cannot pull shards from under it
+        lock = ReadLock(path, "store").acquire()
+        try:
+            return cls._open_locked(path, lock, verify, family_options)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, path: Path, lock: ReadLock, verify: bool,
+                     family_options: dict[str, Any] | None) -> "TrajectoryStore":
+        manifest = read_json(path / MANIFEST, "manifest", sealed=True)
         if manifest.get("format") != FORMAT:
             raise LohpError(f"{path / MANIFEST} is not a {FORMAT} manifest (format "
                             f"{manifest.get('format')!r})")
         try:
             store = cls(path, manifest)
+            store._read_lock = lock
             store.family_options = dict(family_options or {})
             store.check_structure()
             store.check_model()
@@ -73,6 +86,11 @@ class TrajectoryStore:
         if verify:
             store.verify()
         return store
+
+    def close(self) -> None:
+        """Release the store's read lock (also released when the object is collected)."""
+        if self._read_lock is not None:
+            self._read_lock.release()
 
     @property
     def complete(self) -> bool:
