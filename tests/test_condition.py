@@ -275,3 +275,20 @@ def test_the_policy_records_its_condition(tmp_path, small_store_path):
     from lohp.condition import DEFAULT_POINTS
 
     assert cond["requested"] is None and cond["points"] == min(DEFAULT_POINTS, cond["min_class_rows"])
+
+
+def test_a_coreset_with_more_points_than_any_class_has_rows_is_the_rows_themselves():
+    """Every class smaller than m (a 4-shot task under an 8-point policy): each class is its
+    rows exactly (share 1/rows) plus zero-share padding, shape [C, m, F + 1]."""
+    from lohp.condition import coreset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    out = coreset(x, y, 2, 8)
+    assert out.shape == (2, 8, 6)
+    for c, rows in ((0, x[:3]), (1, x[3:])):
+        n = len(rows)
+        assert torch.equal(out[c, :n, :5], rows)
+        assert torch.allclose(out[c, :n, 5], torch.full((n,), 1.0 / n))
+        assert torch.equal(out[c, n:, 5], torch.zeros(8 - n))

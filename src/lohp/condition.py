@@ -80,7 +80,7 @@ def coreset(x: torch.Tensor, y: torch.Tensor, n_classes: int, points: int, seed:
     # classes padded to one batch: X [C, n_max, F], valid [C, n_max]
     cnt = torch.tensor(counts)
     starts = torch.cumsum(cnt, 0) - cnt
-    pos = torch.arange(n_max)[None, :]
+    pos = torch.arange(max(n_max, points))[None, :]  # at least `points` slots: every class may be smaller
     X = xs[starts[:, None] + torch.minimum(pos, cnt[:, None] - 1)]   # a short class repeats its last row
     valid = pos < cnt[:, None]
     sq = X.square().sum(-1)
