@@ -151,3 +151,63 @@ def test_generate_killed_anywhere_leaves_the_weights_or_nothing(reference, tmp_p
         assert r.returncode == 0, r.stderr
     a, b = load_file(str(out)), load_file(str(ref))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def _read_while(stop, read) -> list[str]:
+    """Call ``read()`` until ``stop`` is set; a LohpError (one line: not there yet, being
+    written, damaged) is an answer, any other exception is a half-read file: collected."""
+    from lohp.errors import LohpError
+
+    bad = []
+    while not stop.is_set():
+        try:
+            read()
+        except LohpError as exc:
+            assert "\n" not in str(exc)
+        except Exception as exc:  # noqa: BLE001 - what the test is looking for
+            bad.append(f"{type(exc).__name__}: {exc}")
+        time.sleep(0.05)
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["store", "policy"])
+def test_a_reader_during_a_killed_writer_never_reads_half(reference, tmp_path, kind):
+    """kill -9 of prepare / train while a second reader opens the same store / policy over
+    and over: every read is whole or a one-line refusal (not there yet, being written),
+    never a half-written file; then the resumed command finishes and the result reads."""
+    import threading
+
+    from lohp.generation import Generator
+    from lohp.trajectories import TrajectoryStore
+
+    out = tmp_path / kind
+    if kind == "store":
+        cmd, t = _lohp(*PREPARE, "--out", out), reference["t_prepare"]
+
+        def read():
+            store = TrajectoryStore.open(out)
+            try:
+                [store.theta(i) for i in range(len(store))]
+            finally:
+                store.close()
+    else:
+        cmd, t = _lohp(*reference["train"], "--out", out), reference["t_train"]
+
+        def read():
+            gen = Generator.load(out, backend="eager")
+            gen.generate(gen.family().sample(1, "heldout"))
+
+    stop = threading.Event()
+    result: list[list[str]] = []
+    reader = threading.Thread(target=lambda: result.append(_read_while(stop, read)))
+    reader.start()
+    try:
+        _kill_at(cmd, random.Random(400).uniform(1.0, t))
+    finally:
+        stop.set()
+        reader.join()
+    assert result == [[]], result[0][:3]
+    # resumed without the reader: a store a reader holds refuses prepare (tests/test_reliability.py)
+    r = _run(cmd)
+    assert r.returncode == 0, r.stderr
+    read()
