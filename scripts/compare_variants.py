@@ -12,6 +12,7 @@ README, "What we tried", was measured with this script.
 import json, sys
 from pathlib import Path
 
+from lohp.bench.harness import format_accuracy
 from lohp.bench.scenario import Variant, budgeted, learned_row, s0_sampler, stage_one, gradient_rows
 scen, budget = sys.argv[1], float(sys.argv[2])
 names = sys.argv[3].split(",")
@@ -63,6 +64,6 @@ for spec in names:
     import csv
     from lohp.bench.scenario import policy_dir
     log = list(csv.DictReader(open(policy_dir(work, v, 0) / "log.csv")))
-    print(f"{spec:30s} acc {row['accuracy']:.4f}±{row['accuracy_std']:.4f} wide {row['accuracy_wide']:.4f} it {log[-1]['iteration']} "
+    print(f"{spec:30s} acc {format_accuracy(row)} wide {row['accuracy_wide']:.4f} it {log[-1]['iteration']} "
           f"cos {row['diagnostics']['cos_real']:.3f} dist {row['diagnostics']['dist']:.2f} lat {row['latency_ms']:.2f} "
           f"lat+cond {row['latency_with_condition_ms']:.2f} N {row['steps']} {row['matching']} seeds {row['seeds']}", flush=True)

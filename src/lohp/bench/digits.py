@@ -25,6 +25,7 @@ from lohp.bench.harness import (
     plot_accuracy_latency,
     plot_cosine_histograms,
     plot_learning_curves,
+    seeds_text,
 )
 from lohp.bench.l2o import regularizers_for
 from lohp.bench.runner import ACCURACY, TableSpec, check_budget, check_positive, register_benchmark, result
@@ -108,6 +109,14 @@ class DigitsBenchConfig(Config):
         return cls(work=work, store_tasks=24, steps=16, iterations=40, budget=None, train_batch=8, seeds=2, eval_tasks=8,
                    speedup_tasks=4, latency_repeats=10, l2o_methods=["l2o"], l2o_seeds={"l2o": 1},
                    l2o_iterations=16)
+
+
+def demo_config(work: str | Path = "runs/demo", iterations: int = 300, device: str = "cpu") -> DigitsBenchConfig:
+    """``lohp demo``'s settings: lo-di and lo-hp, one seed, on a small store; each policy is
+    evaluated on held-out tasks CURVE_POINTS times during training (its learning curve)."""
+    return DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, budget=None, seeds=1,
+                             eval_tasks=20, speedup_tasks=5, device=device,
+                             variants=[Variant("lo-di", "lo-di"), Variant("lo-hp", "lo-hp")], l2o_methods=[])
 
 
 def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
@@ -222,7 +231,7 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def tables(result: dict[str, Any]) -> list[TableSpec]:
-    return [(f"digits heads, {result['heldout_tasks']} held-out tasks, {result['config']['seeds']} seeds",
+    return [(f"digits heads, {result['heldout_tasks']} held-out tasks, {seeds_text(result['config']['seeds'])}",
              result["rows"], COLUMNS)]
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from lohp.bench.prepare import per_run_loop
 from lohp.optim.runs import evaluate_checkpoints, train_runs
-from lohp.plotting import pyplot, save_figure
+from lohp.plotting import accuracy_limits, pyplot, save_figure
 from lohp.tasks import Task
 
 # Rows drawn as horizontal reference lines in the learning-curve plots.
@@ -35,6 +35,62 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not v:
         return float("nan"), float("nan")
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+
+
+def seed_count(row: dict[str, Any]) -> int | None:
+    """How many seeds a row's statistics are over: its per-seed list ``seeds``, else its
+    ``n_seeds``; None when the row does not say."""
+    seeds = row.get("seeds")
+    if isinstance(seeds, list):
+        return len(seeds)
+    n = row.get("n_seeds")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def seeds_text(n: int | None) -> str:
+    """``1 seed``, ``3 seeds`` (``seeds`` when unknown)."""
+    return "seeds" if n is None else f"{n} seed{'' if n == 1 else 's'}"
+
+
+def format_accuracy(row: dict[str, Any], key: str = "accuracy", fmt: str = ".4f") -> str:
+    """A mean with its spread as every table prints it: ``0.9712 ± 0.0008`` (sample std over
+    seeds), ``0.9712 (1 seed)`` for one seed (no spread was measured, so none is printed),
+    the bare mean when the row has no spread."""
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    n = seed_count(row)
+    if n == 1:
+        return f"{format(v, fmt)} (1 seed)"
+    std = row.get(f"{key}_std")
+    if std is None or (isinstance(std, float) and np.isnan(std)):
+        return format(v, fmt)
+    return f"{format(v, fmt)} ± {format(std, fmt)}"
+
+
+def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """One table cell as plain text (``-`` for a missing value); the accuracy column with its
+    spread (:func:`format_accuracy`). Shared by the terminal tables and ``lohp report``."""
+    v = row.get(key)
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if key == "accuracy" and ("accuracy_std" in row or seed_count(row) is not None):
+        return format_accuracy(row, fmt=fmt or ".4f")
+    if fmt and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, fmt)
+    return str(v)
+
+
+def spread_text(rows: Sequence[dict[str, Any]]) -> str:
+    """What a figure's spread is, from its rows' seed counts: ``1 seed: no spread measured``,
+    ``error bars / thin lines: ... over 3 seeds`` (the range of counts when rows differ)."""
+    counts = sorted({n for n in (seed_count(r) for r in rows) if n is not None})
+    if not counts:
+        return "seeds not recorded"
+    if counts == [1]:
+        return "1 seed: no spread measured"
+    many = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else str(counts[0])
+    return f"spread: sample std over {many} seeds" + (" (rows of 1 seed: none)" if counts[0] == 1 else "")
 
 
 # --------------------------------------------------------------------------- gradient baselines
@@ -92,50 +148,51 @@ def adam_times_to_accuracies(task: Task, theta0: torch.Tensor, targets: list[flo
 
 # --------------------------------------------------------------------------- output
 def print_table(rows: list[dict[str, Any]], title: str, columns: list[tuple[str, str, str]], console=None) -> None:
-    """``columns``: (key, header, format) with format like '.4f' or '' for str."""
+    """``columns``: (key, header, format) with format like '.4f' or '' for str; cells as
+    :func:`format_cell` writes them (one seed says ``(1 seed)``, never ``± 0.0000``)."""
 
     table = Table(title=title)
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     for r in rows:
-        cells = []
-        for key, _, fmt in columns:
-            v = r.get(key)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                cells.append("-")
-            elif key == "method":
-                cells.append(escape(str(v)))  # names like lo-hp[sgd] are not rich markup
-            elif key == "accuracy" and r.get("accuracy_std") is not None:
-                cells.append(f"{v:.4f} ± {r['accuracy_std']:.4f}")
-            elif fmt:
-                cells.append(format(v, fmt))
-            else:
-                cells.append(str(v))
-        table.add_row(*cells)
+        # escaped: names like lo-hp[sgd] are not rich markup
+        table.add_row(*[escape(format_cell(r, key, fmt)) for key, _, fmt in columns])
     console = console or Console()
     if not console.is_terminal:  # a log file or pipe: do not squeeze the table into 80 columns
-        console = Console(width=160)
+        console = Console(width=160, file=console.file)
     console.print(table)
 
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    save_figure(accuracy_latency_figure(rows, title), path)
+
+
+def accuracy_latency_figure(rows: list[dict[str, Any]], title: str) -> Any:
+    """Held-out accuracy against latency, a point per row; error bars are the sample std over
+    seeds (none for one seed), and the y-axis says so and spans at least 0.05."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    shown = []
     for r in rows:
-        if r.get("latency_ms") is None or r.get("accuracy") is None:
+        if r.get("latency_ms") is None or r.get("accuracy") is None or not np.isfinite(r["accuracy"]):
             continue
+        shown.append(r)
         learned = r["method"] not in ("adam", "sgd", "sam", "adam-n", "l2o", "l2o-entropy", "l2o-hessian")
-        ax.errorbar(r["latency_ms"], r["accuracy"], yerr=r.get("accuracy_std") or 0, fmt="o" if learned else "s",
+        std = r.get("accuracy_std") if seed_count(r) != 1 else None
+        ax.errorbar(r["latency_ms"], r["accuracy"], yerr=std or 0, fmt="o" if learned else "s",
                     color="C0" if learned else "C3", capsize=2)
         label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) or r["method"] == "lo-hp" else "")
         ax.annotate(label, (r["latency_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if shown:
+        ax.set_ylim(*accuracy_limits([r["accuracy"] + s * (r.get("accuracy_std") or 0) for r in shown
+                                      for s in (-1, 1)]))
     ax.set_xscale("log")
     ax.set_xlabel("latency to produce the weights (ms, median, log scale)")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel(f"held-out accuracy\n({spread_text(shown)})", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    return fig
 
 
 def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: str) -> None:
@@ -153,33 +210,53 @@ def plot_cosine_histograms(cosines: dict[str, list[float]], path: Path, title: s
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Held-out accuracy against training seconds (:func:`learning_curves_figure`) into
+    ``path``; False (nothing written) when no row has a curve."""
+    fig = learning_curves_figure(rows, title)
+    if fig is None:
+        return False
+    save_figure(fig, path)
+    return True
+
+
+def learning_curves_figure(rows: list[dict[str, Any]], title: str) -> Any:
     """Held-out accuracy against training seconds, a line per learned method (mean over
-    seeds at each evaluation, thin lines per seed); False when no row has a curve."""
+    seeds at each evaluation, thin lines per seed), gradient and closed-form baselines as
+    horizontal references; the y-axis holds the curves and the references and spans at
+    least 0.05, and its label says what the spread is. None when no row has a curve."""
     curved = [r for r in rows if r.get("curves")]
     if not curved:
-        return False
+        return None
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ys: list[float] = []
     for i, r in enumerate(curved):
         color = f"C{i % 10}"
+        several = sum(1 for c in r["curves"] if c) > 1
         for curve in r["curves"]:
-            if curve:
+            if curve and several:  # one seed: the mean line is that seed
                 ax.plot(*zip(*curve), color=color, alpha=0.25, lw=0.8)
+            ys += [float(y) for _, y in curve]
         n = min(len(c) for c in r["curves"])
         if n:
             pts = np.asarray([c[:n] for c in r["curves"]], dtype=float).mean(0)
             label = r["method"] + (f" k={r['k']}" if r.get("k") not in (None, 2) else "")
+            label += f" ({seeds_text(sum(1 for c in r['curves'] if c))}, {n} evaluations)"
             ax.plot(pts[:, 0], pts[:, 1], color=color, marker=".", label=label)
     for r in rows:  # gradient and closed-form baselines as horizontal references
-        if r.get("method") in REFERENCE_ROWS and r.get("accuracy") is not None:
+        if r.get("method") in REFERENCE_ROWS and r.get("accuracy") is not None and np.isfinite(r["accuracy"]):
             ax.axhline(r["accuracy"], ls="--", lw=0.8, color="grey")
             ax.annotate(r["method"], (0.01, r["accuracy"]), xycoords=("axes fraction", "data"), fontsize=7,
                         xytext=(0, 2), textcoords="offset points", color="grey")
+            ys.append(float(r["accuracy"]))
+    ax.set_ylim(*accuracy_limits(ys))
+    counts = {sum(1 for c in r["curves"] if c) for r in curved}
+    spread = ("1 seed per method: no spread measured" if counts == {1}
+              else "line: mean over seeds; thin lines: each seed")
     ax.set_xlabel("training seconds (evaluation off the clock)")
-    ax.set_ylabel("held-out accuracy (training-time evaluation tasks)")
+    ax.set_ylabel(f"held-out accuracy (training-time evaluation tasks)\n{spread}", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
-    return True
+    return fig

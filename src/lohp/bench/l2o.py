@@ -46,7 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import mean_std
+from lohp.bench.harness import mean_std, seeds_text
 from lohp.bench.runner import ACCURACY, TableSpec, register_benchmark
 from lohp.config import Config, setting
 from lohp.errors import LohpError
@@ -303,7 +303,8 @@ def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = 
             acc, acc_std = _mean_std(per_seed["acc"])
             acc_long, acc_long_std = _mean_std(per_seed["acc_long"])
             trace, trace_std = _mean_std(per_seed["trace"])
-            row = {"method": m, "k": None, "accuracy": acc, "accuracy_std": acc_std, "accuracy_wide": None,
+            row = {"method": m, "k": None, "accuracy": acc, "accuracy_std": acc_std, "n_seeds": seeds,
+                   "accuracy_wide": None,
                    "latency_ms": latency, "train_loss": float(np.mean(per_seed["loss"])),
                    "hessian_trace": trace, "hessian_trace_std": trace_std,
                    "top_eigenvalue": float(np.mean(per_seed["eig"])),
@@ -387,7 +388,7 @@ def tables(result: dict[str, Any]) -> list[TableSpec]:
             ("train_loss", "loss", ".4f"), ("hessian_trace", "tr H", ".3f"), ("latency_ms", "ms", ".1f"),
             ("meta_train_seconds", "meta s", ".0f")]
     return [(f"L2O on {result['heldout_tasks']} held-out digits tasks ({result['family_config']['head']} head, "
-             f"d={result['parameters']}), {result['seeds']} seeds, T={result['horizon']}", result["rows"], cols)]
+             f"d={result['parameters']}), {seeds_text(result['seeds'])}, T={result['horizon']}", result["rows"], cols)]
 
 
 def notes(result: dict[str, Any]) -> list[str]:

@@ -171,6 +171,14 @@ def policy_dir(work: Path, v: Variant, seed: int) -> Path:
     return Path(work) / "policies" / f"{v.slug}-s{seed}"
 
 
+def iteration_options(iterations: int) -> dict[str, int]:
+    """Train options for a policy trained for ``iterations``: held-out evaluations at about
+    CURVE_POINTS evenly spaced iterations and the last (a learning curve, not one point),
+    logs and checkpoints every eighth of the run."""
+    return {"iterations": max(iterations, 1), "eval_every": max(iterations // CURVE_POINTS, 1),
+            "log_every": max(iterations // 8, 1), "checkpoint_every": max(iterations // 8, 1)}
+
+
 def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, iterations: int, train_batch: int,
                   note: Note, device: str = "cpu", progress=None) -> dict[str, float]:
     """Train ``v`` for one seed into :func:`policy_dir` (resumable; a budgeted policy whose
@@ -178,9 +186,8 @@ def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, ite
     marker and its last good checkpoint instead of raising."""
     out = policy_dir(work, v, seed)
     note(f"training {v.name} k={'T' if v.k is None else v.k} seed {seed}")
-    options = {"iterations": max(iterations, 1), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
-               "eval_every": max(iterations // 4, 1), "log_every": max(iterations // 8, 1),
-               "checkpoint_every": max(iterations // 8, 1), **v.train_options}
+    options = {**iteration_options(iterations), "batch_size": train_batch, "seed": seed, "optimizers": v.optimizers,
+               **v.train_options}
     if options.get("time_limit") and (out / "policy.json").exists():
         return _last_log_row(out)  # a compute-budgeted policy is done once its budget ran out
     try:
@@ -280,7 +287,7 @@ def learning_curve(out: Path) -> list[tuple[float, float]]:
             for r in _log_rows(out) if r.get("heldout_accuracy") not in ("", None)]
 
 
-CURVE_POINTS = 8  # held-out evaluations per budgeted policy (the learning curve)
+CURVE_POINTS = 8  # held-out evaluations per policy, budgeted or not (the learning curve)
 
 
 def budgeted(seconds: float, **train_options: Any) -> dict[str, Any]:
