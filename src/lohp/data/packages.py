@@ -94,6 +94,8 @@ PACKAGES: dict[str, DataPackage] = {p.name: p for p in [
                 _python_module("PIL")),
     DataPackage("ray", "Ray, Stage I on a cluster (lohp prepare --ray; optional)", "pip", ("ray==2.60.0",),
                 _python_module("ray"), default=False),
+    DataPackage("tensorboard", "TensorBoard, live training curves (lohp train --tensorboard; optional)", "pip",
+                ("tensorboard",), _python_module("tensorboard"), default=False),
     DataPackage("wordnet", "WordNet 3.0 noun glosses", "apt", ("wordnet-base",), _path("/usr/share/wordnet/data.noun")),
     DataPackage("fortunes", "fortune-cookie texts by topic", "apt", ("fortunes", "fortunes-min"),
                 _path("/usr/share/games/fortunes/people")),

@@ -23,6 +23,7 @@ from lohp.errors import LohpError
 from lohp.io import OutputLock, ensure_writable_dir, sha256_file
 from lohp.losses import LossConfig, get_method, loss_config, loss_diagnostics, make_loss
 from lohp.policy import LohpPolicy, PolicyConfig, make_structure
+from lohp.provenance import provenance
 from lohp.trajectories import TrajectoryStore
 from lohp.training.checkpoints import (
     CHECKPOINT,
@@ -35,7 +36,7 @@ from lohp.training.clock import TrainClock
 from lohp.training.config import TrainConfig
 from lohp.training.data import OfflineData, iteration_generator
 from lohp.training.distributed import Distributed, LossModule
-from lohp.training.logs import TrainLog, diagnostics, heldout_accuracy, log_rows, plot_curves
+from lohp.training.logs import TrainLog, diagnostics, heldout_accuracy, log_rows, plot_curves, summary_writer
 
 
 class Trainer:
@@ -112,7 +113,8 @@ class Trainer:
                 "store_optimizers": self.data.optimizers, "trajectories": len(self.data),
                 "store_hparams": {o["name"]: dict(o["hparams"]) for o in st.config["optimizers"]},
                 "store_batch_size": st.config.get("batch_size"),
-                "parameters": sum(p.numel() for p in self.policy.parameters())}
+                "parameters": sum(p.numel() for p in self.policy.parameters()),
+                "provenance": {**provenance(), "processes": self.dist.world}}
 
     def _save_checkpoint(self) -> None:
         if self.dist.main:  # rank 0 writes checkpoints, logs and the policy
@@ -122,13 +124,17 @@ class Trainer:
         self.iteration = load_checkpoint(self.out, self.policy, self.optimizer, self.device)
 
     # -- the loop -----------------------------------------------------------------
-    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    def train(self, progress: Callable[[int, int, dict[str, float]], None] | None = None,
+              tensorboard: str | Path | None = None) -> dict[str, Any]:
         """Run (or resume) the loop. ``seconds`` in the log is wall time; ``train_seconds`` counts
         only the training steps (diagnostics, evaluation and checkpoints are off that clock),
-        and is what ``time_limit`` and ``eval_every_seconds`` measure."""
+        and is what ``time_limit`` and ``eval_every_seconds`` measure. ``progress(i, n, m)``
+        after every iteration; with a time limit ``m`` also holds ``train_seconds`` and
+        ``time_limit`` (progress in seconds). ``tensorboard``: a folder for the log's numbers
+        as TensorBoard scalars."""
         tc = self.train_config
         log = TrainLog(self.out, self.iteration, loss_diagnostics(self.loss), self.loss_config.method,
-                       write=self.dist.main)
+                       write=self.dist.main, tensorboard=tensorboard)
         clock = TrainClock(log.train0, tc.time_limit, tc.eval_every_seconds)
         last: dict[str, float] = {}
         out_of_time = False
@@ -140,13 +146,16 @@ class Trainer:
                 # every rank stops at the same iteration: when any rank's clock ran out
                 out_of_time = self.dist.any(clock.out_of_time())
                 timed_eval = clock.eval_due(out_of_time)
-                if self.dist.main and (i % tc.log_every == 0 or i == tc.iterations or timed_eval or out_of_time):
+                # a held-out evaluation that falls due is logged even between log intervals
+                if self.dist.main and (i % tc.log_every == 0 or i % tc.eval_every == 0 or i == tc.iterations
+                                       or timed_eval or out_of_time):
                     last.update(self._evaluate(i, clock, timed_eval))
                     log.write(i, clock.seconds, last)
                 if i % tc.checkpoint_every == 0 or i == tc.iterations:
                     self._save_checkpoint()
                 if progress is not None and self.dist.main:
-                    progress(i, tc.iterations, last)
+                    progress(i, tc.iterations, last if tc.time_limit is None else
+                             {**last, "train_seconds": clock.seconds, "time_limit": tc.time_limit})
         if out_of_time:  # stopped early: checkpointed where it stopped
             self._save_checkpoint()
         self.policy.eval()
@@ -198,21 +207,25 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
           loss_options: dict[str, Any] | None = None, policy_options: dict[str, Any] | None = None,
           train_options: dict[str, Any] | None = None, device: str = "cpu", overwrite: bool = False,
           progress: Callable[[int, int, dict[str, float]], None] | None = None,
-          family_options: dict[str, Any] | None = None, progress_context: Callable[[], Any] | None = None
-          ) -> dict[str, Any]:
+          family_options: dict[str, Any] | None = None, progress_context: Callable[[], Any] | None = None,
+          tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) a policy; returns the final iteration's metrics.
 
     ``progress_context()`` (a context manager yielding the progress callback) is entered only
-    once every input is validated, so a progress bar never precedes an error."""
+    once every input is validated, so a progress bar never precedes an error. ``tensorboard``:
+    a folder that receives the log's numbers as TensorBoard scalars (needs the
+    ``tensorboard`` extra; checked before any work)."""
 
     lc = loss_config(method, k=k, **(loss_options or {}))
     pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})
+    if tensorboard is not None:
+        summary_writer()  # a missing extra is refused before any work
     # one writer per policy folder (in a data-parallel run, rank 0 is the writer)
     lock = OutputLock(Path(out), "lohp train") if os.environ.get("RANK", "0") == "0" \
         else nullcontext()
     with lock:
         trainer = Trainer(store, out, lc, pc, tc, device=device, overwrite=overwrite, family_options=family_options)
         if progress_context is None:
-            return trainer.train(progress)
+            return trainer.train(progress, tensorboard)
         with progress_context() as bar:
-            return trainer.train(bar)
+            return trainer.train(bar, tensorboard)
