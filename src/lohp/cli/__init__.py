@@ -2,7 +2,7 @@
 
 User errors (:class:`lohp.LohpError`) become one line on stderr and exit status 2. The
 commands live in ``core`` (prepare, inspect, generate, evaluate), ``train``, ``bench``
-(and demo) and ``data``; ``common`` holds what they share."""
+(and demo), ``report`` and ``data``; ``common`` holds what they share."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from lohp.cli import bench, common, core, data, train  # noqa: F401  (importing them registers the commands)
+from lohp import provenance
+from lohp.cli import bench, common, core, data, report, train  # noqa: F401  (importing them registers the commands)
 from lohp.cli.common import app, console, err_console, parse_family_options, parse_hparams  # noqa: F401
 from lohp.errors import LohpError
 
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
     common._CURRENT_ARGV = list(argv) if argv is not None else sys.argv[1:]
+    provenance.set_command(common._CURRENT_ARGV)  # recorded in result JSON and policy folders
+    try:
+        _run(argv)
+    finally:
+        provenance.set_command(None)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         # not standalone: click's usage errors (a bad integer, an unknown option) reach us and
         # become one line like every other refusal, instead of typer's boxed panel

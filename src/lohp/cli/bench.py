@@ -100,11 +100,9 @@ def demo(
     iterations: int = typer.Option(300, help="Policy training iterations."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
-    """The main job on the built-in digits default: prepare, train lo-hp, generate, compare."""
+    """The main job on the built-in digits default: prepare, train lo-hp, generate, compare (table, JSON, page)."""
 
-    cfg = bd.DigitsBenchConfig(work=str(work), store_tasks=48, steps=32, iterations=iterations, budget=None, seeds=1,
-                               eval_tasks=20, speedup_tasks=5, device=_device(device),
-                               variants=[bd.Variant("lo-di", "lo-di"), bd.Variant("lo-hp", "lo-hp")], l2o_methods=[])
+    cfg = bd.demo_config(work, iterations, _device(device))
     result = _run_bench(bd.run, cfg, "demo")
     show(benchmark("digits"), result, work / DEMO_JSON, work, title="lohp demo: digits heads, held-out tasks")
 

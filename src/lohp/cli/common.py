@@ -12,10 +12,12 @@ from typing import Any, Iterator
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lohp.errors import LohpError
 from lohp.io import atomic_write_json, check_output_file, ensure_writable_dir
+from lohp.provenance import provenance
+from lohp.report import page_path, write_result_page
 
 app = typer.Typer(help="Lo-Hp: generate task weights with a learned forward-only optimizer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -29,34 +31,60 @@ err_console = Console(stderr=True)
 LOG_INTERVAL = 10.0  # seconds between plain progress lines when stderr is not a terminal
 
 
+def progress_count(done: float, total: float, unit: str | None = None) -> str:
+    """``62/1000`` (iterations, ``62/?`` without a total), or ``12.3/30 s`` (a budget in seconds)."""
+    if unit == "s":
+        return f"{done:.1f}/{total:g} s"
+    return f"{int(done)}/{int(total) if total else '?'}"
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; elsewhere (a log file, CI) a plain line at most every
-    LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress."""
+    LOG_INTERVAL seconds and whenever the stage text changes, so logs show progress.
+
+    The bar's ``update(done, total, text=None, unit=None)``: ``unit="s"`` counts seconds of a
+    time budget (``12.3/30 s``) instead of iterations."""
     if not err_console.is_terminal:
         start, last = time.perf_counter(), {"t": -math.inf, "stage": None}
 
-        def plain(done: int, total: int, text: str | None = None) -> None:
+        def plain(done: float, total: float, text: str | None = None, unit: str | None = None) -> None:
             now = time.perf_counter()
             text = text or description
             stage = text.split(":")[0] if ":" in text else text.split(" ")[0]  # the step, not its numbers
             if now - last["t"] < LOG_INTERVAL and stage == last["stage"]:
                 return
             last["t"], last["stage"] = now, stage
-            count = f" {done}/{total}" if total else (f" {done}" if done else "")
+            count = f" {progress_count(done, total, unit)}" if total else (f" {done}" if done else "")
             print(f"[{now - start:7.1f} s]{count} {text}", file=sys.stderr, flush=True)
 
         yield plain
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                   transient=False) as prog:
-        task = prog.add_task(description, total=None)
+        task = prog.add_task(description, total=None, count="")
 
-        def update(done: int, total: int, text: str | None = None) -> None:
-            prog.update(task, completed=done, total=total, description=text or description)
+        def update(done: float, total: float, text: str | None = None, unit: str | None = None) -> None:
+            prog.update(task, completed=done, total=total, description=text or description,
+                        count=progress_count(done, total, unit) if (done or total) else "")
 
         yield update
+
+
+def training_progress(update: Any, prefix: Any, text: Any) -> Any:
+    """The ``progress(i, n, metrics)`` callback of a training run on ``update`` (a progress
+    bar's): iterations ``i/n``, or for a time-budgeted run (``metrics`` holds ``time_limit``)
+    training seconds against the budget, with the iteration in the text. ``prefix()`` and
+    ``text(metrics)`` make the line."""
+
+    def show(i: int, n: int, m: dict[str, float]) -> None:
+        if m.get("time_limit"):
+            update(m["train_seconds"], m["time_limit"], f"{prefix()} iteration {i} {text(m)}", unit="s")
+        else:
+            update(i, n, f"{prefix()} {text(m)}")
+
+    return show
 
 
 def _split_list(value: str) -> list[str]:
@@ -142,8 +170,8 @@ def _device(name: str) -> str:
 
 
 def _check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = False) -> None:
-    """Fail on an unwritable --json/--plot, or a --json file that exists (unless
-    ``overwrite``), before a long benchmark runs, not after."""
+    """Fail on an unwritable --json/--plot, or a --json file or the report page beside it
+    that exists (unless ``overwrite``), before a long benchmark runs, not after."""
 
     if json_out is not None:
         if json_out.is_dir():
@@ -152,16 +180,25 @@ def _check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = F
         if (json_out.exists() or json_out.is_symlink()) and not overwrite:
             raise LohpError(f"--json {json_out} already exists; pass --overwrite to replace it, or choose another "
                             "file (results are never replaced silently)")
+        page = page_path(json_out)
+        check_output_file(page)
+        if (page.exists() or page.is_symlink()) and not overwrite:
+            raise LohpError(f"the report page {page} (written beside --json {json_out}) already exists; pass "
+                            "--overwrite to replace it, or choose another --json file")
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
     if plot is not None:
         ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)
 
 
 def _write_json(result: dict[str, Any], json_out: Path | None) -> None:
+    """The result (with where it comes from: command, machine, threads, date) as JSON, and
+    its report page beside it (``lohp report``'s, e.g. ``digits.json`` -> ``digits.html``)."""
     if json_out is not None:
         ensure_writable_dir(json_out.parent if str(json_out.parent) else Path("."))
+        result.setdefault("provenance", provenance())
         atomic_write_json(json_out, result)
         console.print(f"wrote {json_out}")
+        console.print(f"wrote {write_result_page(result, json_out)} (open it in a browser)")
 
 
 def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
@@ -174,10 +211,11 @@ def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> 
             stage["text"] = text
             update(0, 0, text)
 
-        def show(i: int, n: int, m: dict[str, float]) -> None:
+        def text(m: dict[str, float]) -> str:
             acc = f" held-out acc {m['heldout_accuracy']:.3f}" if "heldout_accuracy" in m else ""
-            update(i, n, f"{stage['text']}: loss {m.get('loss', float('nan')):.3g}{acc}")
+            return f"loss {m.get('loss', float('nan')):.3g}{acc}"
 
+        show = training_progress(update, lambda: f"{stage['text']}:", text)
         return run(cfg, note, show, update) if stage_progress else run(cfg, note, show)
 
 

@@ -21,6 +21,7 @@ from lohp.cli.common import (
     parse_family_options,
     parse_settings,
     progress_bar,
+    training_progress,
 )
 from lohp.cli.options import Group, with_options
 from lohp.config import parse_setting
@@ -49,6 +50,9 @@ def train_cmd(
                                                    "under torchrun; each draws its share of --batch-size)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any policy / training / loss setting KEY=VALUE "
                                                                  "(repeatable), e.g. emb_dim=16 or clip=0.5."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write the log's numbers (loss, diagnostics, held-out "
+                                                          "accuracy, iterations per second) as TensorBoard scalars "
+                                                          "into this folder; needs pip install -e '.[tensorboard]'."),
     loss_options: dict = None, policy_options: dict = None, train_options: dict = None,  # type: ignore[assignment]
 ) -> None:
     """Stage II: train a policy on a trajectory store (resumable; data-parallel with --nproc).
@@ -85,21 +89,23 @@ def train_cmd(
         with progress_bar(f"training {method}") as update:
             known: dict[str, float] = {}
 
-            def show(i: int, n: int, m: dict[str, float]) -> None:
+            def text(m: dict[str, float]) -> str:
                 known.update({k_: v for k_, v in m.items() if k_ == "heldout_accuracy"})  # the last measured
                 m = {**known, **m}
                 keys = ("loss", "logpf_real", "cos_real", "heldout_accuracy")
-                text = " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
-                update(i, n, f"{method} {text}")
+                return " ".join(f"{key}={m[key]:.3g}" for key in keys if key in m)
 
-            yield show
+            # a time-budgeted run counts training seconds against its budget, not iterations
+            yield training_progress(update, lambda: method, text)
 
     res = run_train(store, out, method, k, loss_options,
                     policy_options, train_options, device=_device(device), overwrite=overwrite,
-                    family_options=parse_family_options(family_option), progress_context=bar)
+                    family_options=parse_family_options(family_option), progress_context=bar,
+                    tensorboard=tensorboard)
     summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
     console.print(f"policy in {out} after {res['iteration']} iterations ({res['seconds']:.0f} s): {summary}; "
-                  f"curves in {out / 'curves.png'}")
+                  f"curves in {out / 'curves.png'}" + (f"; TensorBoard: tensorboard --logdir {tensorboard}"
+                                                      if tensorboard is not None else ""))
 
 
 def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
