@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from lohp.tasks import make_family
-from lohp.tasks.base import SPLITS, Task, TaskFamily
+from lohp.layout import ParamLayout
+from lohp.tasks.base import SPLITS, Task, TaskFamily, feature_head
 
 
 def _fail(family: TaskFamily, what: str) -> None:
@@ -91,7 +92,31 @@ def check_family(family: TaskFamily, name: str | None = None, n_tasks: int = 2) 
         _fail(family, "the source and held-out task with seed 0 are the same task")
     if src.layout.size != held.layout.size:
         _fail(family, "source and held-out tasks have different generated subsets; one policy must serve both")
+    _check_feature_spec(family, held)
     if name is not None:
         again = make_family(name, **config)
         if again.config() != config or not torch.equal(again.sample(0, "source").x_train, src.x_train):
             _fail(family, f"make_family({name!r}, **config()) does not rebuild the same family")
+
+
+def _check_feature_spec(family: TaskFamily, task: Task) -> None:
+    """A family that declares a feature spec (:meth:`TaskFamily.feature_spec`): JSON-able,
+    its width that of the task inputs, its head the task's generated subset."""
+    spec = family.feature_spec()
+    if spec is None:
+        return
+    try:
+        json.loads(json.dumps(spec))
+        f = int(spec["n_features"])
+        module = feature_head(spec, task.n_classes)
+        layout = ParamLayout.from_module(module, tuple(spec["patterns"]))
+    except (TypeError, ValueError, KeyError) as exc:
+        _fail(family, f"feature_spec() is not a JSON-able make_feature_spec() description ({exc!r})")
+    if task.x_train.dim() != 2 or task.x_train.shape[1] != f:
+        _fail(family, f"feature_spec() says {f} features, but its tasks' inputs are {list(task.x_train.shape[1:])}")
+    for key in ("shift", "scale"):
+        if not isinstance(spec[key], float) and len(spec[key]) != f:
+            _fail(family, f"feature_spec()'s {key} has {len(spec[key])} values for {f} features")
+    if layout != task.layout:
+        _fail(family, "feature_spec()'s head is not the task's model (its generated subset differs); "
+                      "make_feature_spec(hidden=...) must describe model_factory()")

@@ -5,7 +5,17 @@ myfam = "mypkg:MyFamily"`` works in every ``lohp`` command of a fresh process)."
 
 from __future__ import annotations
 
-from lohp.tasks.base import SPLITS, Task, TaskBatch, TaskFamily, accuracy, class_means, cross_entropy
+from lohp.tasks.base import (
+    SPLITS,
+    Task,
+    TaskBatch,
+    TaskFamily,
+    accuracy,
+    class_means,
+    cross_entropy,
+    feature_head,
+    make_feature_spec,
+)
 from lohp.tasks.digits import DigitsFamily
 from lohp.tasks.image_folder import ImageFolderFamily, TextTableFamily
 from lohp.tasks.images import FashionFeatureFamily, OpenclipartFamily, RotatedFashionFamily, RotatedMnistFamily
@@ -13,6 +23,7 @@ from lohp.tasks.registry import (
     ENTRY_POINT_GROUP,
     FAMILIES,
     family_factory,
+    family_feature_spec,
     family_names,
     family_options,
     make_family,
@@ -24,4 +35,5 @@ from lohp.tasks.text import FortunesFamily, WordNetFamily
 __all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "SPLITS", "DigitsFamily", "FashionFeatureFamily", "FortunesFamily",
            "ImageFolderFamily", "OpenclipartFamily", "RotatedFashionFamily", "RotatedMnistFamily", "TableFamily",
            "Task", "TaskBatch", "TaskFamily", "TextTableFamily", "WordNetFamily", "accuracy", "class_means",
-           "cross_entropy", "family_factory", "family_names", "family_options", "make_family", "register_family"]
+           "cross_entropy", "family_factory", "family_feature_spec", "family_names", "family_options", "feature_head",
+           "make_family", "make_feature_spec", "register_family"]

@@ -159,6 +159,43 @@ class Task:
                     self.metric_name: self.metric_fn(logits, y).mean().item()}
 
 
+HEAD_KINDS = ("linear", "mlp")
+
+
+def make_feature_spec(n_features: int, hidden: int, patterns: Sequence[str], input: str,
+                      shift: float | Sequence[float] = 0.0, scale: float | Sequence[float] = 1.0) -> dict[str, Any]:
+    """A family's :meth:`TaskFamily.feature_spec`: task inputs are ``(raw - shift) / scale``
+    (numbers, or one per feature) of raw rows of ``n_features`` values (``input`` says what a
+    raw row is, for a person); the target is a linear head (``hidden == 0``) or a
+    one-hidden-layer ReLU MLP of width ``hidden`` (:func:`feature_head`), ``patterns`` its
+    generated subset."""
+
+    def numbers(v: float | Sequence[float]) -> float | list[float]:
+        if isinstance(v, (int, float)):
+            return float(v)
+        out = [float(x) for x in v]
+        if len(out) != n_features:
+            raise ValueError(f"shift / scale have {len(out)} values for {n_features} features")
+        return out
+
+    head = {"kind": "linear"} if not hidden else {"kind": "mlp", "hidden": int(hidden)}
+    return {"n_features": int(n_features), "shift": numbers(shift), "scale": numbers(scale), "input": str(input),
+            "head": head, "patterns": [str(p) for p in patterns]}
+
+
+def feature_head(spec: dict[str, Any], n_classes: int) -> nn.Module:
+    """The target model a :func:`make_feature_spec` names, for ``n_classes`` classes: the
+    module every built-in feature family builds (``nn.Linear``, or ``nn.Sequential`` of
+    Linear, ReLU, Linear), so parameter names and layouts agree."""
+    head, f = spec["head"], int(spec["n_features"])
+    if head.get("kind") == "linear":
+        return nn.Linear(f, n_classes)
+    if head.get("kind") == "mlp":
+        h = int(head["hidden"])
+        return nn.Sequential(nn.Linear(f, h), nn.ReLU(), nn.Linear(h, n_classes))
+    raise LohpError(f"unknown head {head.get('kind')!r} in the feature spec; choose one of {', '.join(HEAD_KINDS)}")
+
+
 def relabelled_splits(x: torch.Tensor, classes: Sequence[int], train_idx: dict[int, Any], eval_idx: dict[int, Any]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_eval, y_eval) of a task whose label l is class ``classes[l]``:
@@ -252,6 +289,16 @@ class TaskFamily(abc.ABC):
     def check_policy(self, trained_config: dict[str, Any]) -> None:
         """Refuse (LohpError) to serve a policy trained on a family config this family
         cannot use; ``trained_config`` is the family config stored with the policy."""
+
+    def feature_spec(self) -> dict[str, Any] | None:
+        """How a row of raw features becomes one of this family's task inputs, for families
+        whose tasks are feature vectors with a generated head (what
+        :class:`lohp.sklearn.GeneratedClassifier` serves); see :func:`make_feature_spec`.
+        Every policy records it (``policy.json``, key ``feature_spec``), so the estimator
+        applies the family's preprocessing (e.g. the ``table`` family's standardisation
+        with source-class statistics) without the family's data. None (the default): the
+        family's tasks are not feature rows (token ids, a LoRA target, ...)."""
+        return None
 
     @abc.abstractmethod
     def sample(self, seed: int, split: str = "source") -> Task:

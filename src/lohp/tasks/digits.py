@@ -21,7 +21,7 @@ from torch import nn
 
 from lohp.config import Config, setting
 from lohp.errors import LohpError
-from lohp.tasks.base import Task, TaskFamily, relabelled_splits
+from lohp.tasks.base import Task, TaskFamily, make_feature_spec, relabelled_splits
 from lohp.tasks.registry import register_family
 
 HEADS = ("linear", "mlp")
@@ -89,6 +89,10 @@ class DigitsFamily(TaskFamily):
 
     def model_factory(self) -> nn.Module:
         return make_head(self.head, 64, self.n_way, self.hidden)
+
+    def feature_spec(self) -> dict[str, Any] | None:
+        return make_feature_spec(64, self.hidden if self.head == "mlp" else 0, self.patterns,
+                                 "sklearn.datasets.load_digits().data rows: 64 pixel values 0-16", scale=16.0)
 
     def sample(self, seed: int, split: str = "source") -> Task:
         self.check_split(split)

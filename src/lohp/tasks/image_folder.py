@@ -78,6 +78,9 @@ class ImageFolderFamily(TableFamily):
     Options = ImageFolderOptions
     options: ImageFolderOptions
 
+    input_description = ("the frozen EfficientNet-Lite0 features (1,280-d) of each image, as "
+                         "lohp.data.features computes them")
+
     def _digest(self, folder: Path) -> str:
         h = hashlib.sha256()
         for cls, files in _files(folder).items():
@@ -171,6 +174,12 @@ class TextTableFamily(TableFamily):
         if not self.lora:  # rank and alpha only mean something with lora=true
             del out["rank"], out["alpha"]
         return out
+
+    input_description = ("the mean-pooled frozen MiniLM-L6 embedding (384-d) of each text, as "
+                         "lohp.data.text.frozen_embeddings computes it")
+
+    def feature_spec(self) -> dict[str, Any] | None:
+        return None if self.lora else super().feature_spec()  # LoRA tasks are token ids
 
     def model_factory(self) -> nn.Module:
         if not self.lora:

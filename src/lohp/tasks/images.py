@@ -32,7 +32,7 @@ from lohp.data import features as feats
 from lohp.data import images
 from lohp.config import Config, setting
 from lohp.errors import LohpError
-from lohp.tasks.base import Task, TaskFamily
+from lohp.tasks.base import Task, TaskFamily, make_feature_spec
 from lohp.tasks.registry import register_family
 
 FEATURE_DATASETS = ("openclipart", "fashion-mnist")
@@ -190,6 +190,11 @@ class FeatureFamily(TaskFamily):
     def model_factory(self) -> nn.Module:
         return nn.Linear(self._x.shape[1], self.n_way)
 
+    def feature_spec(self) -> dict[str, Any] | None:
+        return make_feature_spec(self._x.shape[1], 0, self.patterns,
+                                 f"the frozen EfficientNet-Lite0 features ({self._x.shape[1]:,}-d) of a "
+                                 f"{self.size} px image, as lohp.data.features computes them")
+
     def sample(self, seed: int, split: str = "source") -> Task:
         self.check_split(split)
         pool = self.source_classes if split == "source" else self.heldout_classes
@@ -311,6 +316,10 @@ class RotatedFamily(TaskFamily):
 
     def model_factory(self) -> nn.Module:
         return nn.Sequential(nn.Linear(784, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.n_way))
+
+    def feature_spec(self) -> dict[str, Any] | None:
+        return make_feature_spec(784, self.hidden, self.patterns,
+                                 "784 pixel values 0-255 of a 28 x 28 image, row by row", scale=255.0)
 
     def sample(self, seed: int, split: str = "source") -> Task:
         self.check_split(split)

@@ -128,3 +128,12 @@ def _typed_options(name: str, factory: Any, config: dict[str, Any]) -> dict[str,
         elif tp is str and isinstance(value, int) and not isinstance(value, bool):
             out[key] = str(value)
     return out
+
+
+def family_feature_spec(name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The :meth:`TaskFamily.feature_spec` of the family ``name`` built from ``config`` (what
+    a policy records), or None for a family that declares none (it is not built then)."""
+    factory = family_factory(name)
+    if getattr(factory, "feature_spec", TaskFamily.feature_spec) is TaskFamily.feature_spec:
+        return None
+    return make_family(name, **config).feature_spec()

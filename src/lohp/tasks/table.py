@@ -30,7 +30,7 @@ from torch import nn
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.io import sha256_file
-from lohp.tasks.base import Task, TaskFamily, relabelled_splits
+from lohp.tasks.base import Task, TaskFamily, make_feature_spec, relabelled_splits
 from lohp.tasks.registry import register_family
 
 
@@ -210,13 +210,25 @@ class TableFamily(TaskFamily):
             if self.per_class is not None:
                 tr, ev = tr[:self.per_class], ev[:self.per_class]
             self._train_idx[c], self._eval_idx[c] = tr, ev
+        # task inputs are (raw - shift) / scale, recorded in every policy (feature_spec)
+        self.input_shift: float | list[float] = 0.0
+        self.input_scale: float | list[float] = 1.0
         if self.standardize:
             src = np.concatenate([np.flatnonzero(y == c) for c in self.source_classes])
             mean, std = x[src].mean(0), x[src].std(0)
-            x = (x - mean) / np.where(std > 1e-8, std, 1.0)
+            scale = np.where(std > 1e-8, std, 1.0)
+            x = (x - mean) / scale
+            self.input_shift, self.input_scale = mean.tolist(), scale.tolist()
         self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.class_names = names
         self.n_features = x.shape[1]
+
+    #: What a raw row of this family's data is (for a person; see feature_spec).
+    input_description = "the table's feature columns in file order, without the label column"
+
+    def feature_spec(self) -> dict[str, Any] | None:
+        return make_feature_spec(self.n_features, self.hidden, self.patterns, self.input_description,
+                                 self.input_shift, self.input_scale)
 
     def model_factory(self) -> nn.Module:
         if self.hidden == 0:
