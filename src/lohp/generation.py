@@ -23,7 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 from lohp.errors import LohpError
-from lohp.io import atomic_save_tensors, check_finite, ensure_writable_dir, load_tensors
+from lohp.io import WEIGHTS_FORMAT, atomic_save_tensors, check_finite, ensure_writable_dir, load_tensors
 from lohp.layout import ParamLayout
 from lohp.optim import DEFAULTS, OPTIMIZERS, make_optimizer
 from lohp.optim.runs import train_runs
@@ -42,7 +42,7 @@ class GeneratedWeights:
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         path = Path(path)
         ensure_writable_dir(path.parent)
-        meta = {"layout": json.dumps(self.layout.to_dict()), **(metadata or {})}
+        meta = {"format": WEIGHTS_FORMAT, "layout": json.dumps(self.layout.to_dict()), **(metadata or {})}
         atomic_save_tensors(path, {k: v.contiguous() for k, v in self.named.items()}, metadata=meta)
 
     @classmethod

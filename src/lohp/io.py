@@ -33,6 +33,10 @@ from lohp.errors import LohpError
 # Format tags: what a file is, and its version.
 POLICY_FORMAT = "lohp-policy/1"
 TRAJECTORIES_FORMAT = "lohp-trajectories/1"
+CHECKPOINT_FORMAT = "lohp-checkpoint/1"      # a training checkpoint (policy + optimizer state)
+WEIGHTS_FORMAT = "lohp-weights/1"            # generated weights (lohp generate --out FILE)
+LORA_HEAD_FORMAT = "lohp-lora-head/1"        # the head of an exported LoRA adapter folder
+LORA_FORMAT = "lohp-lora/1"                  # the description of an exported LoRA adapter folder
 DIGEST_KEY = "lohp_sha256"
 META_DIGEST_KEY = "lohp_meta_sha256"
 CHECKSUM_KEY = "checksum"  # of a sealed JSON file

