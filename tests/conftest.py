@@ -44,6 +44,18 @@ def small_store_path(tmp_path_factory, small_config) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, small_store_path) -> Path:
+    """A tiny lo-di policy trained on the small store (2 iterations), shared (read-only!)
+    by every test; copy it before changing it."""
+    from lohp import api
+
+    out = tmp_path_factory.mktemp("policy") / "tiny"
+    api.train(small_store_path, out, "lo-di", policy_options={"channels": 8, "token_size": 8, "depth": 1},
+              train_options={"iterations": 2, "batch_size": 2, "eval_tasks": 1})
+    return out
+
+
 @pytest.fixture
 def store_copy(small_store_path, tmp_path) -> Path:
     """A private copy of the small store that a test may damage."""

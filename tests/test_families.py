@@ -112,6 +112,7 @@ def test_api_evaluate_compares_the_policy_with_tuned_adam_on_held_out_tasks(tmp_
     tasks' grid; every baseline runs on the same held-out tasks."""
     from lohp import api
     from lohp.bench.scenario import ADAM_LRS
+    from lohp.io import sha256_file
 
     store = tmp_path / "store"
     api.prepare(store, family_config={"n_way": 3}, optimizers=("adam",), tasks=3, steps=4, seed=0)
@@ -121,5 +122,7 @@ def test_api_evaluate_compares_the_policy_with_tuned_adam_on_held_out_tasks(tmp_
     rows = {r["method"]: r for r in res["rows"]}
     assert list(rows) == ["adam", "adam-n", "prototype-l2", "lo-di"] and res["heldout_tasks"] == 4
     assert rows["adam"]["lr"] in ADAM_LRS and rows["adam-n"]["steps"] == 2 and rows["lo-di"]["steps"] == 2
+    # which state of the policy it measured (a result saved in the policy folder joins its model card)
+    assert res["policy_iteration"] == 5 and res["policy_sha256"] == sha256_file(tmp_path / "p" / "policy.safetensors")
     with pytest.raises(LohpError, match="unknown baseline"):
         api.evaluate(tmp_path / "p", baselines=("adamw",))

@@ -28,7 +28,9 @@ from lohp.bench.scenario import (
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
+from lohp.io import sha256_file
 from lohp.optim import make_optimizer
+from lohp.policy.io import WEIGHTS
 from lohp.resources import available_memory, check_fits
 from lohp.tasks import make_family
 from lohp.trajectories import TrajectoryStore
@@ -112,6 +114,11 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     tune, latency_repeats, device = cfg.tune, cfg.latency_repeats, cfg.device
     t_start = time.perf_counter()
     gen = Generator.load(policy, device)
+    # which state of the policy this result measured (a policy folder's model card shows it)
+    try:
+        weights_sha = sha256_file(Path(policy) / WEIGHTS)
+    except OSError:
+        weights_sha = None
     overrides = dict(family_options or {})
 
     fam = gen.family(**overrides) if family in (None, gen.meta["family"]) else make_family(family, **overrides)
@@ -157,7 +164,8 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
         row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held)),
                            row["latency_with_condition_ms"]))
     rows.append(row)
-    return {"benchmark": "evaluate", "policy": str(policy), "config": cfg.to_dict(), "family": fam.name,
+    return {"benchmark": "evaluate", "policy": str(policy), "policy_iteration": gen.meta.get("iteration"),
+            "policy_sha256": weights_sha, "config": cfg.to_dict(), "family": fam.name,
             "family_config": fam.config(),
             "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public(rows),
             "seconds": time.perf_counter() - t_start}

@@ -3,10 +3,16 @@
 A checkpoint holds the policy *and* its optimizer state (safetensors, atomically) with
 ``checkpoint.json`` naming its iteration; the servable policy is rewritten with every
 checkpoint, so ``kill -9`` loses at most one interval and re-running the same command
-resumes. A folder resumes only a run of the same settings (:data:`_RESUME_KEYS`)."""
+resumes. A folder resumes only a run of the same settings (:data:`_RESUME_KEYS`).
+
+Whenever ``policy.json`` is written, it records the family's feature spec (the input
+preprocessing, e.g. the ``table`` family's standardisation statistics, for
+:mod:`lohp.sklearn`) and the model card ``README.md`` (:mod:`.card`) is written beside it."""
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,14 +20,18 @@ from typing import Any
 import torch
 
 from lohp.errors import LohpError
-from lohp.io import POLICY_FORMAT, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from lohp.io import CHECKPOINT_FORMAT, POLICY_FORMAT, atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from lohp.losses import LossConfig
 from lohp.policy import LohpPolicy, PolicyConfig
 from lohp.policy.io import META, WEIGHTS, condition_points, load_state, save_policy
+from lohp.tasks import family_feature_spec
+from lohp.training.card import CARD, write_card
 from lohp.training.logs import CURVES, LOG
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
+FEATURE_SPEC = "feature_spec"  # the policy.json key of the family's input preprocessing
+_SPECS: dict[str, dict[str, Any] | None] = {}  # per family and config: built once per process
 
 # The parts of a run that must not change on resume (iterations and time limit may).
 _RESUME_KEYS = ("method", "loss_config", "policy_config", "store_manifest_sha", "condition_points")
@@ -39,6 +49,31 @@ def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_feature_spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with the feature spec of its family (:meth:`lohp.tasks.TaskFamily.feature_spec`:
+    the input preprocessing a scikit-learn user must apply, e.g. standardisation statistics)
+    when the family declares one; computed once per family and config in a process."""
+    if FEATURE_SPEC in meta or "family" not in meta:
+        return meta
+    key = json.dumps([meta["family"], meta.get("family_config") or {}], sort_keys=True)
+    if key not in _SPECS:
+        try:
+            _SPECS[key] = family_feature_spec(meta["family"], meta.get("family_config") or {})
+        except LohpError:  # the family cannot be rebuilt here: the policy is served without a spec
+            _SPECS[key] = None
+    spec = _SPECS[key]
+    return meta if spec is None else {**meta, FEATURE_SPEC: spec}
+
+
+def _write_card(out: Path) -> None:
+    """The model card beside policy.json; a card that cannot be written (README.md is a folder,
+    say) is one warning line, never the end of a training run."""
+    try:
+        write_card(out)
+    except LohpError as exc:
+        print(f"lohp: warning: the model card was not written ({exc})", file=sys.stderr)
+
+
 def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
     """Make the policy folder ``out`` ready for the run ``meta`` describes: emptied of a
     previous run with ``overwrite``, else checked to hold the same run (or none); writes
@@ -46,7 +81,7 @@ def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
     meta_path = out / META
     resume = False
     if overwrite:
-        for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, CURVES):
+        for name in (META, WEIGHTS, CHECKPOINT, CHECKPOINT_META, LOG, CURVES, CARD):
             (out / name).unlink(missing_ok=True)
     elif meta_path.exists():
         old = _with_defaults(read_json(meta_path, "policy description", sealed=True))
@@ -56,7 +91,9 @@ def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
                             "use the same command to resume, another --out, or --overwrite")
         resume = (out / CHECKPOINT).exists()
     if not meta_path.exists() or overwrite:
-        atomic_write_json(meta_path, {**meta, "format": POLICY_FORMAT, "iteration": 0}, sealed=True)
+        atomic_write_json(meta_path, {**with_feature_spec(meta), "format": POLICY_FORMAT, "iteration": 0},
+                          sealed=True)
+        _write_card(out)
     return resume
 
 
@@ -68,11 +105,12 @@ def save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
     for pid, pstate in state["state"].items():
         for name, value in pstate.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    atomic_save_tensors(out / CHECKPOINT, tensors)
+    atomic_save_tensors(out / CHECKPOINT, tensors, metadata={"format": CHECKPOINT_FORMAT})
     atomic_write_json(out / CHECKPOINT_META, {"iteration": iteration, "param_groups": state["param_groups"]},
                       sealed=True)
-    # The servable policy is rewritten with every checkpoint (always the last good one).
-    save_policy(out, policy, {**meta, "iteration": iteration})
+    # The servable policy is rewritten with every checkpoint (always the last good one), its card with it.
+    save_policy(out, policy, {**with_feature_spec(meta), "iteration": iteration})
+    _write_card(out)
 
 
 def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, device: str) -> int:
