@@ -169,6 +169,22 @@ def test_peft_adapter_round_trip(task, tmp_path):
     assert not torch.allclose(ours, lora.frozen_embeddings(x) @ head.T, atol=1e-3)
 
 
+def test_inspect_rechecks_an_exported_adapter(task, tmp_path, cli):
+    """peft's files carry no lohp checksum: the sha256 lohp records for them in its sealed
+    lohp_lora.json lets lohp inspect find a changed adapter."""
+    from lohp import lora
+
+    model = task.layout.load_into(task.model(), _random_theta(task, 2))
+    lora.export_adapter(model, tmp_path / "adapter")
+    code, out, err = cli("inspect", tmp_path / "adapter")
+    assert code == 0, err
+    assert "`adapter_model.safetensors`: its sha256 matches" in out and "all checksums verified" in out
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"r": 8', '"r": 9'))
+    code, out, err = cli("inspect", tmp_path / "adapter")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "adapter_config.json was changed" in err
+
+
 def test_adapter_dir_refused_unless_overwrite(task, tmp_path):
     from lohp import lora
 

@@ -27,7 +27,9 @@ from lohp.cli.options import Group, check_seed, with_options
 from lohp.errors import LohpError
 from lohp.export import target_for
 from lohp.generation import GeneratedWeights, Generator
+from lohp.inspection import artefact_kind, inspect_artefact
 from lohp.tasks import make_family
+from lohp.training.card import refresh_card
 from lohp.trajectories import StageOneConfig, TrajectoryStore, summarize
 from lohp.trajectories import prepare as run_prepare
 
@@ -75,13 +77,29 @@ def prepare(
 # --------------------------------------------------------------------------- inspect
 @app.command()
 def inspect(
-    store: Path = typer.Argument(..., help="Store folder written by lohp prepare."),
+    store: Path = typer.Argument(..., metavar="PATH",
+                                 help="What lohp wrote: a store folder (lohp prepare), a policy folder (lohp train), a "
+                                      "training checkpoint, a generated .safetensors file or LoRA adapter folder "
+                                      "(lohp generate), or a result JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    verify: bool = typer.Option(True, help="Verify every shard's checksum."),
+    verify: bool = typer.Option(True, help="Verify every checksum (a store's shards, a policy's or generated "
+                                           "file's tensor data)."),
 ) -> None:
-    """Summarise a trajectory store and verify its checksums."""
+    """Say what a store, policy, checkpoint or generated file holds, and re-check its checksums.
 
-    summary = summarize(TrajectoryStore.open(store), verify=verify)
+    A store: a table of its trajectories. A policy folder: its model card (the text of its
+    README.md). Anything wrong (a changed byte, edited metadata, files of different runs) is
+    one line naming it, exit status 2."""
+
+    kind, target = artefact_kind(store)
+    if kind != "store":
+        found = inspect_artefact(kind, target, verify=verify)
+        if as_json:
+            print(json.dumps(found.summary, indent=1))
+        else:
+            print(found.text, end="")  # not through rich: names are shown as they are, never as markup
+        return
+    summary = summarize(TrajectoryStore.open(target), verify=verify)
     if as_json:
         print(json.dumps(summary, indent=1))
         return
@@ -200,6 +218,10 @@ def evaluate(
     print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
                 SCENARIO_COLUMNS, console)
     _write_json(result, json_out)
+    if json_out is not None and json_out.resolve().parent == policy.resolve():
+        card = refresh_card(policy)  # a result saved into the policy folder joins its model card
+        if card is not None:
+            console.print(f"updated the model card {card}", highlight=False, markup=False)
     if plot is not None:
         for p in be.plots(result, plot):
             console.print(f"wrote {p}")
