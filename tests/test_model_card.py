@@ -181,7 +181,8 @@ def test_inspect_a_checkpoint_file(policy, cli):
 
 def test_inspect_a_generated_file(tiny_policy, cli, tmp_path):
     out_file = tmp_path / "w.safetensors"
-    code_, _, err = cli("generate", "--policy", tiny_policy, "--task-seed", "3", "--out", out_file, "--no-latency")
+    code_, _, err = cli("generate", "--policy", tiny_policy, "--task-seed", "3", "--out", out_file, "--no-latency",
+                        "--backend", "eager")
     assert code_ == 0, err
     code_, out, err = cli("inspect", out_file)
     assert code_ == 0, err
