@@ -80,8 +80,9 @@ def test_prepare_and_open(small_store_path, small_config):
         assert all(len(v) == N_REC for v in tr["metrics"].values())
         assert tr["hparams"] == next(o["hparams"] for o in small_config["optimizers"] if o["name"] == tr["optimizer"])
         assert tr["task"]["classes"] == store.task(i).info["classes"]
-    # files on disk: safetensors + JSON only, never pickle (and the writers' lock file, empty of data)
-    names = {p.suffix for p in small_store_path.rglob("*") if p.is_file() and p.name != ".lohp.lock"}
+    # files on disk: safetensors + JSON only, never pickle (and the writers' and readers' lock files, empty of data)
+    names = {p.suffix for p in small_store_path.rglob("*") if p.is_file() and p.name not in (".lohp.lock",
+                                                                                              ".lohp.readers")}
     assert names == {".json", ".safetensors"}
 
 

@@ -262,15 +262,17 @@ def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
 
 
 LOCK_FILE = ".lohp.lock"
-_WRITING: set[str] = set()  # folders this process holds an OutputLock on (its own reads need no lock)
+READERS_FILE = ".lohp.readers"  # readers hold it shared; only a replacing writer takes it exclusively
+_WRITING: set[str] = set()  # folders this process is replacing (its own reads need no lock)
 
 
 class ReadLock:
-    """A shared lock on a folder lohp wrote (a store, a policy) for as long as a reader uses
-    it: a writer that would replace it (``prepare --overwrite`` under a streaming ``train``)
-    is refused in one line instead of pulling files from under the reader, and a reader
-    is refused while a writer holds the folder. Best effort where the folder cannot hold a
-    lock file (read-only media): the reader goes on unlocked."""
+    """A shared lock on a folder lohp wrote (a store) for as long as a reader uses it: a
+    writer that would replace it (``prepare --overwrite`` under a streaming ``train``) is
+    refused in one line instead of pulling files from under the reader, and a reader is
+    refused while such a replacement runs. A writer that only adds (a resumed ``prepare``,
+    whose files appear by atomic renames) does not conflict with readers. Best effort where
+    the folder cannot hold a lock file (read-only media): the reader goes on unlocked."""
 
     def __init__(self, folder: Path | str, what: str):
         self.folder = Path(folder)
@@ -283,15 +285,15 @@ class ReadLock:
         if self._fh is not None or str(self.folder.resolve()) in _WRITING:
             return self
         try:
-            fh = open(self.folder / LOCK_FILE, "a")
+            fh = open(self.folder / READERS_FILE, "a")
         except OSError:
             return self
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             fh.close()
-            raise LohpError(f"{self.folder} is being written by another lohp command; wait for it to finish, then "
-                            f"open the {self.what} again") from None
+            raise LohpError(f"{self.folder} is being replaced by another lohp command (--overwrite); wait for it to "
+                            f"finish, then open the {self.what} again") from None
         self._fh = fh
         return self
 
@@ -313,8 +315,10 @@ class OutputLock:
     in one line instead of interleaving writes. ``flock`` based, so a killed process
     releases it (a resumed command never finds a stale lock)."""
 
-    def __init__(self, folder: Path | str, what: str):
+    def __init__(self, folder: Path | str, what: str, replace: bool = False):
         folder = Path(folder)
+        self.replace = replace  # it will delete what is there: no reader may hold the folder
+        self._readers = None
         # a folder this command creates and then writes nothing into (it was refused) is
         # removed again on the way out: a refusal leaves nothing behind
         self._created = not os.path.lexists(folder)
@@ -329,25 +333,28 @@ class OutputLock:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            try:  # only readers (shared locks) hold it: say so, the pid in the file is a past writer's
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                readers = True
-            except OSError:
-                readers = False
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            if readers:
-                raise LohpError(f"{self.path.parent} is being read by another lohp command (a train, generate or "
-                                "evaluate); wait for it to finish or stop it, then run this command again") from None
             raise LohpError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it to "
                             "finish or stop it, then run this command again") from None
+        if self.replace:
+            readers = open(self.path.parent / READERS_FILE, "a")
+            try:
+                fcntl.flock(readers.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                readers.close()
+                fh.close()
+                raise LohpError(f"{self.path.parent} is being read by another lohp command (e.g. a train streaming "
+                                "it); wait for it to finish or stop it, then replace it") from None
+            self._readers = readers
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         self._fh = fh
-        _WRITING.add(str(self.path.parent.resolve()))
+        if self.replace:
+            _WRITING.add(str(self.path.parent.resolve()))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -355,11 +362,15 @@ class OutputLock:
             if self._created and exc[0] is not None:
                 folder = self.path.parent
                 try:
-                    if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
-                        self.path.unlink()
+                    if {p.name for p in folder.iterdir()} <= {LOCK_FILE, READERS_FILE}:
+                        for name in (LOCK_FILE, READERS_FILE):
+                            (folder / name).unlink(missing_ok=True)
                         folder.rmdir()
                 except OSError:
                     pass  # best effort: the refusal itself is what the user must see
             _WRITING.discard(str(self.path.parent.resolve()))
+            if self._readers is not None:
+                self._readers.close()
+                self._readers = None
             self._fh.close()  # closing releases the flock
             self._fh = None

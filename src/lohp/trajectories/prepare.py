@@ -20,6 +20,7 @@ from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.io import (
     LOCK_FILE,
+    READERS_FILE,
     OutputLock,
     atomic_save_tensors,
     atomic_write_json,
@@ -187,7 +188,7 @@ def claim_output(out: str | Path, config: dict[str, Any], overwrite: bool = Fals
             raise LohpError(f"{out} holds a store prepared with other arguments (differs in "
                             f"{', '.join(diff)}); use the same arguments to resume, another --out, "
                             "or --overwrite")
-    elif any(p.name not in (SHARD_DIR, LOCK_FILE) and not p.name.startswith((f".{CONFIG}.", ".write-test."))
+    elif any(p.name not in (SHARD_DIR, LOCK_FILE, READERS_FILE) and not p.name.startswith((f".{CONFIG}.", ".write-test."))
              for p in out.iterdir()):  # kill -9 leftovers
         raise LohpError(f"{out} is not empty and is not a lohp store; choose an empty --out "
                         "or pass --overwrite")
@@ -307,7 +308,7 @@ def prepare(out: str | Path, config: dict[str, Any], device: str = "cpu", overwr
     family = check_store_tasks(config, sorted({r["task_seed"] for p in pending for r in p.runs}))
     if not overwrite and out.exists():
         claim_output(out, config)  # a store made with other arguments: refused before the bar appears
-    with OutputLock(out, "lohp prepare"):
+    with OutputLock(out, "lohp prepare", replace=overwrite):
         out = claim_output(out, config, overwrite)
         if progress_context is None:
             return _prepare_locked(out, config, plans, family, device, progress, executor, ray_address, ray_workers)
