@@ -1,7 +1,9 @@
 """The generic `table` family on CSV / TSV / npz files made here: conformance, bad input,
 a moved or changed file, and prepare / train / generate from the command line."""
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +267,40 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     first = tmp_path / "first.csv"
     first.write_bytes("\ufefflabel,f0\n".encode() + b"".join(f"{lab},{v:.3f}\n".encode() for lab, v in zip(y, x[:, 0])))
     assert make_family("table", path=str(first), n_way=3).sample(0).n_classes == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
+def test_an_unreadable_table_is_one_line_for_an_unprivileged_user(tmp_path):
+    """The file exists but its reader may not open it (root reads everything, so the check
+    runs in a forked child that has dropped to the user nobody)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        table = folder / "t.csv"
+        table.write_text("a,label\n1,0\n2,1\n3,0\n")
+        table.chmod(0o000)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop to nobody, try, report the message
+            os.close(read)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                make_family("table", path=str(table))
+                msg = "opened"
+            except LohpError as exc:
+                msg = "LohpError: " + str(exc)
+            except BaseException as exc:  # noqa: BLE001
+                msg = f"{type(exc).__name__}: {exc}"
+            os.write(write, msg.encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as fh:
+            msg = fh.read()
+        assert msg.startswith("LohpError: cannot read the table") and "Permission denied" in msg, msg
+        assert "\n" not in msg
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

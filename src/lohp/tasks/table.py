@@ -180,7 +180,10 @@ class TableFamily(TaskFamily):
         if not (file.is_dir() if self.is_folder else file.is_file()):
             raise LohpError(f"{self.what} {path} not found (from {Path.cwd()}); if it moved, pass "
                             "--family-option path=NEW_LOCATION")
-        digest = self._digest(file)
+        try:
+            digest = self._digest(file)
+        except OSError as exc:  # exists but unreadable for this user
+            raise LohpError(f"cannot read the {self.what} {path} ({exc.strerror or exc})") from None
         if self.sha256 is not None and self.sha256 != digest:
             raise LohpError(f"{self.what} {path} changed since the store was made (sha256 {digest[:12]} vs "
                             f"{self.sha256[:12]}); pass --family-option path=... to the original data, or prepare a "
