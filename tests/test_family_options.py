@@ -15,7 +15,7 @@ import torch
 from lohp.config import setting_help
 from lohp.errors import LohpError
 from lohp.tasks import FAMILIES, TaskFamily, make_family, register_family
-from lohp.tasks import image_folder as timf
+from lohp.tasks import text_table as tttab
 from lohp.tasks import images as timg
 from lohp.tasks import text as ttext
 from lohp.tasks.digits import DigitsFamily, DigitsOptions
@@ -41,8 +41,8 @@ def fake_texts(monkeypatch):
     def embed(items, max_length):
         return torch.stack([torch.full((384,), float(hash(t) % 97)) for t in items])
 
-    monkeypatch.setattr(timf, "frozen_embeddings", embed)
-    monkeypatch.setattr(timf, "token_ids", lambda items, max_length: torch.zeros(len(items), max_length,
+    monkeypatch.setattr(tttab, "frozen_embeddings", embed)
+    monkeypatch.setattr(tttab, "token_ids", lambda items, max_length: torch.zeros(len(items), max_length,
                                                                                  dtype=torch.long))
 
 

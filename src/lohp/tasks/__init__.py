@@ -17,7 +17,8 @@ from lohp.tasks.base import (
     make_feature_spec,
 )
 from lohp.tasks.digits import DigitsFamily
-from lohp.tasks.image_folder import ImageFolderFamily, TextTableFamily
+from lohp.tasks.image_folder import ImageFolderFamily
+from lohp.tasks.text_table import TextTableFamily
 from lohp.tasks.images import FashionFeatureFamily, OpenclipartFamily, RotatedFashionFamily, RotatedMnistFamily
 from lohp.tasks.registry import (
     ENTRY_POINT_GROUP,
