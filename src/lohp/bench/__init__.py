@@ -10,5 +10,5 @@ from lohp.bench import (  # noqa: F401  (each module registers its benchmark)
     lora,
     refine,
     cross,
-    prepare,
+    collection,
 )

@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lohp.bench.prepare import per_run_loop
-from lohp.optim.runs import evaluate_checkpoints, train_runs
+from lohp.optim.runs import evaluate_checkpoints, per_run_loop, train_runs
 from lohp.plotting import accuracy_limits, pyplot, save_figure
 from lohp.tasks import Task
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence

@@ -14,7 +14,7 @@ the L2O meta-trainer's meta-test and of the benchmarks' gradient baselines.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -142,3 +142,45 @@ def evaluate_checkpoints(tasks: Sequence[Task], thetas: torch.Tensor, device: st
 
 
 __all__ = ["batched_runs", "evaluate_checkpoints", "recorded_steps", "train_runs", "vmappable"]
+
+
+# --------------------------------------------------------------------------- the reference loop
+def torch_optimizer(name: str, hp: dict[str, Any], params) -> torch.optim.Optimizer:
+    """The torch.optim optimizer a user would write for one of lohp's Stage I optimizers."""
+    if name in ("sgd", "sam"):
+        return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+               weight_decay=hp["weight_decay"])
+
+
+def per_run_loop(task, opt_name: str, hp: dict[str, Any], theta0: torch.Tensor, steps: int,
+                 batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """The reference way: one model, one torch.optim optimizer, one Python loop per run."""
+    model = task.model()
+    task.layout.load_into(model, theta0)
+    params = [p for n, p in model.named_parameters() if n in task.layout.names]
+    opt = torch_optimizer(opt_name, hp, params)
+    rho = hp.get("rho")
+    n = len(task.x_train)
+    out = [task.layout.flatten(model)]
+    for _ in range(steps):
+        idx = (torch.rand(batch_size, generator=gen) * n).long()
+        xb, yb = task.x_train[idx], task.y_train[idx]
+        opt.zero_grad()
+        loss = task.loss_fn(model(xb), yb).mean()
+        loss.backward()
+        if rho is not None:  # SAM: ascend to the sharpest nearby point, take its gradient
+            with torch.no_grad():
+                norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+                eps = [rho * p.grad / (norm + 1e-12) for p in params]
+                for p, e in zip(params, eps):
+                    p.add_(e)
+            opt.zero_grad()
+            task.loss_fn(model(xb), yb).mean().backward()
+            with torch.no_grad():
+                for p, e in zip(params, eps):
+                    p.sub_(e)
+        opt.step()
+        out.append(task.layout.flatten(model))
+    return torch.stack(out)

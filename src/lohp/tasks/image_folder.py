@@ -20,7 +20,7 @@ from lohp.data import features as feature_cache  # (module attribute: tests patc
 from lohp.errors import LohpError
 from lohp.extras import require_module
 from lohp.tasks.registry import register_family
-from lohp.tasks.table import FileOptions, TableFamily, class_index
+from lohp.tasks.table import FileOptions, TableFamily
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
