@@ -23,8 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
-from lohp.bench.fewshot import HEAD_POLICY
+from lohp.bench.presets import HEAD_POLICY, MLP_POLICY, MLP_TRAIN
 from lohp.bench.harness import gradient_accuracy
 from lohp.bench.runner import TableSpec, check_budget, register_benchmark
 from lohp.bench.scenario import (

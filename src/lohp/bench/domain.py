@@ -17,6 +17,7 @@ import numpy as np
 
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
+from lohp.bench.presets import MLP_POLICY, MLP_TRAIN
 from lohp.bench.runner import (
     SCENARIO_COLUMNS,
     TableSpec,
@@ -32,11 +33,6 @@ from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
 DATASETS = {"mnist": "rotated-mnist", "fashion": "rotated-fashion"}
-# Whole-network settings (docs/method.md, section 'Whole-network generation'): the policy
-# adds a learned gain on the structure's surrogate-gradient features, and learns faster
-# than on heads.
-MLP_POLICY = {"condition_skip": True, "token_size": 32}
-MLP_TRAIN = {"lr": 3e-3, "eval_tasks": 8, "diagnostic_trajectories": 8}  # whole-MLP rollouts are costly
 
 
 # The earlier SubTB hybrid at d = 25,285 needs to be mostly off-policy (beta 0.9) with K = 2

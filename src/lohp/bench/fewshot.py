@@ -17,13 +17,11 @@ from typing import Any, Callable
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
+from lohp.bench.presets import HEAD_POLICY
 from lohp.bench.scenario import Part, Variant, budget_variants, ci95, public, run_parts
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 
-# Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
-# the policy steps on the surrogate gradient of the support-set class means.
-HEAD_POLICY = {"token_size": 64}
 # The table's columns: a 95 % CI over episodes where the scenario table has the wide-s_0 accuracy.
 COLUMNS = SCENARIO_COLUMNS[:4] + [("ci95", "95% CI ±", ".4f")] + SCENARIO_COLUMNS[5:]
 

@@ -36,6 +36,7 @@ from lohp.bench.harness import (
     single_run_seconds,
 )
 from lohp.bench.baselines import default_points
+from lohp.bench.presets import LORA_POLICY
 from lohp.bench.runner import ACCURACY, TableSpec, check_positive, register_benchmark, result
 from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_row, policy_dir, public, s0_sampler
 from lohp.condition import summarize
@@ -47,7 +48,7 @@ from lohp.policy.io import META
 from lohp.tasks import make_family
 from lohp.trajectories import make_config, prepare
 
-POLICY = {"channels": 16, "token_size": 16, "depth": 1}  # 39 ms for N = 16 on one core (README)
+POLICY = LORA_POLICY
 # The earlier SubTB hybrid (lo-hp-v1): rollouts are N sequential passes over 384 groups, so 4 of
 # the 8 tasks, K = 2 each; at beta = 0.5 its on-policy term swamped the regression signal, so 0.9.
 ON_POLICY_V1 = {"on_policy_tasks": 4, "rollouts": 2, "lam": 0.5, "beta": 0.9}

@@ -26,10 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lohp.bench.domain import MLP_POLICY, MLP_TRAIN
-from lohp.bench.fewshot import HEAD_POLICY
+from lohp.bench.presets import HEAD_POLICY, LORA_POLICY, MLP_POLICY, MLP_TRAIN
 from lohp.bench.harness import single_run_seconds
-from lohp.bench.lora import POLICY as LORA_POLICY
 from lohp.bench.runner import TableSpec, check_budget, register_benchmark
 from lohp.bench.scenario import ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant, tune_adam
 from lohp.config import Config, setting

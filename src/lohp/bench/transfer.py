@@ -14,14 +14,12 @@ from typing import Any, Callable
 
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
+from lohp.bench.presets import HEAD_POLICY
 from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
 from lohp.bench.scenario import Part, Variant, budget_variants, matching_variants, public, run_parts
 from lohp.config import Config, setting
 from lohp.tasks import make_family
 
-# Heads on 1,280 features: rows of 1,281 values, cut into tokens of 64 (20 tokens a class);
-# the policy steps on the surrogate gradient of the class means (the default head features).
-HEAD_POLICY = {"token_size": 64}
 ACCURACY_LATENCY_PNG = "transfer_accuracy_latency.png"
 LEARNING_CURVES_PNG = "transfer_learning_curves.png"
 

@@ -24,7 +24,7 @@ from typing import Any
 from lohp.errors import LohpError
 from lohp.io import atomic_write_bytes, read_json, sha256_file
 from lohp.policy.io import META, WEIGHTS
-from lohp.training.logs import LOG, log_rows
+from lohp.training.logs import log_rows
 
 CARD = "README.md"
 EVALUATION = "evaluate.json"  # the conventional name; any evaluate result in the folder counts
