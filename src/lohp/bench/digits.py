@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lohp.bench.presets import regularizers_for
 from lohp.bench.harness import (
     WIDE,
     gradient_accuracy,
@@ -27,7 +28,6 @@ from lohp.bench.harness import (
     plot_learning_curves,
     seeds_text,
 )
-from lohp.bench.l2o import regularizers_for
 from lohp.bench.runner import ACCURACY, TableSpec, check_budget, check_positive, register_benchmark, result
 from lohp.bench.scenario import (
     Variant,
