@@ -14,13 +14,15 @@ time-to-accuracy ratio of the LoRA table with this condition: per task, the wall
 full-batch Adam (torch.optim, the store's learning rate, at most 10 T steps) to first
 reach the generated weights' accuracy, over (policy steps + condition) ms; the median
 over tasks. Where Adam never reaches it the ratio is a lower bound (the time of 10 T
-steps). Writes OUT.json and OUT.png and prints a table; one torch thread.
+steps). Writes OUT.json and OUT.png and prints a table; one torch thread. ``--retime``
+re-measures only the milliseconds of an existing OUT.json (on a quieter machine).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
@@ -67,6 +69,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--texts", default="16,8,4,2", help="training texts per class, comma-separated")
     ap.add_argument("--lengths", default="32,16,8", help="tokens per text, comma-separated")
+    ap.add_argument("--retime", action="store_true",
+                    help="re-measure only the milliseconds of an existing OUT.json (accuracies and Adam's times "
+                         "kept), e.g. on a quieter machine")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -87,6 +92,30 @@ def main() -> None:
     variants = [(m, L, False) for L in [int(v) for v in args.lengths.split(",")]
                 for m in [int(v) for v in args.texts.split(",")] if m <= shots and 3 <= L <= full_len]
     variants.append((shots, full_len, True))
+    if args.retime:
+        result = json.loads(out.with_suffix(".json").read_text())
+        for r in result["rows"]:
+            ms = []
+            for t in tasks:
+                ids, y = subset(t, r["texts_per_class"])
+                ids = truncated(ids, r["max_length"], sep)
+                times = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    summarize(embed(ids, r["one_text_per_pass"]), y, t.n_classes, points)
+                    times.append(time.perf_counter() - t0)
+                ms.append(1e3 * statistics.median(times))
+            r.update(condition_ms=statistics.median(ms), latency_ms=latency_ms,
+                     latency_with_condition_ms=latency_ms + statistics.median(ms))
+            r["time_to_accuracy_speedup"] = float(np.median([a / r["latency_with_condition_ms"] for a in r["adam_ms"]]))
+            r["time_to_accuracy_speedup_without_condition"] = float(np.median([a / latency_ms for a in r["adam_ms"]]))
+        rows = result["rows"]
+    else:
+        rows = measure(variants, tasks, gen, points, sep, args.repeats, latency_ms, T, adam_hp)
+    report(rows, tasks, shots, full_len, meta, points, T, adam_hp, args, out)
+
+
+def measure(variants, tasks, gen, points, sep, repeats, latency_ms, T, adam_hp) -> list[dict]:
     rows = []
     for m, L, one_by_one in variants:
         accs, ms = [], []
@@ -94,7 +123,7 @@ def main() -> None:
             ids, y = subset(t, m)
             ids = truncated(ids, L, sep)
             times = []
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 t0 = time.perf_counter()
                 emb = embed(ids, one_by_one)
                 summarize(emb, y, t.n_classes, points)
@@ -122,7 +151,10 @@ def main() -> None:
         r["time_to_accuracy_speedup"] = float(np.median([a / r["latency_with_condition_ms"] for a in r["adam_ms"]]))
         r["time_to_accuracy_speedup_without_condition"] = float(np.median([a / r["latency_ms"] for a in r["adam_ms"]]))
         r["adam_reached"] = sum(r["adam_reached"])
+    return rows
 
+
+def report(rows, tasks, shots, full_len, meta, points, T, adam_hp, args, out) -> None:
     full = next(r for r in rows if r["texts_per_class"] == shots and r["max_length"] == full_len
                 and not r["one_text_per_pass"])
     header = (f"{'texts/class':>11} {'tokens':>6} {'pass':>10} {'cond ms':>8} {'steps ms':>8} {'accuracy':>8} "
@@ -135,7 +167,8 @@ def main() -> None:
               f"{r['adam_reached']:>4}/{len(tasks)}")
     result = {"policy": str(args.policy), "family": meta["family"], "tasks": len(tasks), "threads": 1,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-              "condition_points": points, "total_steps": T, "adam_lr": adam_hp["lr"], "rows": rows}
+              "condition_points": points, "total_steps": T, "adam_lr": adam_hp["lr"],
+              "load_average_1min_at_end": os.getloadavg()[0], "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
 
     import matplotlib
