@@ -15,18 +15,24 @@ from typing import Any
 
 import torch
 
-_COMMAND: str | None = None
+_ARGV: list[str] | None = None  # set once per command by lohp.cli.main, read by what records or re-runs it
 
 
 def set_command(argv: list[str] | None) -> None:
     """Record the running ``lohp`` command (``argv`` without the program name; None: no
     command is running)."""
-    global _COMMAND
-    _COMMAND = None if argv is None else shlex.join(["lohp", *map(str, argv)])
+    global _ARGV
+    _ARGV = None if argv is None else [str(a) for a in argv]
 
 
 def command() -> str | None:
-    return _COMMAND
+    """The running command as a shell line (``lohp ...``), or None."""
+    return None if _ARGV is None else shlex.join(["lohp", *_ARGV])
+
+
+def arguments() -> list[str] | None:
+    """The running command's arguments (without ``lohp``), or None (lohp train --nproc re-runs them)."""
+    return None if _ARGV is None else list(_ARGV)
 
 
 def cpu_model() -> str:
@@ -51,6 +57,6 @@ def lohp_version() -> str:
 def provenance() -> dict[str, Any]:
     """This process's command, machine (CPU, logical CPUs, system; no host name), torch's
     thread count, versions and the local date and time (ISO 8601 with its UTC offset)."""
-    return {"command": _COMMAND, "cpu": cpu_model(), "cpus": os.cpu_count(), "system": platform.platform(),
+    return {"command": command(), "cpu": cpu_model(), "cpus": os.cpu_count(), "system": platform.platform(),
             "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "lohp": lohp_version(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
-    common._CURRENT_ARGV = list(argv) if argv is not None else sys.argv[1:]
-    provenance.set_command(common._CURRENT_ARGV)  # recorded in result JSON and policy folders
+    provenance.set_command(list(argv) if argv is not None else sys.argv[1:])  # recorded in results; --nproc re-runs it
     try:
         _run(argv)
     finally:

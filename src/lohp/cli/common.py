@@ -219,5 +219,4 @@ def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> 
         return run(cfg, note, show, update) if stage_progress else run(cfg, note, show)
 
 
-_CURRENT_ARGV: list[str] | None = None  # the arguments main() was called with (lohp train --nproc re-runs them)
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from lohp.cli import common
+from lohp import provenance
 from lohp.cli.common import (
     _device,
     app,
@@ -114,7 +114,8 @@ def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
     if batch_size % nproc:
         raise LohpError(f"--batch-size {batch_size} does not split over {nproc} processes; use a multiple of {nproc}")
 
-    argv = list(common._CURRENT_ARGV if common._CURRENT_ARGV is not None else sys.argv[1:])
+    argv = provenance.arguments()
+    argv = argv if argv is not None else sys.argv[1:]
     args, skip = [], False
     for a in argv:
         if skip:
