@@ -39,6 +39,11 @@ class GeneratedWeights:
     named: dict[str, torch.Tensor]      # layout names -> tensors
     layout: ParamLayout
 
+    @classmethod
+    def of(cls, theta: torch.Tensor, layout: ParamLayout) -> "GeneratedWeights":
+        """Flat weights ``[d]`` with their named tensors (copies) under ``layout``."""
+        return cls(theta, {k: v.clone() for k, v in layout.unflatten(theta).items()}, layout)
+
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         path = Path(path)
         ensure_writable_dir(path.parent)
@@ -227,9 +232,8 @@ class Generator:
                  sample_seed: int = 0) -> GeneratedWeights:
         """Mean mode (``temperature=0``): the same seed gives the same weights. Sampling mode:
         ``temperature > 0`` adds ``temperature * sigma_F`` noise per step (``sample_seed``)."""
-        theta = self.generate_batch([task], [seed], temperature, init_scale, sample_seed)[0]
-        layout = task.layout
-        return GeneratedWeights(theta, {k: v.clone() for k, v in layout.unflatten(theta).items()}, layout)
+        return GeneratedWeights.of(self.generate_batch([task], [seed], temperature, init_scale, sample_seed)[0],
+                                   task.layout)
 
     def refine_hparams(self, optimizer: str = "adam", lr: float | None = None) -> dict[str, Any]:
         """The refine optimizer's settings: those Stage I used for it on this policy's store

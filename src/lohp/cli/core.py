@@ -173,7 +173,7 @@ def generate(
     generated = task.evaluate(weights.theta)
     if refine is not None:
         theta = gen.refine(task, weights.theta, refine, refine_optimizer, refine_lr, seed=seed)
-        weights = GeneratedWeights(theta, {k: v.clone() for k, v in task.layout.unflatten(theta).items()}, task.layout)
+        weights = GeneratedWeights.of(theta, task.layout)
     target.write(out, overwrite, task, weights, {
         "task": task.name, "classes": task.info.get("classes"), "policy": str(policy), "method": gen.meta["method"],
         "max_length": fam.config().get("max_length"),
