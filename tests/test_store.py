@@ -474,3 +474,17 @@ def test_check_layout(small_store_path):
         store.check_layout(nn.Linear(64, 3).double())
     with pytest.raises(LohpError, match="does not match the store"):
         store.check_layout(ParamLayout.from_module(nn.Linear(64, 3), ("weight",)))
+
+
+def test_tensor_files_get_ordinary_permissions(tmp_path):
+    """A policy folder handed to a colleague must be readable: lohp's tensor files get the
+    same mode as a file Python creates (umask applied), not a temporary file's 0600."""
+    import stat
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    store_mod.atomic_save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})
+    store_mod.atomic_write_json(tmp_path / "m.json", {"a": 1})
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == want
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == want

@@ -163,6 +163,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _FILE_MODE)  # safetensors creates the file anew, private (0600): a shared policy is unreadable
         with open(tmp, "r+b") as fh:
             _sort_metadata(fh)
             os.fsync(fh.fileno())
