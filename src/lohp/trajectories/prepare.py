@@ -262,6 +262,8 @@ def check_store_size(out: str | Path, config: dict[str, Any], yes: bool = False)
     family = make_family(config["family"], **config["family_config"])
     layout = family.sample(config["task_start"], config["split"]).layout
     value = torch.empty(0, dtype=layout.dtype).element_size()
+    # len(recorded_steps(steps, record_every)) in closed form: building that list for --steps 1e9
+    # is the very allocation this check exists to refuse
     records = config["steps"] // config["record_every"] + 1 + bool(config["steps"] % config["record_every"])
     runs = config["tasks"] * config["seeds"] * len(config["optimizers"])
     per_run = records * layout.size * value
