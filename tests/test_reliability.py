@@ -375,3 +375,29 @@ def test_a_store_being_read_is_not_replaced_under_its_reader(store_copy, cli, sm
     code, _, err = cli(*args)
     assert code == 0, err
     assert len(TrajectoryStore.open(store_copy)) == 2
+
+
+def test_a_signal_inside_an_uninterrupted_block_is_delivered_after_it():
+    """Ctrl-C / SIGTERM while a checkpoint's files are replaced waits for the group to be whole
+    (then reaches the handler that was installed), instead of splitting the group."""
+    import os
+    import signal
+
+    from lohp.io import uninterrupted
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between bytecodes: give it every chance
+                pass
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not None and seen == [signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGTERM)  # the caller's handler is back
+        for _ in range(100):
+            pass
+        assert seen == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -56,6 +56,33 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(store8, tm
     assert iters == sorted(set(iters))  # no duplicated log rows after resuming
 
 
+def test_a_kill_between_the_checkpoint_files_resumes_exactly(store8, tmp_path, monkeypatch):
+    """A checkpoint is two files (tensors, then checkpoint.json): a kill after the tensors
+    were replaced but before the description was must still resume from the weights'
+    own iteration (the cause of a rare fault-injection failure)."""
+    import lohp.training.checkpoints as ckpt
+
+    opts = {**FAST, "iterations": 6}
+    train(store8, tmp_path / "a", "lo-hp", policy_options=POLICY, train_options=opts)
+    real = ckpt.atomic_write_json
+
+    def killed_at_4(path, obj, sealed=False):
+        if Path(path).name == "checkpoint.json" and obj["iteration"] == 4:
+            raise KeyboardInterrupt  # stands for kill -9 between the two writes
+        return real(path, obj, sealed=sealed)
+
+    monkeypatch.setattr(ckpt, "atomic_write_json", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(store8, tmp_path / "b", "lo-hp", policy_options=POLICY, train_options=opts)
+    monkeypatch.setattr(ckpt, "atomic_write_json", real)
+    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["iteration"] == 2  # the stale description
+    train(store8, tmp_path / "b", "lo-hp", policy_options=POLICY, train_options=opts)
+    a, b = load_file(str(tmp_path / "a" / "policy.safetensors")), load_file(str(tmp_path / "b" / "policy.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(str(tmp_path / d / "checkpoint.safetensors")) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_kill_9_loses_at_most_one_checkpoint_interval(store8, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "lohp.cli", "train", "--store", str(store8), "--out", str(out), "--iterations", "400",

@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -92,6 +95,28 @@ def _new_temp(path: Path) -> str:
     os.close(fd)
     os.chmod(tmp, _FILE_MODE)
     return tmp
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then deliver them: a group of files that
+    must agree (a checkpoint's tensors and its description) is never left half-replaced by
+    a signal. ``kill -9`` cannot be held; readers of such groups trust the file written first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s in sigs:
+            signal.signal(s, previous[s])
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
 
 
 def check_output_file(path: Path | str) -> Path:
@@ -233,6 +258,11 @@ def ensure_writable_dir(path: Path) -> Path:
 def load_tensors(path: Path | str, what: str, fix: str) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file lohp wrote, checked against the digest it was written
     with; a truncated, unreadable or altered file is one LohpError naming ``what`` and ``fix``."""
+    return load_tensors_and_metadata(path, what, fix)[0]
+
+
+def load_tensors_and_metadata(path: Path | str, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`load_tensors` and the file's own metadata (without lohp's digests), checked alike."""
 
     path = Path(path)
     try:
@@ -250,7 +280,7 @@ def load_tensors(path: Path | str, what: str, fix: str) -> dict[str, torch.Tenso
     elif _json_digest(rest) != meta[META_DIGEST_KEY]:
         raise LohpError(f"{what} {path} has metadata changed after lohp wrote it (its checksum does not match); "
                         f"{fix}")
-    return tensors
+    return tensors, rest
 
 
 def check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:

@@ -1,7 +1,9 @@
 """Checkpoints of a run and the policy folder they live in.
 
-A checkpoint holds the policy *and* its optimizer state (safetensors, atomically) with
-``checkpoint.json`` naming its iteration; the servable policy is rewritten with every
+A checkpoint holds the policy *and* its optimizer state (safetensors, atomically) with its
+iteration and optimizer groups in the same file's metadata (``checkpoint.json`` repeats them
+for readers; a kill between the two writes must not pair new weights with an old
+iteration, so resuming trusts the tensor file); the servable policy is rewritten with every
 checkpoint, so ``kill -9`` loses at most one interval and re-running the same command
 resumes. A folder resumes only a run of the same settings (:data:`_RESUME_KEYS`).
 
@@ -18,9 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from lohp.errors import LohpError
-from lohp.io import CHECKPOINT_FORMAT, POLICY_FORMAT, atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from lohp.io import (
+    CHECKPOINT_FORMAT,
+    POLICY_FORMAT,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors_and_metadata,
+    read_json,
+    uninterrupted,
+)
 from lohp.losses import LossConfig
 from lohp.policy import LohpPolicy, PolicyConfig
 from lohp.policy.io import META, WEIGHTS, condition_points, load_state, save_policy
@@ -99,13 +110,21 @@ def prepare_out(out: Path, meta: dict[str, Any], overwrite: bool) -> bool:
 
 def save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, iteration: int,
                     meta: dict[str, Any]) -> None:
-    """Checkpoint ``policy`` and ``optimizer`` at ``iteration`` into ``out`` (each file atomically)."""
+    """Checkpoint ``policy`` and ``optimizer`` at ``iteration`` into ``out`` (each file
+    atomically, the group with Ctrl-C / SIGTERM held until it is whole)."""
+    with uninterrupted():
+        _save_checkpoint(out, policy, optimizer, iteration, meta)
+
+
+def _save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, iteration: int,
+                     meta: dict[str, Any]) -> None:
     tensors = {f"policy.{k}": v for k, v in policy.state_dict().items()}
     state = optimizer.state_dict()
     for pid, pstate in state["state"].items():
         for name, value in pstate.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    atomic_save_tensors(out / CHECKPOINT, tensors, metadata={"format": CHECKPOINT_FORMAT})
+    atomic_save_tensors(out / CHECKPOINT, tensors, metadata={
+        "format": CHECKPOINT_FORMAT, "iteration": str(iteration), "param_groups": json.dumps(state["param_groups"])})
     atomic_write_json(out / CHECKPOINT_META, {"iteration": iteration, "param_groups": state["param_groups"]},
                       sealed=True)
     # The servable policy is rewritten with every checkpoint (always the last good one), its card with it.
@@ -115,11 +134,14 @@ def save_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
 
 def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimizer, device: str) -> int:
     """Load ``out``'s checkpoint into ``policy`` and ``optimizer``; returns its iteration."""
-    info = read_json(out / CHECKPOINT_META, "checkpoint description", sealed=True)
     fix = (f"delete {out / CHECKPOINT} and {out / CHECKPOINT_META} to restart this policy from "
            "iteration 0 (or pass --overwrite)")
     load_state(policy, out / CHECKPOINT, prefix="policy.", fix=fix)
-    tensors = load_tensors(out / CHECKPOINT, "training checkpoint", fix)
+    tensors, own = load_tensors_and_metadata(out / CHECKPOINT, "training checkpoint", fix)
+    if "iteration" in own:  # the weights' own iteration (checkpoint.json may be one interval older)
+        info = {"iteration": int(own["iteration"]), "param_groups": json.loads(own["param_groups"])}
+    else:  # written before checkpoints described themselves
+        info = read_json(out / CHECKPOINT_META, "checkpoint description", sealed=True)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -130,7 +152,16 @@ def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
 
 
 def checkpoint_iteration(out: Path) -> int:
-    """The iteration of ``out``'s last good checkpoint (0: none yet)."""
+    """The iteration of ``out``'s last good checkpoint (0: none yet): the tensor file's own,
+    which :func:`load_checkpoint` resumes from."""
+    if (out / CHECKPOINT).exists():
+        try:
+            with safe_open(str(out / CHECKPOINT), framework="pt") as fh:
+                own = (fh.metadata() or {}).get("iteration")
+            if own is not None:
+                return int(own)
+        except (SafetensorError, OSError, ValueError):
+            pass  # unreadable: the description's word (resuming says what is wrong)
     path = out / CHECKPOINT_META
     return int(read_json(path, "checkpoint description", sealed=True)["iteration"]) if path.exists() else 0
 
