@@ -22,15 +22,15 @@ from lohp.bench import runner
 from lohp.bench.harness import print_table
 from lohp.bench.runner import Benchmark, TableSpec, benchmark, check_budget, load_plugins
 from lohp.cli.common import (
-    _check_outputs,
-    _device,
-    _run_bench,
-    _write_json,
     app,
     bench_app,
+    check_device,
+    check_outputs,
     console,
     err_console,
     parse_family_options,
+    run_bench,
+    write_result_json,
 )
 from lohp.cli.options import Group, with_options
 from lohp.errors import LohpError
@@ -59,7 +59,7 @@ def run_benchmark(name: str, json_out: Optional[Path], plot: Optional[Path], qui
     """Check the outputs, build ``(quick or default config).replace(**given)``, run it under
     one progress bar, print its tables, write the JSON and the plots."""
     bench = benchmark(name)
-    _check_outputs(json_out, plot, overwrite)
+    check_outputs(json_out, plot, overwrite)
     given = dict(given)
     if budget is not None:  # a budget that is no field of the config: the benchmark's hook
         check_budget(budget)
@@ -67,11 +67,11 @@ def run_benchmark(name: str, json_out: Optional[Path], plot: Optional[Path], qui
     if family_option:
         given[bench.family_setting] = parse_family_options(family_option)
     if "device" in given:
-        _device(given["device"])
+        check_device(given["device"])
     cfg = bench.config(quick, given)
     if bench.check is not None:
         bench.check(cfg)  # before the progress bar
-    result = _run_bench(bench.run, cfg, f"bench {name}", stage_progress=bench.stage_progress)
+    result = run_bench(bench.run, cfg, f"bench {name}", stage_progress=bench.stage_progress)
     show(bench, result, json_out, plot)
     return result
 
@@ -87,7 +87,7 @@ def show(bench: Benchmark, result: dict[str, Any], json_out: Optional[Path], plo
     print_tables(bench.tables(result), title)
     for line in bench.notes(result) if bench.notes is not None else []:
         console.print(line)
-    _write_json(result, json_out)
+    write_result_json(result, json_out)
     if plot is not None and bench.plots is not None:
         for p in bench.plots(result, plot):
             console.print(f"wrote {p}")
@@ -102,8 +102,8 @@ def demo(
 ) -> None:
     """The main job on the built-in digits default: prepare, train lo-hp, generate, compare (table, JSON, page)."""
 
-    cfg = bd.demo_config(work, iterations, _device(device))
-    result = _run_bench(bd.run, cfg, "demo")
+    cfg = bd.demo_config(work, iterations, check_device(device))
+    result = run_bench(bd.run, cfg, "demo")
     show(benchmark("digits"), result, work / DEMO_JSON, work, title="lohp demo: digits heads, held-out tasks")
 
 

@@ -87,13 +87,13 @@ def training_progress(update: Any, prefix: Any, text: Any) -> Any:
     return show
 
 
-def _split_list(value: str) -> list[str]:
+def split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _numbers(value: str, option: str) -> list[float]:
     try:
-        return [float(v) for v in _split_list(value)]
+        return [float(v) for v in split_list(value)]
     except ValueError:
         raise LohpError(f"{option} takes comma-separated numbers, e.g. 1,10 (got {value!r})") from None
 
@@ -112,7 +112,7 @@ def _parse_number(text: str) -> Any:
 def parse_hparams(lr: str | None, hparam: list[str] | None) -> dict[str, dict[str, Any]]:
     """``--lr sgd=0.1,adam=0.01`` and ``--hparam sam.rho=0.1`` -> {opt: {name: value}}."""
     out: dict[str, dict[str, Any]] = {}
-    for item in _split_list(lr or ""):
+    for item in split_list(lr or ""):
         name, sep, value = item.partition("=")
         if not sep:
             raise LohpError(f"--lr takes OPT=VALUE pairs, e.g. sgd=0.1,adam=0.01 (got {item!r})")
@@ -149,7 +149,7 @@ def parse_family_options(items: list[str] | None, option: str = "--family-option
                 return _parse_number(text)
             except LohpError:
                 return text
-        out[key.strip()] = [one(v) for v in _split_list(value)] if "," in value else one(value.strip())
+        out[key.strip()] = [one(v) for v in split_list(value)] if "," in value else one(value.strip())
     return out
 
 
@@ -159,7 +159,7 @@ data_app = typer.Typer(help="The scenarios' data packages: what is installed, an
 app.add_typer(data_app, name="data")
 
 
-def _device(name: str) -> str:
+def check_device(name: str) -> str:
     try:
         torch.empty(0, device=name)
     except (RuntimeError, ValueError, AssertionError) as exc:  # a CPU-only torch asserts on "cuda"
@@ -169,7 +169,7 @@ def _device(name: str) -> str:
 
 
 
-def _check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = False) -> None:
+def check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = False) -> None:
     """Fail on an unwritable --json/--plot, or a --json file or the report page beside it
     that exists (unless ``overwrite``), before a long benchmark runs, not after."""
 
@@ -190,7 +190,7 @@ def _check_outputs(json_out: Path | None, plot: Path | None, overwrite: bool = F
         ensure_writable_dir(plot if (plot.is_dir() or plot.suffix == "") else plot.parent)
 
 
-def _write_json(result: dict[str, Any], json_out: Path | None) -> None:
+def write_result_json(result: dict[str, Any], json_out: Path | None) -> None:
     """The result (with where it comes from: command, machine, threads, date) as JSON, and
     its report page beside it (``lohp report``'s, e.g. ``digits.json`` -> ``digits.html``)."""
     if json_out is not None:
@@ -201,7 +201,7 @@ def _write_json(result: dict[str, Any], json_out: Path | None) -> None:
         console.print(f"wrote {write_result_page(result, json_out)} (open it in a browser)")
 
 
-def _run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
+def run_bench(run: Any, cfg: Any, label: str, stage_progress: bool = False) -> dict[str, Any]:
     """``run(cfg, note, show)`` under one progress bar: stage text plus training progress
     (``stage_progress``: ``run(cfg, note, show, update)``, the bar itself for Stage I)."""
     with progress_bar(label) as update:

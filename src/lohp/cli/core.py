@@ -13,15 +13,15 @@ from lohp.bench import evaluate as be
 from lohp.bench.harness import print_table
 from lohp.bench.runner import SCENARIO_COLUMNS
 from lohp.cli.common import (
-    _check_outputs,
-    _device,
-    _split_list,
-    _write_json,
     app,
+    check_device,
+    check_outputs,
     console,
     parse_family_options,
     parse_hparams,
     progress_bar,
+    split_list,
+    write_result_json,
 )
 from lohp.cli.options import Group, check_seed, with_options
 from lohp.errors import LohpError
@@ -68,7 +68,7 @@ def prepare(
                                        "hparams": parse_hparams(lr, hparam)}).store_config()
     executor = "ray" if (ray or ray_address) else "local"
     # prepare() checks everything (Ray, the output, every task's data) before it opens the bar
-    store = run_prepare(out, config, device=_device(device), overwrite=overwrite, executor=executor,
+    store = run_prepare(out, config, device=check_device(device), overwrite=overwrite, executor=executor,
                         ray_address=ray_address, ray_workers=ray_workers,
                         progress_context=lambda: progress_bar("preparing"), yes=yes)
     console.print(f"stored {len(store)} trajectories in {out}; see them with: lohp inspect {out}")
@@ -157,11 +157,11 @@ def generate(
         raise LohpError(f"--refine takes a number of gradient steps >= 1 (got {refine}); drop it to skip refining")
     for flag, value in (("--task-seed", task_seed), ("--seed", seed), ("--sample-seed", sample_seed)):
         check_seed(value, flag)
-    gen = Generator.load(policy, _device(device), backend=backend)
+    gen = Generator.load(policy, check_device(device), backend=backend)
     if refine is not None:
         gen.refine_hparams(refine_optimizer, refine_lr)  # an unknown optimizer or bad lr fails before any work
     target = target_for(gen.policy.structure.kind)  # how --out is written (a file, a PEFT adapter, ...)
-    overrides = {k: v for k, v in (("rank", rank), ("targets", _split_list(targets) if targets else None))
+    overrides = {k: v for k, v in (("rank", rank), ("targets", split_list(targets) if targets else None))
                  if v is not None}
     if set(overrides) - set(target.family_options):
         raise LohpError("--rank and --targets apply to LoRA policies only; drop them for this policy")
@@ -208,16 +208,16 @@ def evaluate(
 
     The options are EvaluateConfig's fields (defaults there)."""
 
-    _check_outputs(json_out, plot, overwrite)
+    check_outputs(json_out, plot, overwrite)
     options = parse_family_options(family_option)
-    _device(settings["device"])
+    check_device(settings["device"])
     be.EvaluateConfig.from_dict(settings)  # bad settings fail before the progress bar
     with progress_bar("evaluate") as update:
         result = be.evaluate(policy, family_options=options, note=lambda text: update(0, 0, text), yes=yes,
                              **settings)
     print_table(result["rows"], f"{policy} on {result['heldout_tasks']} held-out {result['family']} tasks",
                 SCENARIO_COLUMNS, console)
-    _write_json(result, json_out)
+    write_result_json(result, json_out)
     if json_out is not None and json_out.resolve().parent == policy.resolve():
         card = refresh_card(policy)  # a result saved into the policy folder joins its model card
         if card is not None:

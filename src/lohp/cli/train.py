@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -15,8 +15,8 @@ import typer
 
 from lohp import provenance
 from lohp.cli.common import (
-    _device,
     app,
+    check_device,
     console,
     parse_family_options,
     parse_settings,
@@ -80,7 +80,7 @@ def train_cmd(
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # other ranks of a data-parallel run train silently; rank 0 reports
         run_train(store, out, method, k, loss_options,
-                  policy_options, train_options, device=_device(device), overwrite=overwrite,
+                  policy_options, train_options, device=check_device(device), overwrite=overwrite,
                   family_options=parse_family_options(family_option))
         return
 
@@ -99,7 +99,7 @@ def train_cmd(
             yield training_progress(update, lambda: method, text)
 
     res = run_train(store, out, method, k, loss_options,
-                    policy_options, train_options, device=_device(device), overwrite=overwrite,
+                    policy_options, train_options, device=check_device(device), overwrite=overwrite,
                     family_options=parse_family_options(family_option), progress_context=bar,
                     tensorboard=tensorboard)
     summary = ", ".join(f"{key} {res[key]:.4g}" for key in ("loss", "cos_real", "heldout_accuracy") if key in res)
