@@ -4,7 +4,7 @@
 
 Runs the registered benchmark NAME with the variants of its --budget hook whose method is
 in METHODS, the config fields in the JSON argument, one torch thread (so two runs can share
-two cores), and writes OUT/NAME.json and OUT/plots/ (the README's tables came from it).
+two cores), and writes OUT/NAME.json and OUT/plots/ (the tables of docs/benchmarks.md came from it).
 """
 import json
 import sys

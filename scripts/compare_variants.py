@@ -7,7 +7,7 @@ transfer, fewshotS (S-shot 5-way episodes) or fewshotS-tT (source episodes train
 images per class: the family option target_shots);
 VARIANTS are METHOD[:TAG], a TAG's loss / policy / train options in the JSON argument
 (plus "k" per tag, "grad": true for Adam rows, "seeds": N). Work goes to runs/exp/SCENARIO (resumable).
-README, "What we tried", was measured with this script.
+docs/method.md, section 'Variants of the shipped loss', was measured with this script.
 """
 import json, sys
 from pathlib import Path

@@ -169,7 +169,7 @@ def test_method_presets_pick_their_formulation():
 def test_lo_hp_learns_a_whole_mlp_well_above_chance(tmp_path):
     """A tiny whole-MLP store (digits pixels 64 -> 16 -> 3): lo-hp's generated networks
     classify held-out tasks clearly above chance (1/3). The earlier hybrid stayed at chance on
-    whole networks (README, issue 4's domain table)."""
+    whole networks (docs/benchmarks.md, the domain table)."""
     from lohp.generation import Generator
     from lohp.training import train
     from lohp.trajectories import make_config, prepare

@@ -25,7 +25,7 @@ TARGETS = ("optimizee", "meta", "both")
 # Default regularizer settings (digits linear head, mean cross entropy, d = 325), picked
 # from a small sweep (one meta-training seed each, 400 meta-updates): optimizee-level
 # Hessian weights 0.01 / 0.05 and local entropy (gamma, T) = (1, 1e-3) / (10, 0.05) all
-# lowered the final weights' Hessian trace; none raised held-out accuracy (see README).
+# lowered the final weights' Hessian trace; none raised held-out accuracy (docs/benchmarks.md).
 HESSIAN = {"optimizee": "hessian:weight=0.01,probes=1", "meta": "hessian:weight=0.01,probes=1"}
 ENTROPY = {"optimizee": "entropy:weight=1,gamma=1,temperature=0.001,steps=10,lr=0.05,every=2",
            "meta": "entropy:weight=1,gamma=100,temperature=1e-5,steps=3,lr=0.001"}

@@ -9,7 +9,7 @@ scored from a visited state s_j (on-policy) or from the real state theta_{kj}
     L = (1 - beta) E_on ||(theta_{k(j+1)} - s_j - mu(sg(s_j), j, c)) / step_j||^2
       +      beta  E_off ||(theta_{k(j+1)} - theta_{kj} - mu(theta_{kj}, j, c)) / step_j||^2
 
-Why this is sub-trajectory balance (README, "The method as shipped"): for a one-step
+Why this is sub-trajectory balance (docs/method.md, section 'Why it is a sub-trajectory balance'): for a one-step
 segment with a reparameterised next state s' = s + mu + sigma_F eps, a fixed
 P_B(s | s') = N(s', sigma_B^2) and log F(s_j) = log Z_j + log R_{kj}(s_j), the residual is
 
