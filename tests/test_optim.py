@@ -374,3 +374,37 @@ def test_make_optimizer_errors():
         make_optimizer("sam", rho=0)
     assert make_optimizer("sgd").grads_per_step == 1
     assert make_optimizer("adamw", lr=0.3).hparams["lr"] == 0.3
+
+
+# ----------------------------------------------------------------------------- registration
+def test_a_registered_optimizer_drives_stage_one_by_name(tmp_path):
+    """An optimizer added by registration (no list in lohp edited) is built by name, takes
+    its own hyper-parameters, and a store trained with it follows sign descent exactly."""
+    from lohp.optim import GradientTransformation, optimizer_names, register_optimizer
+    from lohp.optim.optimizer import _REGISTRY
+    from lohp.trajectories import TrajectoryStore, make_config, prepare
+
+    def sign_descent(hp):
+        return GradientTransformation(lambda params: {}, lambda g, state, params: (-hp["lr"] * g.sign(), state))
+
+    register_optimizer("test-sign", {"lr": 0.01}, sign_descent)
+    try:
+        with pytest.raises(LohpError, match="already registered"):
+            register_optimizer("test-sign", {"lr": 0.01}, sign_descent)
+        assert "test-sign" in optimizer_names() and "test-sign" not in OPTIMIZERS
+        opt = make_optimizer("test-sign", lr=0.5)
+        params = torch.tensor([[1.0, -2.0, 3.0]])
+        new, _, _ = opt.step(params, opt.init(params), lambda p: (p.pow(2).sum(-1), 2 * p))  # grad = 2p
+        assert torch.equal(new, params - 0.5 * torch.sign(params))
+        with pytest.raises(LohpError, match="no hyper-parameter"):
+            make_optimizer("test-sign", momentum=0.9)
+
+        store = prepare(tmp_path / "s", make_config(family_config={"n_way": 3}, optimizers=("test-sign",), tasks=2,
+                                                    steps=4, batch_size=8, seed=0, hparams={"test-sign": {"lr": 0.05}}))
+        theta = TrajectoryStore.open(tmp_path / "s").theta(0)  # [records, d]
+        steps = (theta[1:] - theta[:-1]).abs()
+        assert torch.allclose(steps[steps > 0], torch.full_like(steps[steps > 0], 0.05))  # every coordinate moves by lr
+    finally:
+        _REGISTRY.pop("test-sign", None)
+        from lohp.optim import DEFAULTS
+        DEFAULTS.pop("test-sign", None)

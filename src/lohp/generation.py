@@ -25,7 +25,7 @@ from torch import nn
 from lohp.errors import LohpError
 from lohp.io import WEIGHTS_FORMAT, atomic_save_tensors, check_finite, ensure_writable_dir, load_tensors
 from lohp.layout import ParamLayout
-from lohp.optim import DEFAULTS, OPTIMIZERS, make_optimizer
+from lohp.optim import DEFAULTS, make_optimizer, optimizer_names
 from lohp.optim.runs import train_runs
 from lohp.policy import LohpPolicy
 from lohp.policy.io import load_policy
@@ -239,8 +239,8 @@ class Generator:
         """The refine optimizer's settings: those Stage I used for it on this policy's store
         (recorded in the policy), else the family's defaults, else lohp's; ``lr`` wins."""
 
-        if optimizer not in OPTIMIZERS:
-            raise LohpError(f"unknown refine optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if optimizer not in optimizer_names():
+            raise LohpError(f"unknown refine optimizer {optimizer!r}; choose from {', '.join(optimizer_names())}")
         hp = dict(DEFAULTS[optimizer])
         recorded = self.meta.get("store_hparams") or {}
         if optimizer in recorded:

@@ -54,34 +54,73 @@ def sam_gradient(params: torch.Tensor, grads: torch.Tensor, loss_and_grad: LossA
     return grads_adv
 
 
-# Defaults chosen for small heads and MLPs on standardised features: every value can be
-# overridden (CLI: --lr / --hparams); chosen so digits heads converge within 32 steps.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0},
-    "adam": {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-    "sam": {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0, "rho": 0.05},
-    "sam-adam": {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
-                 "rho": 0.05},
-}
-OPTIMIZERS = tuple(DEFAULTS)
+@dataclass(frozen=True)
+class NamedOptimizer:
+    """A registered optimizer: its default hyper-parameters (every key a user may set) and
+    ``build(hparams) -> GradientTransformation``; ``sam``: SAM's two-gradient step with
+    ``hparams["rho"]``."""
+
+    name: str
+    defaults: dict[str, Any]
+    build: Callable[[dict[str, Any]], GradientTransformation]
+    sam: bool = False
+
+
+_REGISTRY: dict[str, NamedOptimizer] = {}
+# name -> default hyper-parameters of every registered optimizer (a live view of the registry)
+DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def register_optimizer(name: str, defaults: dict[str, Any], build: Callable[[dict[str, Any]], GradientTransformation],
+                       sam: bool = False, overwrite: bool = False) -> NamedOptimizer:
+    """Make ``name`` usable wherever lohp builds an optimizer by name (``lohp prepare
+    --optimizers``, ``generate --refine-optimizer``, ``make_optimizer``); a taken name is
+    refused unless ``overwrite``."""
+    if name in _REGISTRY and not overwrite:
+        raise LohpError(f"an optimizer named {name!r} is already registered; pick another name")
+    if sam and "rho" not in defaults:
+        raise LohpError(f"optimizer {name!r}: a SAM optimizer needs a default 'rho'")
+    entry = NamedOptimizer(name, dict(defaults), build, sam)
+    _REGISTRY[name] = entry
+    DEFAULTS[name] = entry.defaults
+    return entry
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """Every registered optimizer (the built-in ones first)."""
+    return tuple(_REGISTRY)
 
 
 def make_optimizer(name: str, **overrides: Any) -> Optimizer:
     """Build an optimizer by name with defaults, e.g. ``make_optimizer("adam", lr=1e-2)``."""
-    if name not in DEFAULTS:
-        raise LohpError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    unknown = set(overrides) - set(DEFAULTS[name])
+    if name not in _REGISTRY:
+        raise LohpError(f"unknown optimizer {name!r}; choose from {', '.join(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    unknown = set(overrides) - set(entry.defaults)
     if unknown:
         raise LohpError(f"optimizer {name!r} has no hyper-parameter {', '.join(sorted(unknown))}; "
-                        f"it takes {', '.join(DEFAULTS[name])}")
-    hp = {**DEFAULTS[name], **overrides}
+                        f"it takes {', '.join(entry.defaults)}")
+    hp = {**entry.defaults, **overrides}
     for key in ("lr", "rho"):
         if key in hp and not float(hp[key]) > 0:
             raise LohpError(f"{name}: {key} must be > 0 (got {hp[key]})")
-    if name in ("sgd", "sam"):
-        t = sgd(hp["lr"], hp["momentum"], weight_decay=hp["weight_decay"])
-    else:
-        t = adam(hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"],
-                 decoupled=(name == "adamw"))
-    return Optimizer(name, hp, t, sam_rho=hp.get("rho"))
+    return Optimizer(name, hp, entry.build(hp), sam_rho=hp["rho"] if entry.sam else None)
+
+
+def _sgd(hp: dict[str, Any]) -> GradientTransformation:
+    return sgd(hp["lr"], hp["momentum"], weight_decay=hp["weight_decay"])
+
+
+def _adam(decoupled: bool) -> Callable[[dict[str, Any]], GradientTransformation]:
+    return lambda hp: adam(hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"], decoupled=decoupled)
+
+
+# Defaults chosen for small heads and MLPs on standardised features: every value can be
+# overridden (CLI: --lr / --hparams); chosen so digits heads converge within 32 steps.
+_ADAM = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+register_optimizer("sgd", {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0}, _sgd)
+register_optimizer("adam", {**_ADAM, "weight_decay": 0.0}, _adam(False))
+register_optimizer("adamw", {**_ADAM, "weight_decay": 0.01}, _adam(True))
+register_optimizer("sam", {"lr": 0.2, "momentum": 0.9, "weight_decay": 0.0, "rho": 0.05}, _sgd, sam=True)
+register_optimizer("sam-adam", {**_ADAM, "weight_decay": 0.0, "rho": 0.05}, _adam(False), sam=True)
+OPTIMIZERS = optimizer_names()  # the built-in optimizers; optimizer_names() is the live list
