@@ -43,6 +43,8 @@ def test_train_set_reaches_any_setting_and_refuses_unknown_ones(small_store_path
 
     code, out, err = cli("train", "--store", small_store_path, "--out", tmp_path / "p", "--iterations", "2",
                          "--batch-size", "2", "--channels", "8", "--token-size", "8", "--depth", "1",
+                         # lam is an option of the SubTB methods (lo-hp refuses it: it never read it)
+                         "--method", "lo-hp-v1",
                          "--set", "emb_dim=16", "--set", "clip=0.5", "--set", "lam=0.7")
     assert code == 0, err
     meta = json.loads((tmp_path / "p" / "policy.json").read_text())

@@ -190,7 +190,8 @@ def test_lo_hp_learns_a_whole_mlp_well_above_chance(tmp_path):
 # --------------------------------------------------------------------------- bad input
 def test_a_policy_of_an_unknown_method_or_option_is_refused_in_one_line(tmp_path):
     from lohp.io import atomic_write_json
-    from lohp.policy.io import META, load_policy
+    from lohp.policy.io import META
+    from lohp.policy_folder import load_policy
     from lohp.training import train
     from lohp.trajectories import make_config, prepare
 

@@ -28,7 +28,7 @@ from lohp.layout import ParamLayout
 from lohp.optim import DEFAULTS, make_optimizer, optimizer_names
 from lohp.optim.runs import train_runs
 from lohp.policy import LohpPolicy
-from lohp.policy.io import load_policy
+from lohp.policy_folder import load_policy
 from lohp.policy.structure import retarget
 from lohp.tasks import Task, TaskFamily, make_family
 

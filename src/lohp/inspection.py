@@ -45,7 +45,8 @@ from lohp.io import (
     sha256_file,
 )
 from lohp.layout import ParamLayout
-from lohp.policy.io import META, WEIGHTS, build_policy
+from lohp.policy.io import META, WEIGHTS
+from lohp.policy_folder import build_policy
 from lohp.training.card import code, is_evaluation, model_card
 from lohp.training.checkpoints import CHECKPOINT, CHECKPOINT_META
 

@@ -26,19 +26,23 @@ from lohp.cli.common import (
 from lohp.cli.options import Group, with_options
 from lohp.config import parse_setting
 from lohp.errors import LohpError
-from lohp.losses import LossConfig
+from lohp.losses import FlatOptions, LossConfig
 from lohp.policy import PolicyConfig
 from lohp.training import TrainConfig
 from lohp.training import train as run_train
 
 # --------------------------------------------------------------------------- train
-_LOSS_PRESET = tuple(f.name for f in fields(LossConfig) if f.name not in ("method", "k"))
+# The loss options are every built-in method's (FlatOptions); each is passed only when given,
+# so the method's preset applies, and a method refuses an option it does not have. The
+# policy's backward kind (--backward) likewise defaults to the method's policy preset.
+_PRESET_HELP = "(default: the method's preset, else {default})"
 
 
 @app.command("train")
-@with_options(Group("loss_options", LossConfig, unset=_LOSS_PRESET, unset_help="(default: the method's preset, "
-                                                                               "else {default})"),
-              Group("policy_options", PolicyConfig), Group("train_options", TrainConfig))
+@with_options(Group("loss_options", LossConfig), Group("method_options", FlatOptions, unset=True,
+                                                       unset_help=_PRESET_HELP),
+              Group("policy_options", PolicyConfig), Group("train_options", TrainConfig),
+              Group("policy_preset", PolicyConfig, include=("backward",), unset=True, unset_help=_PRESET_HELP))
 def train_cmd(
     store: Path = typer.Option(..., help="Trajectory store written by lohp prepare."),
     out: Path = typer.Option(..., help="Policy folder (created; re-run the same command to resume)."),
@@ -54,18 +58,22 @@ def train_cmd(
                                                           "accuracy, iterations per second) as TensorBoard scalars "
                                                           "into this folder; needs pip install -e '.[tensorboard]'."),
     loss_options: dict = None, policy_options: dict = None, train_options: dict = None,  # type: ignore[assignment]
+    method_options: dict = None, policy_preset: dict = None,  # type: ignore[assignment]
 ) -> None:
     """Stage II: train a policy on a trajectory store (resumable; data-parallel with --nproc).
 
-    The loss, policy and training options are those of LossConfig, PolicyConfig and
-    TrainConfig (defaults there). Data-parallel: --nproc N, or torchrun --nproc-per-node N
-    -m lohp train ... (multi-node: torchrun's --nnodes / --rdzv-endpoint)."""
+    The loss, policy and training options are those of LossConfig and the method's options
+    class (lohp.losses), PolicyConfig and TrainConfig (defaults there). Data-parallel:
+    --nproc N, or torchrun --nproc-per-node N -m lohp train ... (multi-node: torchrun's
+    --nnodes / --rdzv-endpoint)."""
 
+    loss_options.update(method_options)
+    policy_options.update(policy_preset)
     for item in set_ or []:  # --set reaches every config field by name
         key, value = next(iter(parse_settings([item]).items()))
         target = _config_of(key)
         # the value takes its type from the field (a str is kept as typed; a bad number is one line)
-        typed = parse_setting(_CONFIGS[target], key, item.partition("=")[2])
+        typed = parse_setting(LossConfig if key == "k" else _CONFIGS[target], key, item.partition("=")[2])
         if typed is not dataclasses.MISSING:
             value = typed
         {"loss": loss_options, "policy": policy_options, "training": train_options}[target][key] = value
@@ -134,19 +142,16 @@ def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
         raise typer.Exit(rc)
 
 
-
-
-
-_CONFIGS = {"loss": LossConfig, "policy": PolicyConfig, "training": TrainConfig}
+_CONFIGS = {"loss": FlatOptions, "policy": PolicyConfig, "training": TrainConfig}
 
 
 def _config_of(key: str) -> str:
     """Which settings dataclass has the field ``key`` (one line naming them all if none)."""
 
-
-    # the loss first: `backward` is the loss's setting (the trainer copies it into the policy's)
-    owners = [cls.what for cls in (LossConfig, PolicyConfig, TrainConfig) if key in {f.name for f in fields(cls)}]
+    owners = [what for what, cls in _CONFIGS.items() if key in {f.name for f in fields(cls)}]
+    if key == "k":
+        owners = ["loss"]
     if not owners or key == "method":
-        known = sorted({f.name for cls in (PolicyConfig, TrainConfig, LossConfig) for f in fields(cls)} - {"method"})
+        known = sorted({f.name for cls in _CONFIGS.values() for f in fields(cls)} | {"k"})
         raise LohpError(f"--set {key}: no such setting; settings: {', '.join(known)}")
     return owners[0]

@@ -1,8 +1,11 @@
 """Losses by method name: ``make_loss(loss_config("lo-hp", k=2, beta=0.5))``.
 
-Methods are registered (:func:`register_method`): a new method is one loss class plus one
-``register_method(Method(name, loss, preset))``; the CLI, the trainer, saved policies and
-the training log (its columns are the diagnostics the loss declares) pick it up by name.
+Each loss owns its options (a :class:`LossOptions` dataclass beside the loss class) and is
+registered with them: a new method is one loss class, its options class (if it has
+options) and one ``register_method(Method(name, loss, preset, options=MyOptions))``; the
+CLI, the trainer, saved policies and the training log (its columns are the diagnostics the
+loss declares) pick it up by name. :class:`LossConfig` is the method, k and the method's
+options (registry.py); the methods and what they are: the table in registry.py.
 """
 
 from __future__ import annotations
@@ -11,38 +14,25 @@ from typing import Callable
 
 import torch
 
-from lohp.losses.base import (
+from lohp.losses.base import Batch, FlatnessOptions, LossOptions
+from lohp.losses.hybrid import HybridSubTB, SubTBOptions
+from lohp.losses.lodi import LocalRegression, RegressionOptions
+from lohp.losses.onestep import OneStepOptions, OnPolicyStates
+from lohp.losses.registry import (
     METHODS,
     PRESETS,
-    Batch,
+    FlatOptions,
     LossConfig,
     Method,
     get_method,
     loss_config,
+    make_loss,
     method_names,
     register_method,
 )
-from lohp.losses.hybrid import HybridSubTB
-from lohp.losses.lodi import LocalRegression
-from lohp.losses.onestep import OnPolicyStates
 from lohp.losses.subtb import subtb_loss, subtb_residuals, subtb_weights
 
 Loss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-
-
-def _on_policy(config: LossConfig) -> Loss:
-    """lo-hp / lo-op / lo-hp-v1 / lo-hp-literal: the formulation picks the loss class."""
-    return HybridSubTB(config) if config.formulation == "subtb" else OnPolicyStates(config)
-
-
-for _name, _preset in PRESETS.items():
-    _regression = _name in ("lo-di", "lo-di-noise", "hypernetwork")
-    register_method(Method(_name, LocalRegression if _regression else _on_policy, dict(_preset),
-                           whole_trajectory=_name == "hypernetwork", regression=_regression))
-
-
-def make_loss(config: LossConfig) -> Loss:
-    return get_method(config.method).loss(config)
 
 
 def loss_diagnostics(loss: Loss) -> tuple[str, ...]:
@@ -50,6 +40,7 @@ def loss_diagnostics(loss: Loss) -> tuple[str, ...]:
     return tuple(getattr(loss, "diagnostics", ()))
 
 
-__all__ = ["METHODS", "PRESETS", "Batch", "HybridSubTB", "LocalRegression", "Method", "OnPolicyStates", "LossConfig",
-           "get_method", "loss_config", "loss_diagnostics", "make_loss", "method_names", "register_method",
-           "subtb_loss", "subtb_residuals", "subtb_weights"]
+__all__ = ["METHODS", "PRESETS", "Batch", "FlatOptions", "FlatnessOptions", "HybridSubTB", "LocalRegression",
+           "LossConfig", "LossOptions", "Method", "OnPolicyStates", "OneStepOptions", "RegressionOptions",
+           "SubTBOptions", "get_method", "loss_config", "loss_diagnostics", "make_loss", "method_names",
+           "register_method", "subtb_loss", "subtb_residuals", "subtb_weights"]

@@ -20,22 +20,82 @@ at matched points, learned log Z).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
+from lohp.config import setting
+from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace
-from lohp.losses.base import Batch, LossConfig
+from lohp.losses.base import _FLATNESS_SCOPE, Batch, FlatnessOptions, check_beta, check_choice
 from lohp.losses.subtb import subtb_loss, subtb_residuals, subtb_weights
 from lohp.policy import LohpPolicy
+
+ROLLOUTS = ("reparam", "detached")
+LOG_Z = ("mean-residual", "learned")
+OFF_POLICY = ("ml", "subtb")
+_TAKE = "lo-hp-v1, lo-hp-literal (the SubTB formulation) take it"
+
+
+@dataclass
+class SubTBOptions(FlatnessOptions):
+    """The options of :class:`HybridSubTB` (lo-hp-v1, lo-hp-literal: the "subtb" formulation)."""
+
+    formulation = "subtb"
+    scope = {**FlatnessOptions.scope, **{name: _TAKE for name in (
+        "lam", "rollouts", "on_policy_tasks", "rollout", "log_z", "off_policy", "normalize", "reward_width")}}
+
+    beta: float = setting(0.5, "Weight of the off-policy term.")
+    lam: float = setting(0.9, "SubTB(lambda) segment weight.")
+    rollouts: int = setting(4, "On-policy rollouts per task (K).")
+    on_policy_tasks: int | None = setting(8, "Roll out only the first n tasks of a batch (cost); none = all.")
+    rollout: str = setting("reparam", "On-policy rollouts: reparam or detached.")
+    log_z: str = setting("mean-residual", "log Z: mean-residual or learned.")
+    off_policy: str = setting("ml", "Off-policy term: ml (maximum likelihood) or subtb.")
+    normalize: bool = setting(True, "Divide each loss term by its detached value before mixing.")
+    reward_width: float | None = setting(None, "Per-coordinate reward width, in units of the step scale "
+                                               "(default: sigma_f).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_beta(self.beta)
+        check_subtb(self)
+        check_subtb_mix(self)
+
+
+def check_subtb(o: Any) -> None:
+    """The SubTB options' own rules (also those of a flat option set in the subtb formulation)."""
+    if not 0 < o.lam:
+        raise LohpError(f"lambda must be > 0 (got {o.lam})")
+    if o.rollouts < 1:
+        raise LohpError("rollouts must be >= 1")
+    for name, value, allowed in (("rollout", o.rollout, ROLLOUTS), ("log_z", o.log_z, LOG_Z),
+                                 ("off_policy", o.off_policy, OFF_POLICY)):
+        check_choice(name, value, allowed)
+
+
+def check_subtb_mix(o: Any) -> None:
+    """Rules across the SubTB options: the regularizer needs rollouts (beta < 1), the
+    mean-residual log Z needs two rollouts a task."""
+    if o.flatness_weight > 0 and o.beta >= 1:
+        raise LohpError(_FLATNESS_SCOPE)
+    if o.log_z == "mean-residual" and o.rollouts < 2 and o.beta < 1:
+        raise LohpError("log_z=mean-residual needs rollouts >= 2 (the mean is over a task's rollouts)")
 
 
 class HybridSubTB:
     diagnostics = ("loss_on", "loss_off", "hessian_trace")  # the names beside the loss value (the training log's columns)
 
-    def __init__(self, config: LossConfig):
+    def __init__(self, config: Any):
+        """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
+        self.options: SubTBOptions = config if isinstance(config, SubTBOptions) else config.options
+        if not isinstance(self.options, SubTBOptions):
+            raise LohpError(f"HybridSubTB takes SubTBOptions (got {type(self.options).__name__})")
 
     def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.config
+        cfg = self.options
         diag: dict[str, float] = {}
         terms = []
         final = None
@@ -63,20 +123,20 @@ class HybridSubTB:
 
         if batch.task_loss is None:
             raise ValueError("the flatness regularizer needs Batch.task_loss")
-        return hutchinson_trace(batch.task_loss(rows), s_final, self.config.flatness_probes,
+        return hutchinson_trace(batch.task_loss(rows), s_final, self.options.flatness_probes,
                                 batch.generator).mean()
 
     # ------------------------------------------------------------------ pieces
     def log_reward(self, policy: LohpPolicy, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``states/targets [B, N+1, d]`` -> log R ``[B, N+1]``."""
         n = states.shape[1] - 1
-        width_rel = self.config.reward_width if self.config.reward_width is not None else policy.configured_sigma_f
+        width_rel = self.options.reward_width if self.options.reward_width is not None else policy.configured_sigma_f
         j = torch.arange(n + 1, device=states.device).clamp(max=n - 1)
         width = width_rel * policy.step_scale[j]
         return -(states - targets).square().sum(-1) / (2 * width.square())
 
     def on_policy(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
-        cfg = self.config
+        cfg = self.options
         off, n_roll, cond = batch.offline, cfg.rollouts, batch.cond  # rollouts per task (not the compression k)
         if cfg.on_policy_tasks is not None:  # rollouts cost N sequential passes: cap the tasks
             off, cond = off[:cfg.on_policy_tasks], cond[:cfg.on_policy_tasks]
@@ -123,7 +183,7 @@ class HybridSubTB:
         b, n1, d = off.shape
         n = n1 - 1
         learned_b = policy.learned_backward
-        if self.config.off_policy == "ml":
+        if self.options.off_policy == "ml":
             states = off[:, :-1].reshape(b * n, d)
             nxt = off[:, 1:].reshape(b * n, d)
             jj = torch.arange(n, device=off.device).repeat(b)
@@ -146,5 +206,5 @@ class HybridSubTB:
                                off[:, :1].expand(b, n, d).reshape(-1, d)).reshape(b, n)
         log_f = policy.log_z().expand(b, n1)  # log R = 0 at the matched checkpoints
         delta = subtb_residuals(log_f, log_pf, log_pb)
-        term = subtb_loss(delta, subtb_weights(n1, self.config.lam, off.device)).mean()
+        term = subtb_loss(delta, subtb_weights(n1, self.options.lam, off.device)).mean()
         return term, term

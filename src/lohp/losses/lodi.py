@@ -9,17 +9,35 @@ same regression with k = T: one step from theta_0 straight to theta_T.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from lohp.losses.base import Batch, LossConfig
+from lohp.config import setting
+from lohp.errors import LohpError
+from lohp.losses.base import Batch, LossOptions
 from lohp.policy import LohpPolicy
+
+
+@dataclass
+class RegressionOptions(LossOptions):
+    """The options of :class:`LocalRegression` (lo-di, lo-di-noise, hypernetwork)."""
+
+    scope = {"input_noise": "lo-di, lo-di-noise, hypernetwork (the regressions) take it"}
+
+    input_noise: float = setting(0.0, "lo-di-noise: input noise std, in units of the theta_0 RMS.")
 
 
 class LocalRegression:
     diagnostics = ("loss_reg",)  # the names beside the loss value (the training log's columns)
 
-    def __init__(self, config: LossConfig):
+    def __init__(self, config: Any):
+        """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
+        self.options: RegressionOptions = config if isinstance(config, RegressionOptions) else config.options
+        if not isinstance(self.options, RegressionOptions):
+            raise LohpError(f"LocalRegression takes RegressionOptions (got {type(self.options).__name__})")
 
     def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         off = batch.offline
@@ -27,9 +45,9 @@ class LocalRegression:
         n = n1 - 1
         states = off[:, :-1].reshape(b * n, d)
         nxt = off[:, 1:].reshape(b * n, d)
-        if self.config.input_noise > 0:
+        if self.options.input_noise > 0:
             noise = torch.randn(states.shape, generator=batch.generator, device=states.device)
-            states = states + self.config.input_noise * policy.init_scale * noise
+            states = states + self.options.input_noise * policy.init_scale * noise
         jj = torch.arange(n, device=off.device).repeat(b)
         mu, _ = policy.heads(states, jj, batch.cond.repeat_interleave(n, 0))
         err = (nxt - states - mu) / policy.step_scale[jj][:, None]

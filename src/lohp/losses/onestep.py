@@ -32,25 +32,77 @@ own rollouts reach (drift, far-away starts), which is where pure regression fail
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace, local_entropy_loss
-from lohp.losses.base import Batch, LossConfig
+from lohp.losses.base import Batch, FlatnessOptions, check_beta
 from lohp.policy import LohpPolicy
+
+_ENTROPY_SCOPE = ("the flatness regularizers act on weights the policy generates, and the local-entropy one is "
+                  "wired into the states formulation (lo-hp, lo-op); lo-hp-v1 / lo-hp-literal take flatness_weight "
+                  "(Hessian trace)")
+
+
+@dataclass
+class OneStepOptions(FlatnessOptions):
+    """The options of :class:`OnPolicyStates` (lo-hp, lo-op: the "states" formulation)."""
+
+    formulation = "states"
+    scope = {**FlatnessOptions.scope, **{name: _ENTROPY_SCOPE for name in (
+        "entropy_weight", "entropy_gamma", "entropy_temperature", "entropy_steps", "entropy_lr")},
+        "start_widths": "lo-hp, lo-op (the states formulation) take it",
+        "rollout_noise": "lo-hp, lo-op (the states formulation) take it"}
+
+    beta: float = setting(0.5, "Weight of the off-policy term.")
+    # the rollouts' starts are theta_0 x a width drawn from these, so the policy also learns
+    # to correct from far-away starts; rollout_noise adds sigma_F noise.
+    start_widths: list[float] = setting(factory=lambda: [1.0], help="Rollouts start at theta_0 x one of these "
+                                                                   "widths, e.g. 1,10 (states formulation).")
+    rollout_noise: bool = setting(True, "Add sigma_F noise to the visiting rollouts (states formulation).")
+    # L2O-Entropy local entropy, at the one-step predictions s_j + mu(sg(s_j)) on the surrogate
+    # loss of the condition's weighted points (as the Hessian trace of FlatnessOptions).
+    entropy_weight: float = setting(0.0, "Local-entropy regularizer weight (Entropy-SGD; states formulation: at the "
+                                         "one-step predictions, on the condition's surrogate loss).")
+    entropy_gamma: float = setting(100.0, "Local-entropy scope gamma (larger = a narrower neighbourhood).")
+    entropy_temperature: float = setting(1e-4, "Local-entropy temperature.")
+    entropy_steps: int = setting(10, "Langevin steps of the local-entropy estimate.")
+    entropy_lr: float = setting(1e-3, "Langevin step size of the local-entropy estimate.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_beta(self.beta)
+        check_entropy(self)
+        self.start_widths = [float(w) for w in self.start_widths]
+        if not self.start_widths or min(self.start_widths) <= 0:
+            raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
+
+
+def check_entropy(o: Any) -> None:
+    if o.entropy_weight < 0 or min(o.entropy_gamma, o.entropy_temperature, o.entropy_lr) <= 0 or o.entropy_steps < 1:
+        raise LohpError("entropy_weight must be >= 0, entropy_gamma / entropy_temperature / entropy_lr > 0 and "
+                        "entropy_steps >= 1")
 
 
 class OnPolicyStates:
     # the names beside the loss value (the training log's columns)
     diagnostics = ("loss_on", "loss_off", "hessian_trace", "entropy_loss")
 
-    def __init__(self, config: LossConfig):
+    def __init__(self, config: Any):
+        """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
+        self.options: OneStepOptions = config if isinstance(config, OneStepOptions) else config.options
+        if not isinstance(self.options, OneStepOptions):
+            raise LohpError(f"OnPolicyStates takes OneStepOptions (got {type(self.options).__name__})")
 
     @torch.no_grad()
     def visit(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:
         """States ``[B, N, d]`` the current policy visits (s_0 .. s_{N-1}), no graph."""
-        off, cfg = batch.offline, self.config
+        off, cfg = batch.offline, self.options
         b, n1, d = off.shape
         widths = torch.tensor(cfg.start_widths, device=off.device)
         pick = torch.randint(len(widths), (b,), generator=batch.generator, device=off.device)
@@ -66,7 +118,7 @@ class OnPolicyStates:
         return torch.stack(states, 1)
 
     def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        off, beta = batch.offline, self.config.beta
+        off, beta = batch.offline, self.options.beta
         b, n1, d = off.shape
         n = n1 - 1
         real = off[:, :-1]
@@ -83,7 +135,7 @@ class OnPolicyStates:
                / policy.step_scale[jj][:, None]).square().mean(-1)
         loss = err.mean()
         diag = {}
-        cfg = self.config
+        cfg = self.options
         if cfg.flatness_weight > 0 or cfg.entropy_weight > 0:
             loss = loss + self.flatness(policy, batch, states.reshape(b * n, d) + mu, n, diag)
         on = on.reshape(-1)
@@ -99,7 +151,7 @@ class OnPolicyStates:
         """The L2O-Entropy regularizers at the one-step predictions ``pred [B*N, d]`` (whose
         gradient reaches the policy through mu): the Hutchinson Hessian trace and the local
         entropy of the surrogate loss on each task's condition points."""
-        cfg = self.config
+        cfg = self.options
         surrogate = getattr(policy.structure, "surrogate_loss", None)
         if surrogate is None:
             raise LohpError(f"the {policy.structure.kind} structure has no surrogate_loss, which the flatness "

@@ -1,5 +1,9 @@
 """A trained policy on disk: ``policy.json`` (everything needed to rebuild it and to know
-what it may be used for) + ``policy.safetensors`` (weights and buffers). No pickle."""
+what it may be used for) + ``policy.safetensors`` (weights and buffers). No pickle.
+
+The network's part: writing the files, reading them, rebuilding the network from its
+recorded options and structure. Reopening a folder for use, which also checks the method
+it records against the loss registry, is :mod:`lohp.policy_folder` (above the losses)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from lohp.io import (
     read_json,
 )
 from lohp.layout import ParamLayout
-from lohp.losses import method_names
 from lohp.policy.policy import LohpPolicy, PolicyConfig
 from lohp.policy.structure import make_structure
 
@@ -26,14 +29,10 @@ META = "policy.json"
 WEIGHTS = "policy.safetensors"
 
 
-def build_policy(meta: dict[str, Any]) -> LohpPolicy:
-    """Rebuild the network a ``policy.json`` describes, through the kinds it recorded."""
+def build_network(meta: dict[str, Any]) -> LohpPolicy:
+    """Rebuild the network a ``policy.json`` describes, through the policy options and the
+    structure kind it recorded (the method it records: :func:`lohp.policy_folder.build_policy`)."""
 
-    method = meta.get("method")
-    if method is not None and method not in method_names():
-        raise LohpError(f"the policy was trained with method {method!r}, which this lohp build does not have "
-                        f"(it has {', '.join(method_names())}); upgrade lohp, register that method, or retrain "
-                        "with one of those")
     known = {f.name for f in fields(PolicyConfig)}
     unknown = sorted(set(meta["policy_config"]) - known)
     if unknown:
@@ -68,7 +67,8 @@ def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
                         f"({str(exc).splitlines()[0]}); the files come from different runs") from None
 
 
-def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy, dict[str, Any]]:
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """``directory``'s checked ``policy.json`` (sealed, of this format, beside its weights)."""
     directory = Path(directory)
     if not (directory / META).exists():
         raise LohpError(f"no trained policy in {directory} (missing {META}); train one with lohp train --out {directory}")
@@ -78,9 +78,4 @@ def load_policy(directory: str | Path, device: str = "cpu") -> tuple[LohpPolicy,
     if not (directory / WEIGHTS).exists():
         raise LohpError(f"{directory} has no {WEIGHTS} yet (training did not reach its first checkpoint); "
                         "resume training with the same lohp train command")
-    try:
-        policy = build_policy(meta)
-    except (KeyError, TypeError) as exc:
-        raise LohpError(f"{directory / META} is incomplete ({exc!r}); retrain the policy") from None
-    load_state(policy, directory / WEIGHTS)
-    return policy.to(device).eval(), meta
+    return meta

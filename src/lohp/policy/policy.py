@@ -45,8 +45,9 @@ class PolicyConfig(Config):
     sigma_b: float = setting(2.5, "Backward std, in units of the step scale.")
     learn_sigma_f: bool = setting(False, "Learn the forward std.")
     learn_sigma_b: bool = setting(False, "Learn the backward std.")
-    # the loss's backward kind, copied in by the trainer (one setting: --backward)
-    backward: str = setting("fixed", "Backward policy: fixed, bridge or learned.", cli=False)
+    # P_B's kind, read by the losses that score backward steps (lo-hp-v1, lo-hp-literal). Off the
+    # generated options: lohp train offers it as --backward, defaulting to the method's preset.
+    backward: str = setting("fixed", "Backward policy P_B: fixed, bridge or learned.", cli=False)
     # Forward mean += gain[j, position] * surrogate-gradient feature (channel 0 of the
     # structure's condition features, unit RMS): a learned, step- and position-wise
     # preconditioned step that the U-Net corrects. Started at skip_init (in units of the

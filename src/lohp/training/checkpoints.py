@@ -54,9 +54,15 @@ def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
     version resumes; a changed or unknown setting still differs."""
     out = dict(meta)
     out["condition_points"] = condition_points(meta)  # 1: saved before coresets
-    for key, cls in (("policy_config", PolicyConfig), ("loss_config", LossConfig)):
-        if isinstance(out.get(key), dict):
-            out[key] = {**asdict(cls()), **out[key]}
+    if isinstance(out.get("policy_config"), dict):
+        out["policy_config"] = {**asdict(PolicyConfig()), **out["policy_config"]}
+    if isinstance(out.get("loss_config"), dict):
+        # the method's options as this build reads them (a record of before holds every option
+        # of every formulation and the policy's backward kind): the same run compares equal
+        try:
+            out["loss_config"] = LossConfig.from_record(out["loss_config"]).to_dict()
+        except LohpError:  # a record this build cannot read (an unknown method): it differs
+            pass
     return out
 
 

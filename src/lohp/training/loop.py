@@ -13,7 +13,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,18 +62,19 @@ class Trainer:
                             f"processes; use a multiple of {self.dist.world}")
         self.device = device
 
-        if get_method(loss_config.method).whole_trajectory:  # one step over the whole trajectory (k = T)
-            loss_config = replace(loss_config, k=self.store.config["steps"])
+        method = get_method(loss_config.method)
+        if method.whole_trajectory:  # one step over the whole trajectory (k = T)
+            loss_config = loss_config.replace(k=self.store.config["steps"])
         if tc.online_steps is not None and tc.matching == "uniform":  # N given directly: k = T / N
             total = self.store.config["steps"]
             if total % tc.online_steps:
                 raise LohpError(f"uniform matching needs N to divide T={total} (got --online-steps "
                                 f"{tc.online_steps}); use a divisor of {total} or --matching adaptive")
-            loss_config = replace(loss_config, k=total // tc.online_steps)
+            loss_config = loss_config.replace(k=total // tc.online_steps)
         self.loss_config = loss_config
-        # the policy's backward kind is the loss's (one setting, copied, the caller's config untouched)
-        pc = replace(policy_config or PolicyConfig(), backward=loss_config.backward)
-        self.policy_config = pc
+        # P_B's kind is the policy's (the loss reads it there); without a policy config, the
+        # method's policy preset (lo-hp-literal: learned) over the defaults
+        self.policy_config = pc = policy_config or PolicyConfig.from_dict(method.policy_preset)
         self.data = OfflineData(self.store, loss_config.k, tc.optimizers, device, tc.in_memory_gb,
                                 pc.condition_points, tc.matching, tc.online_steps, tc.matching_measure)
         structure = make_structure(self.store.layout, {"features": pc.features}, kind=pc.structure)
@@ -102,7 +103,7 @@ class Trainer:
     def _meta(self) -> dict[str, Any]:
         st = self.store
 
-        return {"method": self.loss_config.method, "loss_config": self.loss_config.to_dict(),
+        return {"method": self.loss_config.method, "loss_config": self.loss_config.record(self.policy_config.backward),
                 "policy_config": asdict(self.policy_config), "train_config": asdict(self.train_config),
                 "condition": self.data.condition, "matching": self.data.matched(),
                 "k": self.data.k, "n_steps": self.data.n_steps, "total_steps": self.data.total_steps,
@@ -216,8 +217,16 @@ def train(store: str | Path | TrajectoryStore, out: str | Path, method: str = "l
     a folder that receives the log's numbers as TensorBoard scalars (needs the
     ``tensorboard`` extra; checked before any work)."""
 
-    lc = loss_config(method, k=k, **(loss_options or {}))
-    pc, tc = PolicyConfig.from_dict(policy_options or {}), TrainConfig.from_dict(train_options or {})
+    loss_options, policy_options = dict(loss_options or {}), dict(policy_options or {})
+    if "backward" in loss_options:  # where callers gave it before it was the policy's setting alone
+        given = loss_options.pop("backward")
+        if policy_options.setdefault("backward", given) != given:
+            raise LohpError(f"backward given twice: {given!r} (loss options) and {policy_options['backward']!r} "
+                            "(policy options); it is a policy setting")
+    lc = loss_config(method, k=k, **loss_options)
+    # unset policy settings take the method's policy preset (lo-hp-literal: a learned P_B)
+    pc = PolicyConfig.from_dict({**get_method(method).policy_preset, **policy_options})
+    tc = TrainConfig.from_dict(train_options or {})
     if tensorboard is not None:
         summary_writer()  # a missing extra is refused before any work
     # one writer per policy folder (in a data-parallel run, rank 0 is the writer)
