@@ -117,7 +117,7 @@ class ScaledStep:
         return loss, {"scaled": loss.item()}
 
 
-def test_a_registered_method_brings_its_own_options(small_store_path, tmp_path):
+def test_a_registered_method_brings_its_own_options(small_store_path, tmp_path, cli):
     from lohp import api
 
     register_method(Method("test-scaled", ScaledStep, {"scale": 2.0}, regression=True, options=ScaledOptions),
@@ -135,6 +135,11 @@ def test_a_registered_method_brings_its_own_options(small_store_path, tmp_path):
               policy_options=TINY_POLICY, train_options={**TINY_TRAIN, "iterations": 2})
     meta = json.loads((tmp_path / "p" / "policy.json").read_text())
     assert meta["loss_config"] == {"method": "test-scaled", "k": 2, "scale": 0.5, "backward": "fixed"}
+    code, _, err = cli("train", "--store", small_store_path, "--out", tmp_path / "q", "--method", "test-scaled",
+                       "--set", "scale=0.25", "--iterations", "1", "--channels", "8", "--token-size", "8",
+                       "--depth", "1", "--batch-size", "2", "--eval-tasks", "1")
+    assert code == 0, err  # --set reaches a registered method's own option
+    assert json.loads((tmp_path / "q" / "policy.json").read_text())["loss_config"]["scale"] == 0.25
 
 
 def test_backward_is_the_policys_and_the_method_presets_it(small_store_path, tmp_path, cli):

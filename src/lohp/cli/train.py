@@ -26,7 +26,7 @@ from lohp.cli.common import (
 from lohp.cli.options import Group, with_options
 from lohp.config import parse_setting
 from lohp.errors import LohpError
-from lohp.losses import FlatOptions, LossConfig
+from lohp.losses import FlatOptions, LossConfig, get_method, method_names
 from lohp.policy import PolicyConfig
 from lohp.training import TrainConfig
 from lohp.training import train as run_train
@@ -73,7 +73,8 @@ def train_cmd(
         key, value = next(iter(parse_settings([item]).items()))
         target = _config_of(key)
         # the value takes its type from the field (a str is kept as typed; a bad number is one line)
-        typed = parse_setting(LossConfig if key == "k" else _CONFIGS[target], key, item.partition("=")[2])
+        cls = _loss_options_of(key) if target == "loss" else _CONFIGS[target]
+        typed = parse_setting(cls, key, item.partition("=")[2])
         if typed is not dataclasses.MISSING:
             value = typed
         {"loss": loss_options, "policy": policy_options, "training": train_options}[target][key] = value
@@ -145,13 +146,24 @@ def _relaunch_under_torchrun(nproc: int, batch_size: int) -> None:
 _CONFIGS = {"loss": FlatOptions, "policy": PolicyConfig, "training": TrainConfig}
 
 
+def _loss_options_of(key: str) -> type:
+    """The options class with the loss option ``key``: a built-in one, or a registered
+    method's (a plugin's) own."""
+    if key == "k":
+        return LossConfig
+    for cls in (FlatOptions, *(get_method(name).options for name in method_names())):
+        if key in {f.name for f in fields(cls)}:
+            return cls
+    return FlatOptions
+
+
 def _config_of(key: str) -> str:
     """Which settings dataclass has the field ``key`` (one line naming them all if none)."""
 
-    owners = [what for what, cls in _CONFIGS.items() if key in {f.name for f in fields(cls)}]
-    if key == "k":
-        owners = ["loss"]
+    owners = [what for what, cls in {**_CONFIGS, "loss": _loss_options_of(key)}.items()
+              if key in {f.name for f in fields(cls)}]
     if not owners or key == "method":
-        known = sorted({f.name for cls in _CONFIGS.values() for f in fields(cls)} | {"k"})
+        known = sorted({f.name for cls in (*_CONFIGS.values(), *(get_method(m).options for m in method_names()))
+                        for f in fields(cls)} | {"k"})
         raise LohpError(f"--set {key}: no such setting; settings: {', '.join(known)}")
     return owners[0]
