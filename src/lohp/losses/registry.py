@@ -47,8 +47,9 @@ class FlatOptions(OneStepOptions, SubTBOptions, RegressionOptions):
     options class of its own (as every method was before options were per method), so such
     a registration, and its loss reading ``config.beta``, keeps working."""
 
-    formulation: str = setting("states", "states (one-step segments from visited states) or subtb (SubTB "
-                                         "residuals over whole on-policy rollouts).")  # type: ignore[assignment]
+    formulation: str = setting(  # type: ignore[assignment]
+        "states", "The method's formulation, fixed by the method (states: lo-hp, lo-op; subtb: lo-hp-v1, "
+                  "lo-hp-literal); another value is refused.")
     scope = {}
 
     def __post_init__(self) -> None:
