@@ -123,7 +123,7 @@ def test_a_registered_benchmark_without_a_command_gets_one(tmp_path, monkeypatch
         scale: float = setting(1.0, "Scale.")
 
         @classmethod
-        def quick(cls):
+        def quick_config(cls):  # the --quick settings (the one preset name the runner calls)
             return cls(size=1)
 
         def __post_init__(self):

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lohp.bench.rows import Row
 from lohp.condition import class_means, class_rows
 from lohp.condition import default_points as default_condition_points
 from lohp.condition import split as split_condition
@@ -211,16 +212,17 @@ register_baseline("adam-cond", lambda ctx: _adam_cond(ctx, ctx.condition_points)
 register_baseline("adam-means", lambda ctx: _adam_cond(ctx, 1))
 
 
-def closed_form_row(name: str, tasks: Sequence[Task], fn: Fit) -> dict[str, Any]:
+def closed_form_row(name: str, tasks: Sequence[Task], fn: Fit) -> Row:
+    """The row of a deterministic rule: its mean accuracy over ``tasks`` (one seed: no
+    spread) and the median ms of a fit."""
     res = [fn(t) for t in tasks]
     acc = [a for a, _ in res]
-    return {"method": name, "k": None, "steps": None, "accuracy": float(np.mean(acc)), "accuracy_std": 0.0,
-            "accuracy_wide": None, "latency_ms": statistics.median(ms for _, ms in res), "seeds": [float(np.mean(acc))],
-            "per_task": acc}
+    return Row.over_seeds(name, [float(np.mean(acc))], latency_ms=statistics.median(ms for _, ms in res),
+                          per_task=acc)
 
 
 def baseline_rows(names: Sequence[str], tasks: Sequence[Task], ctx: BaselineContext,
-                  note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                  note: Callable[[str], None] | None = None) -> list[Row]:
     """One row per baseline name on ``tasks``."""
     rows = []
     for name in names:

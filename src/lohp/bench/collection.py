@@ -26,29 +26,60 @@ from lohp.tasks import make_family
 from lohp.trajectories import make_config, prepare, ray_executor
 
 PNG = "bench_prepare.png"
+FAMILY = "digits"
 
 
+@dataclass
+class PrepareBenchConfig(Config):
+    """``lohp bench prepare``: the vectorised collector vs a per-run torch.optim loop, or
+    (``ray``) 1 vs 2 Ray workers on the same workload."""
+
+    what = "bench prepare"
+
+    tasks: int = setting(16, "Tasks.")
+    seeds: int = setting(2, "Seeds per task and optimizer.")
+    steps: int = setting(64, "Steps per run.")
+    batch_size: int = setting(32, "Minibatch size.")
+    repeats: int = setting(3, "Timing repeats (best is kept; not used with --ray).")
+    optimizers: tuple[str, ...] = setting(("sgd", "adam", "sam"), "Optimizers to time.")
+    head: str = setting("linear", "Digits head: linear or mlp.")
+    ray: bool = setting(False, "Instead: Stage I on a local Ray cluster with 1 and 2 workers, the same workload "
+                               "(ray_speedup).")
+
+    def __post_init__(self) -> None:
+        self.optimizers = tuple(self.optimizers)
+        check_positive(self)
+        if not self.optimizers:
+            raise LohpError("--optimizers needs at least one optimizer, e.g. sgd,adam")
+
+    @classmethod
+    def quick_config(cls) -> "PrepareBenchConfig":
+        return cls(tasks=4, seeds=2, steps=16, repeats=1)
 
 
-def run(family: str = "digits", family_config: dict[str, Any] | None = None,
-        optimizers: tuple[str, ...] = ("sgd", "adam", "sam"), tasks: int = 16, seeds: int = 2,
-        steps: int = 64, batch_size: int = 32, repeats: int = 3,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    fam = make_family(family, **(family_config or {}))
+def run(cfg: PrepareBenchConfig, note: Callable[[str], None] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Stage I throughput: the vectorised collector vs a per-run loop, or (``cfg.ray``) 1 vs 2
+    Ray workers on the same workload; the result carries ``cfg`` (``progress`` unused)."""
+    note = note or (lambda text: None)
+    result = _run_ray(cfg, note) if cfg.ray else _run_throughput(cfg, note)
+    return {**result, "config": cfg.to_dict()}
+
+
+def _run_throughput(cfg: PrepareBenchConfig, note: Callable[[str], None]) -> dict[str, Any]:
+    tasks, seeds, steps, batch_size, repeats = cfg.tasks, cfg.seeds, cfg.steps, cfg.batch_size, cfg.repeats
+    fam = make_family(FAMILY, head=cfg.head)
     task_list = fam.source_tasks(tasks)
     runs = [(t, s) for t in task_list for s in range(seeds)]
     theta0 = torch.stack([t.init_theta(1000 * i + s) for i, (t, s) in enumerate(runs)])
     rows = []
-    for name in optimizers:
+    for name in cfg.optimizers:
         opt = make_optimizer(name)
         best_vec, best_loop = float("inf"), float("inf")
         for rep in range(repeats):
-            if progress:
-                progress(f"{name}: vectorised, repeat {rep + 1}/{repeats}")
+            note(f"{name}: vectorised, repeat {rep + 1}/{repeats}")
             _, _, sec = train_runs([t for t, _ in runs], opt, theta0, steps, batch_size, seed=rep)
             best_vec = min(best_vec, sec)
-            if progress:
-                progress(f"{name}: per-run loop, repeat {rep + 1}/{repeats}")
+            note(f"{name}: per-run loop, repeat {rep + 1}/{repeats}")
             gen = torch.Generator().manual_seed(rep)
             start = time.perf_counter()
             for (t, _), th in zip(runs, theta0):
@@ -62,7 +93,7 @@ def run(family: str = "digits", family_config: dict[str, Any] | None = None,
     vec_total = sum(r["vectorised_s"] for r in rows)
     loop_total = sum(r["loop_s"] for r in rows)
     work = sum(r["runs"] * r["steps"] for r in rows)
-    return {"benchmark": "prepare", "family": family, "parameters": task_list[0].layout.size,
+    return {"benchmark": "prepare", "family": FAMILY, "parameters": task_list[0].layout.size,
             "batch_size": batch_size, "tasks": tasks, "seeds": seeds, "steps": steps,
             "threads": torch.get_num_threads(), "repeats": repeats, "rows": rows,
             "vectorised_run_steps_per_s": work / vec_total, "loop_run_steps_per_s": work / loop_total,
@@ -90,53 +121,49 @@ def plot(result: dict[str, Any], path) -> None:
     save_figure(fig, path)
 
 
-def run_ray(family: str = "digits", family_config: dict[str, Any] | None = None,
-            optimizers: tuple[str, ...] = ("sgd", "adam", "sam"), tasks: int = 16, seeds: int = 2, steps: int = 64,
-            batch_size: int = 32, shard_runs: int = 8, workers: tuple[int, ...] = (1, 2),
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _run_ray(cfg: PrepareBenchConfig, note: Callable[[str], None], shard_runs: int = 8,
+             workers: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
     """Stage I on a local Ray cluster with 1 and 2 workers, the same workload (a whole
     ``prepare`` into a fresh folder each time, shards written by the driver): run-steps
     per second side by side and ``ray_speedup`` = (2 workers) / (1 worker)."""
-
-    cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks, seeds=seeds,
-                      steps=steps, batch_size=batch_size, shard_runs=shard_runs)
+    family, family_config, optimizers = FAMILY, {"head": cfg.head}, cfg.optimizers
+    tasks, seeds, steps, batch_size = cfg.tasks, cfg.seeds, cfg.steps, cfg.batch_size
+    store_cfg = make_config(family=family, family_config=family_config, optimizers=optimizers, tasks=tasks,
+                            seeds=seeds, steps=steps, batch_size=batch_size, shard_runs=shard_runs)
     n_shards = len(optimizers) * -(-tasks * seeds // shard_runs)
     ray = ray_executor.init("local", num_cpus=max(workers))  # a local cluster, whatever RAY_ADDRESS says
     work = tasks * seeds * len(optimizers) * steps
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if progress:
-            progress("warming up the Ray workers")
+        note("warming up the Ray workers")
         warm = make_config(family=family, family_config=family_config, optimizers=optimizers[:1], tasks=max(workers),
                            steps=2, batch_size=batch_size, shard_runs=1)
         prepare(Path(tmp) / "warm", warm, executor="ray", ray_address="local", ray_workers=max(workers))
         for w in workers:
-            if progress:
-                progress(f"{w} Ray worker(s): {n_shards} shards")
+            note(f"{w} Ray worker(s): {n_shards} shards")
             t0 = time.perf_counter()
-            prepare(Path(tmp) / f"ray{w}", cfg, executor="ray", ray_address="local", ray_workers=w)
+            prepare(Path(tmp) / f"ray{w}", store_cfg, executor="ray", ray_address="local", ray_workers=w)
             sec = time.perf_counter() - t0
             rows.append({"executor": "ray", "workers": w, "seconds": sec, "run_steps_per_s": work / sec})
-        if progress:
-            progress("local loop, 1 thread")
+        note("local loop, 1 thread")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             t0 = time.perf_counter()
-            prepare(Path(tmp) / "local", cfg)
+            prepare(Path(tmp) / "local", store_cfg)
             sec = time.perf_counter() - t0
         finally:
             torch.set_num_threads(threads)
         rows.append({"executor": "local", "workers": 1, "seconds": sec, "run_steps_per_s": work / sec})
     by = {r["workers"]: r for r in rows if r["executor"] == "ray"}
-    return {"benchmark": "prepare-ray", "family": family, "family_config": cfg["family_config"], "tasks": tasks,
+    return {"benchmark": "prepare-ray", "family": family, "family_config": store_cfg["family_config"], "tasks": tasks,
             "seeds": seeds, "steps": steps, "optimizers": list(optimizers), "shards": n_shards,
             "shard_runs": shard_runs, "cpus": int(ray.cluster_resources().get("CPU", 0)), "rows": rows,
             "ray_speedup": by[max(workers)]["run_steps_per_s"] / by[min(workers)]["run_steps_per_s"]}
 
 
 def tables(result: dict[str, Any], head: str = "linear") -> list[TableSpec]:
-    """The throughput table of :func:`run`, or the workers table of :func:`run_ray`."""
+    """The throughput table of :func:`run`, or its workers table (``--ray``)."""
     if result["benchmark"] == "prepare-ray":
         return [(f"Stage I on Ray: {result['family']} {head} head, {result['shards']} shards of "
                  f"{result['shard_runs']} runs, {result['cpus']} CPUs", result["rows"],
@@ -151,42 +178,6 @@ def tables(result: dict[str, Any], head: str = "linear") -> list[TableSpec]:
              [("optimizer", "optimizer", ""), ("runs_x_steps", "runs x steps", ""),
               ("loop_run_steps_per_s", "per-run loop (run-steps/s)", ".0f"),
               ("vectorised_run_steps_per_s", "vectorised (run-steps/s)", ".0f"), ("speedup_x", "speedup", "")])]
-
-
-@dataclass
-class PrepareBenchConfig(Config):
-    """``lohp bench prepare``: the vectorised collector vs a per-run torch.optim loop, or
-    (``ray``) 1 vs 2 Ray workers on the same workload."""
-
-    what = "bench prepare"
-
-    tasks: int = setting(16, "Tasks.")
-    seeds: int = setting(2, "Seeds per task and optimizer.")
-    steps: int = setting(64, "Steps per run.")
-    batch_size: int = setting(32, "Minibatch size.")
-    repeats: int = setting(3, "Timing repeats (best is kept; not used with --ray).")
-    optimizers: tuple[str, ...] = setting(("sgd", "adam", "sam"), "Optimizers to time.")
-    head: str = setting("linear", "Digits head: linear or mlp.")
-    ray: bool = setting(False, "Instead: Stage I on a local Ray cluster with 1 and 2 workers, the same workload "
-                               "(ray_speedup).")
-
-    def __post_init__(self) -> None:
-        self.optimizers = tuple(self.optimizers)
-        check_positive(self)
-        if not self.optimizers:
-            raise LohpError("--optimizers needs at least one optimizer, e.g. sgd,adam")
-
-    @classmethod
-    def quick(cls) -> "PrepareBenchConfig":
-        return cls(tasks=4, seeds=2, steps=16, repeats=1)
-
-
-def run_config(cfg: PrepareBenchConfig, note: Callable[[str], None] | None = None,
-               train_progress: Any = None) -> dict[str, Any]:
-    common = dict(family_config={"head": cfg.head}, optimizers=cfg.optimizers, tasks=cfg.tasks, seeds=cfg.seeds,
-                  steps=cfg.steps, batch_size=cfg.batch_size, progress=note)
-    result = run_ray(**common) if cfg.ray else run(repeats=cfg.repeats, **common)
-    return {**result, "config": cfg.to_dict()}
 
 
 def _check(cfg: PrepareBenchConfig) -> None:
@@ -212,10 +203,9 @@ def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
     return [path]
 
 
-
 HELP = """Vectorised Stage I collector vs a per-run torch.optim loop (run-steps per second).
 
     With --ray: 1 vs 2 Ray workers on the same workload (ray_speedup)."""
 
-register_benchmark("prepare", PrepareBenchConfig, run_config, _tables, plots=plots, notes=_notes, check=_check,
+register_benchmark("prepare", PrepareBenchConfig, run, _tables, plots=plots, notes=_notes, check=_check,
                    help=HELP)

@@ -25,7 +25,7 @@ import torch
 
 from lohp.bench.presets import HEAD_POLICY, MLP_POLICY, MLP_TRAIN
 from lohp.bench.harness import gradient_accuracy
-from lohp.bench.runner import TableSpec, check_budget, register_benchmark
+from lohp.bench.runner import StudyConfig, TableSpec, register_benchmark
 from lohp.bench.scenario import (
     budget_variants,
     policy_dir,
@@ -35,7 +35,7 @@ from lohp.bench.scenario import (
     train_variant,
     tune_adam,
 )
-from lohp.config import Config, setting
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.optim import make_optimizer
@@ -83,17 +83,15 @@ COLUMNS = [("study", "study", ""), ("architecture", "architecture", ""), ("train
 
 
 @dataclass
-class CrossBenchConfig(Config):
+class CrossBenchConfig(StudyConfig):
+    """``quick``: small studies (fewer tasks and steps, the widest unseen architecture)."""
+
     what = "bench cross"
 
-    work: str = setting("runs/bench-cross", "Working folder (stores and policies; resumable).")
+    work: str = StudyConfig.default("work", "runs/bench-cross")
     studies: list[str] = setting(factory=lambda: ["mlp-width", "head-classes"],
                                  help="Comma-separated: mlp-width, head-classes.")
-    budget: float = setting(60.0, "Training seconds per policy (the same for every method).")
     method: str = setting("lo-hp", "The method every policy is trained with.")
-    seed: int = setting(0, "Seed of the policies and the starting weights.")
-    quick: bool = setting(False, "Small studies (fewer tasks and steps, the widest unseen architecture).", cli=False)
-    device: str = setting("cpu", "torch device.")
 
     def __post_init__(self) -> None:
         known = _studies()
@@ -102,11 +100,11 @@ class CrossBenchConfig(Config):
         bad = [s for s in self.studies if s not in known]
         if bad:
             raise LohpError(f"unknown cross study {', '.join(bad)}; choose from {', '.join(known)}")
-        check_budget(self.budget)
+        super().__post_init__()
 
     @classmethod
-    def quick_config(cls, **kw: Any) -> "CrossBenchConfig":
-        return cls(**{"work": "runs/bench-cross-quick", "budget": 10.0, "quick": True, **kw})
+    def quick_config(cls) -> "CrossBenchConfig":
+        return cls(work="runs/bench-cross-quick", budget=10.0, quick=True)
 
 
 def run_study(name: str, cfg: CrossBenchConfig, note: Callable[[str], None], progress=None) -> list[dict[str, Any]]:
@@ -201,5 +199,4 @@ HELP = """Cross-architecture generation: a policy serves MLP widths / class coun
     Each unseen architecture beside a policy trained on it and Adam after T steps."""
 
 
-register_benchmark("cross", CrossBenchConfig, run, tables, plots=plots, notes=notes,
-                   quick=CrossBenchConfig.quick_config, help=HELP)
+register_benchmark("cross", CrossBenchConfig, run, tables, plots=plots, notes=notes, help=HELP)

@@ -19,32 +19,25 @@ import numpy as np
 import torch
 
 from lohp.bench.presets import regularizers_for
-from lohp.bench.harness import (
-    WIDE,
-    gradient_accuracy,
-    mean_std,
-    plot_accuracy_latency,
-    plot_cosine_histograms,
-    plot_learning_curves,
-    seeds_text,
-)
-from lohp.bench.runner import ACCURACY, TableSpec, check_budget, check_positive, register_benchmark, result
+from lohp.bench.harness import plot_accuracy_latency, plot_cosine_histograms, plot_learning_curves, seeds_text
+from lohp.bench.rows import public_rows
+from lohp.bench.runner import ACCURACY, TableSpec, check_budget, register_benchmark, result
 from lohp.bench.scenario import (
+    ScenarioConfig,
     Variant,
     ablation_order,
     baseline_hparams,
     budgeted,
     gradient_rows,
-    hessian_trace,
     learned_row,
     matching_variants,
+    optimizer_row,
     policy_dir,
-    public,
     s0_sampler,
     speedup,
     stage_one,
 )
-from lohp.config import Config, setting
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer
@@ -76,24 +69,16 @@ def _variants() -> list[Variant]:
 
 
 @dataclass
-class DigitsBenchConfig(Config):
+class DigitsBenchConfig(ScenarioConfig):
     what = "bench digits"
 
-    work: str = setting("runs/bench-digits", "Working folder (store and policies; resumable).")
-    store_tasks: int = setting(96, "Source tasks in Stage I.")
-    steps: int = setting(32, "Steps per Stage I run (T).")
-    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
+    work: str = ScenarioConfig.default("work", "runs/bench-digits")
+    variants: list[Variant] = ScenarioConfig.default("variants", factory=_variants)
     iterations: int = setting(800, "Training iterations per policy (instead of --budget).")
     budget: float | None = setting(30.0, "Training seconds per policy and seed, the same for every method "
                                          "(--quick uses 40 iterations).")
-    train_batch: int = setting(16, "Trajectories per policy training iteration.")
-    seeds: int = setting(3, "Seeds per method.")
     ablation_seeds: int = setting(1, "Seeds per ablation row.")
     eval_tasks: int = setting(40, "Held-out tasks.")
-    speedup_tasks: int = setting(10, "Tasks of the time-to-accuracy speedup.")
-    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
-    device: str = setting("cpu", "torch device.")
-    variants: list[Variant] = setting(factory=_variants, help="The learned rows.")
     l2o_methods: list[str] = setting(factory=lambda: ["l2o", "l2o-entropy"],
                                      help="Learned-optimizer rows (L2O), comma-separated.")
     l2o_seeds: dict[str, int] = setting(factory=lambda: {"l2o": 3, "l2o-entropy": 1},
@@ -101,12 +86,13 @@ class DigitsBenchConfig(Config):
     l2o_iterations: int = setting(400, "Meta-training iterations per learned optimizer.")
 
     def __post_init__(self) -> None:
-        check_positive(self)
+        super().__post_init__()
         check_budget(self.budget)
 
     @classmethod
-    def quick(cls, work: str = "runs/bench-digits-quick") -> "DigitsBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, iterations=40, budget=None, train_batch=8, seeds=2, eval_tasks=8,
+    def quick_config(cls) -> "DigitsBenchConfig":
+        return cls(work="runs/bench-digits-quick", store_tasks=24, steps=16, iterations=40, budget=None, train_batch=8,
+                   seeds=2, eval_tasks=8,
                    speedup_tasks=4, latency_repeats=10, l2o_methods=["l2o"], l2o_seeds={"l2o": 1},
                    l2o_iterations=16)
 
@@ -138,22 +124,16 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
 
     # ------------------------------------------------------------- learned optimizers (L2O)
     for name in cfg.l2o_methods:
-        accs, wides, traces, lats = [], [], [], []
-        for seed in range(cfg.l2o_seeds.get(name, cfg.seeds)):
-            note(f"learned optimizer {name} seed {seed}")
-            opt = _learned_optimizer(cfg, name, seed)
-            s0 = s0_for(seed)
-            acc, final = gradient_accuracy(tasks, opt, s0, T, cfg.batch_size, seed)
-            accs.append(float(np.mean(acc)))
-            traces.append(hessian_trace(tasks, final))
-            acc_w, _ = gradient_accuracy(tasks, opt, s0 * WIDE, T, cfg.batch_size, seed)
-            wides.append(float(np.mean(acc_w)))
+        seeds = range(cfg.l2o_seeds.get(name, cfg.seeds))
+        row = optimizer_row(name, tasks, lambda seed, m=name: _learned_optimizer(cfg, m, seed, note), s0_for,
+                            len(seeds), T, cfg.batch_size, hessian=True)
+        lats = []  # per seed: one task at a time on the engine (a learned optimizer has no torch.optim form)
+        for seed in seeds:
+            opt, s0 = _learned_optimizer(cfg, name, seed), s0_for(seed)
             lats.append(statistics.median(train_runs([t], opt, s0[i:i + 1], T, cfg.batch_size, record_every=T)[2]
                                           for i, t in enumerate(tasks[:5])) * 1e3)
-        m, s = mean_std(accs)
-        rows.append({"method": name, "k": None, "steps": T, "accuracy": m, "accuracy_std": s,
-                     "accuracy_wide": float(np.mean(wides)), "latency_ms": statistics.median(lats), "seeds": accs,
-                     "hessian_trace": float(np.mean(traces))})
+        row.latency_ms = statistics.median(lats)
+        rows.append(row)
 
     # ------------------------------------------------------------- learned methods
     variants = [v if cfg.budget is None else replace(v, train_options=budgeted(cfg.budget, **v.train_options))
@@ -164,8 +144,8 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
                              progress=train_progress)
         if v.method == "lo-hp" and v.optimizers is None:
             note(f"time-to-accuracy of Adam vs lo-hp k={v.k}")
-            row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
-                               cfg.speedup_tasks, row.get("latency_with_condition_ms")))
+            row.update(speedup(tasks, s0_for(0), row.per_task, hp["adam"], row.latency_ms, T,
+                               cfg.speedup_tasks, row.latency_with_condition_ms))
         rows.append(row)
 
     # ------------------------------------------------------------- figure 3: step cosines
@@ -177,14 +157,17 @@ def run(cfg: DigitsBenchConfig, note: Callable[[str], None] | None = None,
             continue
         cosines[name] = _step_cosines(cfg, Generator.load(policy_dir(work, v, 0), cfg.device), tasks, s0_for(0),
                                       hp["adam"])
-    return result("digits", cfg, public(rows), t_start, family=family.config(), heldout_tasks=len(tasks),
+    return result("digits", cfg, public_rows(rows), t_start, family=family.config(), heldout_tasks=len(tasks),
                   adam_tuning=tuning, ablation_order=ablation_order(rows),
                   cosines={k: {"mean": float(np.mean(c)), "values": c} for k, c in cosines.items()})
 
 
-def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int):
+def _learned_optimizer(cfg: DigitsBenchConfig, name: str, seed: int, note: Callable[[str], None] | None = None
+                       ) -> LearnedOptimizer:
     """Meta-train (or load the cached) coordinate-wise LSTM optimizer on the store's family."""
 
+    if note is not None:
+        note(f"learned optimizer {name} seed {seed}")
     out = Path(cfg.work) / "l2o" / f"{name}-s{seed}"
     if (out / "l2o.json").exists():
         return LearnedOptimizer.load(out)

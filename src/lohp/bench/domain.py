@@ -16,19 +16,12 @@ from typing import Any, Callable
 import numpy as np
 
 from lohp.bench.baselines import SKEPTIC
-from lohp.bench.harness import mean_std, plot_accuracy_latency, plot_learning_curves
+from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.presets import MLP_POLICY, MLP_TRAIN
-from lohp.bench.runner import (
-    SCENARIO_COLUMNS,
-    TableSpec,
-    check_positive,
-    distinct,
-    register_benchmark,
-    result,
-    rows_where,
-)
-from lohp.bench.scenario import Part, Variant, budget_variants, matching_variants, public, run_parts
-from lohp.config import Config, setting
+from lohp.bench.rows import Row, public_rows
+from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, distinct, register_benchmark, result, rows_where
+from lohp.bench.scenario import Part, ScenarioConfig, Variant, budget_variants, matching_variants, run_parts
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.tasks.images import ANGLES
 
@@ -57,29 +50,25 @@ def default_variants(budget: float = 100) -> list[Variant]:
 
 
 @dataclass
-class DomainBenchConfig(Config):
+class DomainBenchConfig(ScenarioConfig):
     what = "bench domain"
 
-    work: str = setting("runs/bench-domain", "Working folder (stores and policies; resumable).")
+    work: str = ScenarioConfig.default("work", "runs/bench-domain")
+    store_tasks: int = setting(64, "Source tasks in Stage I (per held-out domain).")
+    train_batch: int = ScenarioConfig.default("train_batch", 8)
+    speedup_tasks: int = ScenarioConfig.default("speedup_tasks", 5)
+    latency_repeats: int = ScenarioConfig.default("latency_repeats", 10)
+    variants: list[Variant] = ScenarioConfig.default("variants", factory=default_variants)
     datasets: list[str] = setting(factory=lambda: ["mnist"], help="Comma-separated: mnist, fashion.")
     domains: list[int] = setting(factory=lambda: [0, 75],
                                  help="Held-out angles, comma-separated, from 0,15,30,45,60,75.")
     n_way: int = setting(5, "Classes per task.")
     hidden: int = setting(32, "Hidden units of the generated MLP.")
     family_options: dict[str, Any] = setting(factory=dict, help="Extra rotated-family options.")
-    store_tasks: int = setting(64, "Source tasks in Stage I (per held-out domain).")
-    steps: int = setting(32, "Steps per Stage I run (T).")
-    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
-    train_batch: int = setting(8, "Trajectories per policy training iteration.")
-    seeds: int = setting(3, "Seeds per learned method.")
     eval_tasks: int = setting(20, "Held-out tasks per held-out domain.")
-    speedup_tasks: int = setting(5, "Tasks of the time-to-accuracy speedup.")
-    latency_repeats: int = setting(10, "Repeats of the latency measurement.")
-    device: str = setting("cpu", "torch device.")
-    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
 
     def __post_init__(self) -> None:
-        check_positive(self)
+        super().__post_init__()
         if not self.datasets or not self.domains:
             raise LohpError("--datasets and --domains each need at least one value")
         bad = [d for d in self.datasets if d not in DATASETS]
@@ -91,8 +80,8 @@ class DomainBenchConfig(Config):
                             f"{', '.join(map(str, ANGLES))}")
 
     @classmethod
-    def quick(cls, work: str = "runs/bench-domain-quick") -> "DomainBenchConfig":
-        return cls(work=work, datasets=["mnist"], domains=[0], store_tasks=16, steps=16,
+    def quick_config(cls) -> "DomainBenchConfig":
+        return cls(work="runs/bench-domain-quick", datasets=["mnist"], domains=[0], store_tasks=16, steps=16,
                    train_batch=4, seeds=1, eval_tasks=6, speedup_tasks=2, latency_repeats=5,
                    variants=default_variants(15))
 
@@ -108,27 +97,26 @@ def run(cfg: DomainBenchConfig, note: Callable[[str], None] | None = None, train
     done = run_parts(cfg, parts, note, train_progress)
     rows = [r for d in done for r in d.rows]
     families = {p.tags["dataset"]: d.store.family().config() for p, d in zip(parts, done)}
-    return result("domain", cfg, public(rows + mean_rows(rows)), t_start, families=families)
+    return result("domain", cfg, public_rows(rows + mean_rows(rows)), t_start, families=families)
 
 
-def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def mean_rows(rows: list[Row]) -> list[Row]:
     """Per dataset and method: the mean over held-out domains (``domain: "mean"``)."""
     out = []
-    keys = list(dict.fromkeys((r["dataset"], r["method"], r.get("k")) for r in rows))
+    keys = list(dict.fromkeys((r.get("dataset"), r.method, r.k) for r in rows))
     for ds, method, k in keys:
-        group = [r for r in rows if (r["dataset"], r["method"], r.get("k")) == (ds, method, k)]
+        group = [r for r in rows if (r.get("dataset"), r.method, r.k) == (ds, method, k)]
         # Seed s's mean over domains, so the spread is still over seeds.
-        per_seed = np.mean([r["seeds"] for r in group], axis=0)
-        m, s = mean_std(per_seed)
-        row = {"method": method, "k": k, "steps": group[0]["steps"], "accuracy": m, "accuracy_std": s,
-               "accuracy_wide": (float(np.mean([r["accuracy_wide"] for r in group]))
-                                 if all(r.get("accuracy_wide") is not None for r in group) else None),
-               "latency_ms": float(np.median([r["latency_ms"] for r in group])), "seeds": per_seed.tolist(),
-               "dataset": ds, "domain": "mean", "domains": [r["domain"] for r in group]}
+        per_seed = np.mean([r.seeds for r in group], axis=0).tolist()
+        row = Row.over_seeds(method, per_seed, k=k, steps=group[0].steps,
+                             accuracy_wide=(float(np.mean([r.accuracy_wide for r in group]))
+                                            if all(r.accuracy_wide is not None for r in group) else None),
+                             latency_ms=float(np.median([r.latency_ms for r in group])),
+                             dataset=ds, domain="mean", domains=[r.get("domain") for r in group])
         if all(r.get("iterations_per_second") is not None for r in group):
-            row["iterations_per_second"] = float(np.mean([r["iterations_per_second"] for r in group]))
-        if all("time_to_accuracy_speedup" in r for r in group):
-            row["time_to_accuracy_speedup"] = float(np.median([r["time_to_accuracy_speedup"] for r in group]))
+            row.extra["iterations_per_second"] = float(np.mean([r.get("iterations_per_second") for r in group]))
+        if all(r.time_to_accuracy_speedup is not None for r in group):
+            row.time_to_accuracy_speedup = float(np.median([r.time_to_accuracy_speedup for r in group]))
         out.append(row)
     return out
 

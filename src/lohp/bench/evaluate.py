@@ -16,15 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lohp.bench.harness import WIDE, mean_std, plot_accuracy_latency
 from lohp.bench.baselines import BaselineContext, baseline_names, baseline_rows
-from lohp.bench.scenario import (
-    gradient_rows,
-    public,
-    speedup,
-    task_metrics,
-    tuned_hparams,
-)
+from lohp.bench.harness import WIDE, plot_accuracy_latency
+from lohp.bench.rows import Row, public_rows
+from lohp.bench.scenario import gradient_rows, speedup, task_metrics, tuned_hparams
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
@@ -131,7 +126,7 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     def s0_for(seed: int) -> torch.Tensor:
         return torch.stack([t.init_theta(50_000 + 1000 * seed + i, init, sigma) for i, t in enumerate(held)])
 
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     grads = [(b, "sgd" if b == "sgd" else "adam", N if b == "adam-n" else T) for b in baselines
              if b in ("adam", "sgd", "adam-n")]
     hp = _hparams(gen, fam, tune and any(b not in ("sgd",) and not b.startswith("proto") for b in baselines),
@@ -155,19 +150,17 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
         wide = gen.generate_batch(held, s0=s0 * WIDE)
         wides.append(float(np.mean(task_metrics(held, wide))))
     lat = gen.latency(held[0], repeats=latency_repeats)
-    m, s = mean_std(accs)
-    row = {"method": gen.meta["method"], "k": gen.meta["k"], "steps": N, "accuracy": m, "accuracy_std": s,
-           "accuracy_wide": float(np.mean(wides)), "latency_ms": lat["latency_ms"],
-           "latency_with_condition_ms": lat["latency_with_condition_ms"], "seeds": accs, "per_task": per_task,
-           "policy": str(policy)}
+    row = Row.over_seeds(gen.meta["method"], accs, k=gen.meta["k"], steps=N, accuracy_wide=float(np.mean(wides)),
+                         latency_ms=lat["latency_ms"], latency_with_condition_ms=lat["latency_with_condition_ms"],
+                         per_task=per_task, policy=str(policy))
     if "adam" in hp:
-        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row["latency_ms"], T, min(5, len(held)),
-                           row["latency_with_condition_ms"]))
+        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row.latency_ms, T, min(5, len(held)),
+                           row.latency_with_condition_ms))
     rows.append(row)
     return {"benchmark": "evaluate", "policy": str(policy), "policy_iteration": gen.meta.get("iteration"),
             "policy_sha256": weights_sha, "config": cfg.to_dict(), "family": fam.name,
             "family_config": fam.config(),
-            "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public(rows),
+            "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public_rows(rows),
             "seconds": time.perf_counter() - t_start}
 
 

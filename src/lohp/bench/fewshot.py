@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
-from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
 from lohp.bench.presets import HEAD_POLICY
-from lohp.bench.scenario import Part, Variant, budget_variants, ci95, public, run_parts
-from lohp.config import Config, setting
+from lohp.bench.rows import public_rows
+from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, register_benchmark, result, rows_where
+from lohp.bench.scenario import Part, ScenarioConfig, Variant, budget_variants, ci95, run_parts
+from lohp.config import setting
 from lohp.errors import LohpError
 
 # The table's columns: a 95 % CI over episodes where the scenario table has the wide-s_0 accuracy.
@@ -40,10 +41,14 @@ def default_variants(budget: float = 45) -> list[Variant]:
 
 
 @dataclass
-class FewShotBenchConfig(Config):
+class FewShotBenchConfig(ScenarioConfig):
     what = "bench few-shot"
 
-    work: str = setting("runs/bench-few-shot", "Working folder (stores and policies; resumable).")
+    work: str = ScenarioConfig.default("work", "runs/bench-few-shot")
+    store_tasks: int = setting(96, "Source episodes in Stage I (per shot count).")
+    batch_size: int = ScenarioConfig.default("batch_size", 16)
+    speedup_tasks: int = setting(10, "Episodes of the time-to-accuracy speedup.")
+    variants: list[Variant] = ScenarioConfig.default("variants", factory=default_variants)
     n_way: int = setting(5, "Classes per episode.")
     family_options: dict[str, Any] = setting(factory=dict, help="Extra openclipart options.")
     shots: list[int] = setting(factory=lambda: [1, 5], help="Shot counts, comma-separated.")
@@ -51,27 +56,17 @@ class FewShotBenchConfig(Config):
     target_shots: int | None = setting(5, "Source episodes of a shot count below this train Stage I on this many "
                                           "images per class while their condition sees the support set (the "
                                           "openclipart option target_shots); none = off.")
-    store_tasks: int = setting(96, "Source episodes in Stage I (per shot count).")
-    steps: int = setting(32, "Steps per Stage I run (T).")
-    batch_size: int = setting(16, "Minibatch size of Stage I and the gradient baselines.")
-    train_batch: int = setting(16, "Trajectories per policy training iteration.")
-    seeds: int = setting(3, "Seeds per learned method.")
     episodes: int = setting(600, "Held-out test episodes per shot count.")
-    speedup_tasks: int = setting(10, "Episodes of the time-to-accuracy speedup.")
-    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
-    device: str = setting("cpu", "torch device.")
-    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
 
     def __post_init__(self) -> None:
-        check_positive(self)
+        super().__post_init__()
         if not self.shots or min(self.shots) <= 0:
             raise LohpError(f"--shots takes shot counts >= 1, e.g. 1,5 (got {self.shots})")
 
     @classmethod
-    def quick(cls, work: str = "runs/bench-few-shot-quick") -> "FewShotBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, train_batch=8, seeds=1, episodes=40,
-                   speedup_tasks=3, latency_repeats=10,
-                   variants=default_variants(15))
+    def quick_config(cls) -> "FewShotBenchConfig":
+        return cls(work="runs/bench-few-shot-quick", store_tasks=24, steps=16, train_batch=8, seeds=1, episodes=40,
+                   speedup_tasks=3, latency_repeats=10, variants=default_variants(15))
 
 
 def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
@@ -83,12 +78,12 @@ def run(cfg: FewShotBenchConfig, note: Callable[[str], None] | None = None, trai
                   {"n_way": cfg.n_way, "shots": shots, "queries": cfg.queries, **target(shots), **cfg.family_options},
                   cfg.episodes,
                   ("adam", "adam-n"), SKEPTIC,
-                  tags={"shots": shots, "episodes": cfg.episodes}, row_tags=lambda r: {"ci95": ci95(r["per_task"])},
+                  tags={"shots": shots, "episodes": cfg.episodes}, row_tags=lambda r: {"ci95": ci95(r.per_task)},
                   label=f"{shots}-shot: ", stage_note="Stage I on source episodes")
              for shots in cfg.shots]
     done = run_parts(cfg, parts, note, train_progress)
     family = done[-1].store.family() if done else None
-    return result("few-shot", cfg, public([r for d in done for r in d.rows]), t_start,
+    return result("few-shot", cfg, public_rows([r for d in done for r in d.rows]), t_start,
                   family=family.config() if family else None, heldout_classes=len(family.heldout_classes))
 
 

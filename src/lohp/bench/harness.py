@@ -1,8 +1,10 @@
-"""Shared benchmark machinery: gradient baselines, time-to-accuracy, rows, tables, plots.
+"""Shared benchmark machinery: gradient baselines, time-to-accuracy, tables, plots.
 
 Every scenario benchmark produces ``{"benchmark": name, ..., "rows": [row, ...]}`` where a
-row has at least ``method``, ``k``, ``accuracy``, ``accuracy_std``, ``accuracy_wide``,
-``latency_ms`` (and for lo-hp ``time_to_accuracy_speedup``); statistics are over seeds.
+row is a :class:`lohp.bench.rows.Row` written as a dict (at least ``method``, ``k``,
+``steps``, ``accuracy``, ``accuracy_std``, ``accuracy_wide``, ``latency_ms``; for lo-hp
+``time_to_accuracy_speedup``); statistics are over seeds (:func:`lohp.bench.rows.mean_std`).
+Tables and plots read those dicts, as they read a result JSON.
 """
 
 from __future__ import annotations
@@ -25,15 +27,6 @@ from lohp.tasks import Task
 # Rows drawn as horizontal reference lines in the learning-curve plots.
 REFERENCE_ROWS = ("adam", "adam-cond", "prototype", "prototype-l2", "lda", "linear-probe")
 WIDE = 10.0  # the robustness column: s_0 drawn this many times wider than in training
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and *sample* standard deviation (ddof = 1) over seeds: the one spread every
-    benchmark table reports (0 for one value, NaN for none)."""
-    v = [float(x) for x in values]
-    if not v:
-        return float("nan"), float("nan")
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
 
 
 def seed_count(row: dict[str, Any]) -> int | None:

@@ -39,21 +39,22 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from lohp.bench.harness import mean_std, seeds_text
+from lohp.bench.harness import seeds_text
 from lohp.bench.presets import ENTROPY, HESSIAN, LEARNED, TARGETS, regularizers_for  # noqa: F401
+from lohp.bench.rows import Row, mean_std, public_rows
 from lohp.bench.runner import ACCURACY, TableSpec, register_benchmark
 from lohp.config import Config, setting
 from lohp.errors import LohpError
 from lohp.flatness import flatness_metrics, hutchinson_trace, task_loss_fn
 from lohp.io import ensure_writable_dir
-from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, make_regularizer, run_optimizee
+from lohp.l2o import LearnedOptimizer, MetaConfig, MetaTrainer, check_unroll, run_optimizee
 from lohp.optim import make_optimizer
 from lohp.optim.runs import train_runs
 from lohp.plotting import figure_path, pyplot, save_figure
@@ -111,44 +112,25 @@ def _latency_ms(optimizer: Any, tasks: list, horizon: int, batch_size: int) -> f
     return 1000 * statistics.median(times[1:])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    """:func:`lohp.bench.harness.mean_std` (sample std), None for a single seed."""
-
-    mean, std = mean_std(values)
-    return mean, (std if len(values) > 1 else None)
-
-
-def validate(family_config: dict[str, Any] | None = None, **settings: Any) -> None:
-    """Raise a one-line :class:`LohpError` for any setting :func:`run` would reject
-    (``settings``: :func:`run`'s keywords)."""
-
-    make_family("digits", **{"n_way": 5, "head": "linear", **(family_config or {})})
-    _check_settings(**settings)
-
-
-def _check_settings(methods: tuple[str, ...] = METHODS, tasks: int = 1, seeds: int = 1, horizon: int = 32,
-                    long_horizon: int = 128, truncation: int = 8, iterations: int = 1, meta_batch: int = 1,
-                    batch_size: int = 1, target: str = "optimizee", hessian: str | None = None,
-                    entropy: str | None = None, probes: int = 1, latency_tasks: int = 1, workers: int = 1,
-                    threads: int = 1, **_: Any) -> None:
-    """:func:`validate` without building the task family (cheap: every config runs it)."""
-
-    check_unroll(horizon, truncation)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+def _check_settings(cfg: "L2OBenchConfig") -> None:
+    """Every setting :func:`run` would reject, one line each (cheap: no task family built;
+    ``--head`` is checked by the ``check`` hook, which builds the family)."""
+    check_unroll(cfg.horizon, cfg.truncation)
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
         raise LohpError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
-    for name, v in (("tasks", tasks), ("seeds", seeds), ("iterations", iterations), ("meta_batch", meta_batch),
-                    ("batch_size", batch_size), ("probes", probes), ("latency_tasks", latency_tasks),
-                    ("workers", workers), ("threads", threads), ("long_horizon", long_horizon)):
+    for name in ("tasks", "seeds", "iterations", "meta_batch", "batch_size", "probes", "latency_tasks", "workers",
+                 "threads", "long_horizon"):
+        v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise LohpError(f"{name} must be a positive whole number (got {v!r})")
-    if long_horizon < horizon:
-        raise LohpError(f"long horizon {long_horizon} is shorter than the trained horizon {horizon}")
-    for m in methods:
+    if cfg.long_horizon < cfg.horizon:
+        raise LohpError(f"long horizon {cfg.long_horizon} is shorter than the trained horizon {cfg.horizon}")
+    for m in cfg.methods:
         if m in LEARNED:
-            regularizers_for(m, target, hessian, entropy)
-    if target not in TARGETS:
-        raise LohpError(f"unknown regularizer target {target!r}; choose one of {', '.join(TARGETS)}")
+            regularizers_for(m, cfg.target, cfg.hessian, cfg.entropy)
+    if cfg.target not in TARGETS:
+        raise LohpError(f"unknown regularizer target {cfg.target!r}; choose one of {', '.join(TARGETS)}")
 
 
 @dataclass
@@ -179,17 +161,16 @@ class L2OBenchConfig(Config):
     quick: bool = setting(False, "The quick settings (recorded in the result).", cli=False)
 
     def __post_init__(self) -> None:
-        _check_settings(**self.run_kwargs())
+        _check_settings(self)
 
     @classmethod
-    def quick_config(cls, **kw: Any) -> "L2OBenchConfig":
-        return cls(**{"tasks": 12, "long_horizon": 64, "iterations": 48, "meta_batch": 6, "probes": 16,
-                      "latency_tasks": 5, "quick": True, **kw})
+    def quick_config(cls) -> "L2OBenchConfig":
+        return cls(tasks=12, long_horizon=64, iterations=48, meta_batch=6, probes=16, latency_tasks=5, quick=True)
 
-    def run_kwargs(self) -> dict[str, Any]:
-        """The keywords of :func:`run` (and :func:`validate`)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("head", "methods")}
-        return {**d, "methods": tuple(self.methods), "family_config": {"head": self.head}}
+    @property
+    def family_config(self) -> dict[str, Any]:
+        """The digits family's settings of every task (meta-training and held-out)."""
+        return {"n_way": 5, "head": self.head}
 
 
 # The settings FULL and QUICK list (those the quick run changes, and their neighbours).
@@ -197,113 +178,119 @@ PRESET = ("tasks", "seeds", "horizon", "long_horizon", "truncation", "iterations
           "probes", "latency_tasks")
 
 
-def run(family_config: dict[str, Any] | None = None, methods: tuple[str, ...] = METHODS,
-        tasks: int = 30, seeds: int = 3, horizon: int = 32, long_horizon: int = 128, truncation: int = 8,
-        iterations: int = 400, meta_batch: int = 8, batch_size: int = 32, meta_lr: float = 3e-3,
-        target: str = "optimizee", hessian: str | None = None, entropy: str | None = None,
-        probes: int = 32, latency_tasks: int = 10, workers: int = 2, threads: int = 1,
-        save: str | Path | None = None, quick: bool = False,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Meta-train the learned rows, evaluate every row on held-out tasks; one JSON-able dict."""
+def run(cfg: L2OBenchConfig | None = None, note: Callable[[str], None] | None = None, progress: Any = None,
+        **settings: Any) -> dict[str, Any]:
+    """Meta-train the learned rows, evaluate every row on held-out tasks; one JSON-able dict.
 
-    note = progress or (lambda text: None)
+    ``settings`` instead of ``cfg``: :class:`L2OBenchConfig`'s fields by name (the earlier
+    keyword call, ``run(tasks=3, seeds=2, ...)``). ``progress`` is unused (no policy training)."""
+    if cfg is None:
+        cfg = L2OBenchConfig.from_dict(settings)
+    elif settings:
+        raise LohpError("give the l2o benchmark a config or settings by name, not both")
+    note = note or (lambda text: None)
     start = time.perf_counter()
-    validate(methods=methods, tasks=tasks, seeds=seeds, horizon=horizon, long_horizon=long_horizon,
-             truncation=truncation, iterations=iterations, meta_batch=meta_batch, batch_size=batch_size,
-             target=target, hessian=hessian, entropy=entropy, probes=probes, latency_tasks=latency_tasks,
-             workers=workers, threads=threads, family_config=family_config)
-    family_config = {"n_way": 5, "head": "linear", **(family_config or {})}
-    family = make_family("digits", **family_config)
-    learned = [m for m in methods if m in LEARNED]
-    jobs, base_cfg = [], dict(family="digits", family_config=family_config, horizon=horizon, truncation=truncation,
-                              iterations=iterations, meta_batch=meta_batch, batch_size=batch_size, meta_lr=meta_lr,
-                              checkpoint_every=max(1, iterations))
-    regs = {m: regularizers_for(m, target, hessian, entropy) for m in learned}
-    for m in learned:
-        for s in range(seeds):
-            cfg = MetaConfig(**base_cfg, seed=s, optimizee_regularizer=regs[m][0], meta_regularizer=regs[m][1])
-            jobs.append({"method": m, "config": cfg.to_dict(), "threads": 1})
-
+    family = make_family("digits", **cfg.family_config)
+    regs = {m: regularizers_for(m, cfg.target, cfg.hessian, cfg.entropy) for m in cfg.methods if m in LEARNED}
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.threads)
     tmp = None
     try:
-        if save is not None:
-            root = ensure_writable_dir(Path(save))
+        if cfg.save is not None:
+            root = ensure_writable_dir(Path(cfg.save))
         else:
             tmp = tempfile.TemporaryDirectory(prefix="lohp-l2o-")
             root = Path(tmp.name)
-        for job in jobs:
-            job["out"] = str(root / f"{job['method']}-seed{job['config']['seed']}")
         meta_start = time.perf_counter()
-        trained = _run_jobs(jobs, workers, note)
+        trained = _run_jobs(_jobs(cfg, regs, root), cfg.workers, note)
         meta_wall = time.perf_counter() - meta_start
         optimizers = {(r["method"], r["seed"]): LearnedOptimizer.load(r["out"]) for r in trained}
         info = {(r["method"], r["seed"]): r for r in trained}
-
-        heldout = family.heldout_tasks(tasks)
-        loss_fn = task_loss_fn(heldout, "train")
-        rows = []
-        for m in methods:
-            note(f"evaluating {m} on {tasks} held-out tasks x {seeds} seeds")
-            per_seed: dict[str, list[float]] = {k: [] for k in ("acc", "acc_long", "loss", "loss_long", "eval_loss",
-                                                                "trace", "eig", "trace_long")}
-            curves, acc_curves = [], []
-            for s in range(seeds):
-                opt = optimizers[(m, s)] if m in LEARNED else make_optimizer(m)
-                res = run_optimizee(opt, heldout, long_horizon, seed=s, batch_size=batch_size)
-                em, tl = res["eval_metric"], res["train_loss"]
-                per_seed["acc"].append(float(em[:, horizon].mean()))
-                per_seed["acc_long"].append(float(em[:, long_horizon].mean()))
-                per_seed["loss"].append(float(tl[:, horizon].mean()))
-                per_seed["loss_long"].append(float(tl[:, long_horizon].mean()))
-                per_seed["eval_loss"].append(float(res["eval_loss"][:, horizon].mean()))
-                fm = flatness_metrics(heldout, res["thetas"][:, horizon], probes, seed=s)
-                per_seed["trace"].append(float(fm["hessian_trace"].mean()))
-                per_seed["eig"].append(float(fm["top_eigenvalue"].mean()))
-                tr_long = hutchinson_trace(loss_fn, res["thetas"][:, long_horizon], probes,
-                                           torch.Generator().manual_seed(s))
-                per_seed["trace_long"].append(float(tr_long.detach().mean()))
-                curves.append(tl.mean(0))
-                acc_curves.append(em.mean(0))
-            note(f"timing {m}")
-            lat_opt = optimizers[(m, 0)] if m in LEARNED else make_optimizer(m)
-            latency = _latency_ms(lat_opt, heldout[:latency_tasks], horizon, batch_size)
-            acc, acc_std = _mean_std(per_seed["acc"])
-            acc_long, acc_long_std = _mean_std(per_seed["acc_long"])
-            trace, trace_std = _mean_std(per_seed["trace"])
-            row = {"method": m, "k": None, "accuracy": acc, "accuracy_std": acc_std, "n_seeds": seeds,
-                   "accuracy_wide": None,
-                   "latency_ms": latency, "train_loss": float(np.mean(per_seed["loss"])),
-                   "hessian_trace": trace, "hessian_trace_std": trace_std,
-                   "top_eigenvalue": float(np.mean(per_seed["eig"])),
-                   "eval_loss": float(np.mean(per_seed["eval_loss"])),
-                   "accuracy_long": acc_long, "accuracy_long_std": acc_long_std,
-                   "train_loss_long": float(np.mean(per_seed["loss_long"])),
-                   "hessian_trace_long": float(np.mean(per_seed["trace_long"])),
-                   "accuracy_per_seed": per_seed["acc"], "steps": horizon,
-                   "curve_train_loss": torch.stack(curves).mean(0).tolist(),
-                   "curve_accuracy": torch.stack(acc_curves).mean(0).tolist()}
-            if m in LEARNED:
-                row.update({"optimizee_regularizer": regs[m][0], "meta_regularizer": regs[m][1],
-                            "meta_train_seconds": float(np.mean([info[(m, s)]["seconds"] for s in range(seeds)])),
-                            "meta_loss_first": float(np.mean([info[(m, s)]["first_meta_loss"] for s in range(seeds)])),
-                            "meta_loss_final": float(np.mean([info[(m, s)]["final_meta_loss"] for s in range(seeds)]))})
-            else:
-                row.update({"hparams": make_optimizer(m).hparams})
-            rows.append(row)
+        heldout = family.heldout_tasks(cfg.tasks)
+        rows = [_evaluate(cfg, m, optimizers, heldout, note) for m in cfg.methods]
+        for row in rows:
+            row.update(_method_info(cfg, row.method, regs, info))
     finally:
         torch.set_num_threads(threads_before)
         if tmp is not None:
             tmp.cleanup()
-    return {"benchmark": "l2o", "family": "digits", "family_config": family_config,
-            "parameters": heldout[0].layout.size, "heldout_tasks": tasks, "seeds": seeds, "horizon": horizon,
-            "long_horizon": long_horizon, "truncation": truncation, "meta_iterations": iterations,
-            "meta_batch": meta_batch, "meta_lr": meta_lr, "batch_size": batch_size, "regularizer_target": target,
-            "probes": probes, "latency_tasks": latency_tasks, "workers": workers, "threads": threads,
-            "cpu_count": os.cpu_count(), "quick": quick, "meta_train_wall_seconds": meta_wall,
-            "seconds": time.perf_counter() - start, "saved_to": str(save) if save is not None else None,
-            "rows": rows}
+    return {"benchmark": "l2o", "family": "digits", "family_config": cfg.family_config,
+            "parameters": heldout[0].layout.size, "heldout_tasks": cfg.tasks, "seeds": cfg.seeds,
+            "horizon": cfg.horizon, "long_horizon": cfg.long_horizon, "truncation": cfg.truncation,
+            "meta_iterations": cfg.iterations, "meta_batch": cfg.meta_batch, "meta_lr": cfg.meta_lr,
+            "batch_size": cfg.batch_size, "regularizer_target": cfg.target, "probes": cfg.probes,
+            "latency_tasks": cfg.latency_tasks, "workers": cfg.workers, "threads": cfg.threads,
+            "cpu_count": os.cpu_count(), "quick": cfg.quick, "meta_train_wall_seconds": meta_wall,
+            "seconds": time.perf_counter() - start, "saved_to": str(cfg.save) if cfg.save is not None else None,
+            "rows": public_rows(rows)}
+
+
+def _jobs(cfg: L2OBenchConfig, regs: dict[str, tuple[str | None, str | None]], root: Path) -> list[dict[str, Any]]:
+    """One meta-training job per learned method and seed, saved under ``root``."""
+    base = dict(family="digits", family_config=cfg.family_config, horizon=cfg.horizon, truncation=cfg.truncation,
+                iterations=cfg.iterations, meta_batch=cfg.meta_batch, batch_size=cfg.batch_size,
+                meta_lr=cfg.meta_lr, checkpoint_every=max(1, cfg.iterations))
+    return [{"method": m, "config": MetaConfig(**base, seed=s, optimizee_regularizer=opt_reg,
+                                                meta_regularizer=meta_reg).to_dict(),
+             "threads": 1, "out": str(root / f"{m}-seed{s}")}
+            for m, (opt_reg, meta_reg) in regs.items() for s in range(cfg.seeds)]
+
+
+def _evaluate(cfg: L2OBenchConfig, m: str, optimizers: dict[tuple[str, int], Any], heldout: list,
+              note: Callable[[str], None]) -> Row:
+    """Row ``m``: every seed's optimizer (a learned one meta-trained with that seed) trains the
+    held-out tasks for ``long_horizon`` steps; accuracy, losses and flatness at ``horizon``
+    and ``long_horizon``, mean (± sample std) over seeds; latency of seed 0's optimizer."""
+    note(f"evaluating {m} on {cfg.tasks} held-out tasks x {cfg.seeds} seeds")
+    horizon, long_horizon = cfg.horizon, cfg.long_horizon
+    loss_fn = task_loss_fn(heldout, "train")
+    per_seed: dict[str, list[float]] = {k: [] for k in ("acc", "acc_long", "loss", "loss_long", "eval_loss",
+                                                        "trace", "eig", "trace_long")}
+    curves, acc_curves = [], []
+    for s in range(cfg.seeds):
+        opt = optimizers[(m, s)] if m in LEARNED else make_optimizer(m)
+        res = run_optimizee(opt, heldout, long_horizon, seed=s, batch_size=cfg.batch_size)
+        em, tl = res["eval_metric"], res["train_loss"]
+        per_seed["acc"].append(float(em[:, horizon].mean()))
+        per_seed["acc_long"].append(float(em[:, long_horizon].mean()))
+        per_seed["loss"].append(float(tl[:, horizon].mean()))
+        per_seed["loss_long"].append(float(tl[:, long_horizon].mean()))
+        per_seed["eval_loss"].append(float(res["eval_loss"][:, horizon].mean()))
+        fm = flatness_metrics(heldout, res["thetas"][:, horizon], cfg.probes, seed=s)
+        per_seed["trace"].append(float(fm["hessian_trace"].mean()))
+        per_seed["eig"].append(float(fm["top_eigenvalue"].mean()))
+        tr_long = hutchinson_trace(loss_fn, res["thetas"][:, long_horizon], cfg.probes,
+                                   torch.Generator().manual_seed(s))
+        per_seed["trace_long"].append(float(tr_long.detach().mean()))
+        curves.append(tl.mean(0))
+        acc_curves.append(em.mean(0))
+    note(f"timing {m}")
+    lat_opt = optimizers[(m, 0)] if m in LEARNED else make_optimizer(m)
+    acc, acc_std = mean_std(per_seed["acc"])
+    acc_long, acc_long_std = mean_std(per_seed["acc_long"])
+    trace, trace_std = mean_std(per_seed["trace"])
+    return Row(m, acc, acc_std, n_seeds=cfg.seeds, steps=horizon,
+               latency_ms=_latency_ms(lat_opt, heldout[:cfg.latency_tasks], horizon, cfg.batch_size),
+               extra={"train_loss": float(np.mean(per_seed["loss"])), "hessian_trace": trace,
+                      "hessian_trace_std": trace_std, "top_eigenvalue": float(np.mean(per_seed["eig"])),
+                      "eval_loss": float(np.mean(per_seed["eval_loss"])), "accuracy_long": acc_long,
+                      "accuracy_long_std": acc_long_std, "train_loss_long": float(np.mean(per_seed["loss_long"])),
+                      "hessian_trace_long": float(np.mean(per_seed["trace_long"])),
+                      "accuracy_per_seed": per_seed["acc"],
+                      "curve_train_loss": torch.stack(curves).mean(0).tolist(),
+                      "curve_accuracy": torch.stack(acc_curves).mean(0).tolist()})
+
+
+def _method_info(cfg: L2OBenchConfig, m: str, regs: dict[str, tuple[str | None, str | None]],
+                 info: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """A learned row's regularizers and meta-training record, a hand-written row's hyper-parameters."""
+    if m not in LEARNED:
+        return {"hparams": make_optimizer(m).hparams}
+    runs = [info[(m, s)] for s in range(cfg.seeds)]
+    return {"optimizee_regularizer": regs[m][0], "meta_regularizer": regs[m][1],
+            "meta_train_seconds": float(np.mean([r["seconds"] for r in runs])),
+            "meta_loss_first": float(np.mean([r["first_meta_loss"] for r in runs])),
+            "meta_loss_final": float(np.mean([r["final_meta_loss"] for r in runs]))}
 
 
 def plot(result: dict[str, Any], path) -> None:
@@ -339,11 +326,6 @@ def plot(result: dict[str, Any], path) -> None:
     save_figure(fig, path)
 
 
-def run_config(cfg: L2OBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
-    """:func:`run` with the settings of ``cfg`` (the registry's face; ``train_progress`` unused)."""
-    return run(**cfg.run_kwargs(), progress=note)
-
-
 def plots(result: dict[str, Any], target: str | Path) -> list[Path]:
     """The figure of :func:`plot` at ``target`` (a file, or a folder: ``target / PNG``)."""
     path = figure_path(target, PNG)
@@ -376,7 +358,8 @@ def _options(given: dict[str, Any], base: L2OBenchConfig) -> dict[str, Any]:
 
 
 def _check(cfg: L2OBenchConfig) -> None:
-    validate(**cfg.run_kwargs())
+    """The digits family of ``--head`` builds (before the progress bar; the rest the config checked)."""
+    make_family("digits", **cfg.family_config)
 
 
 # The settings of the full and the quick run, as dicts (the keywords of run).
@@ -386,8 +369,8 @@ QUICK = {name: getattr(L2OBenchConfig.quick_config(), name) for name in PRESET}
 HELP = """Learned LSTM optimizer (L2O-DM) with/without flatness regularizers vs Adam and SGD."""
 
 
-register_benchmark("l2o", L2OBenchConfig, run_config, tables, plots=plots, notes=notes,
-                   quick=L2OBenchConfig.quick_config, options=_options, check=_check, help=HELP)
+register_benchmark("l2o", L2OBenchConfig, run, tables, plots=plots, notes=notes, options=_options, check=_check,
+                   help=HELP)
 
 __all__ = ["ENTROPY", "FULL", "HESSIAN", "L2OBenchConfig", "METHODS", "PNG", "QUICK", "plot", "plots",
-           "regularizers_for", "run", "run_config", "tables", "validate"]
+           "regularizers_for", "run", "tables"]

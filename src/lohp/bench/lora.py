@@ -30,17 +30,25 @@ from lohp import lora
 from lohp.bench.harness import (
     adam_time_to_accuracy,
     gradient_accuracy,
-    mean_std,
     plot_accuracy_latency,
     plot_learning_curves,
     single_run_seconds,
 )
-from lohp.bench.baselines import default_points
+from lohp.bench.baselines import closed_form_row, default_points
 from lohp.bench.presets import LORA_POLICY
-from lohp.bench.runner import ACCURACY, TableSpec, check_positive, register_benchmark, result
-from lohp.bench.scenario import CURVE_POINTS, Variant, ablation_order, learned_row, policy_dir, public, s0_sampler
+from lohp.bench.rows import Row, public_rows
+from lohp.bench.runner import ACCURACY, TableSpec, register_benchmark, result
+from lohp.bench.scenario import (
+    CURVE_POINTS,
+    ScenarioConfig,
+    Variant,
+    ablation_order,
+    learned_row,
+    policy_dir,
+    s0_sampler,
+)
 from lohp.condition import summarize
-from lohp.config import Config, setting
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.io import read_json
 from lohp.optim import make_optimizer
@@ -73,17 +81,21 @@ LEARNING_CURVES_PNG = "lora_learning_curves.png"
 
 
 @dataclass
-class LoraBenchConfig(Config):
+class LoraBenchConfig(ScenarioConfig):
     what = "bench lora"
 
-    work: str = setting("runs/bench-lora", "Working folder (store and policies; resumable).")
+    work: str = ScenarioConfig.default("work", "runs/bench-lora")
+    store_tasks: int = ScenarioConfig.default("store_tasks", 24)
+    batch_size: int = ScenarioConfig.default("batch_size", 16)
+    train_batch: int = ScenarioConfig.default("train_batch", 8)
+    seeds: int = ScenarioConfig.default("seeds", 1)
+    speedup_tasks: int = ScenarioConfig.default("speedup_tasks", 4)
+    latency_repeats: int = ScenarioConfig.default("latency_repeats", 20)
+    variants: list[Variant] = ScenarioConfig.default("variants", factory=_variants)
     family: str = setting("wordnet", "Text family: wordnet or fortunes.")
     family_config: dict[str, Any] = setting(factory=dict, help="Family settings.")
     optimizers: list[str] = setting(factory=lambda: ["adam", "sgd"], help="Stage I optimizers, comma-separated.")
-    store_tasks: int = setting(24, "Source tasks in Stage I.")
     seeds_per_task: int = setting(1, "Stage I runs per source task and optimizer.")
-    steps: int = setting(32, "Steps per Stage I run (T).")
-    batch_size: int = setting(16, "Minibatch size of Stage I and the gradient baselines.")
     # = k: the policies only need the stride-k checkpoints
     record_every: int = setting(2, "Stage I checkpoint stride (= k).")
     # a cap; each policy trains for policy_seconds of wall time (compute-matched)
@@ -91,25 +103,20 @@ class LoraBenchConfig(Config):
     policy_seconds: float | None = setting(240.0, "Training seconds per policy (the same for every method).")
     # 1e-3 learned markedly slower on these LoRA stores
     policy_lr: float = setting(3e-3, "Learning rate of the policies.")
-    train_batch: int = setting(8, "Trajectories per policy training iteration.")
     # policy diagnostics (the runs stop on time, so not a fraction of iterations)
     log_every: int = setting(50, "Policy log interval (iterations).")
     eval_every: int = setting(200, "Held-out accuracy interval of the policy's log (iterations).")
-    seeds: int = setting(1, "Seeds per method.")
     eval_tasks: int = setting(16, "Held-out tasks.")
-    speedup_tasks: int = setting(4, "Tasks of the time-to-accuracy speedup.")
-    latency_repeats: int = setting(20, "Repeats of the latency measurement.")
-    device: str = setting("cpu", "torch device.")
-    variants: list[Variant] = setting(factory=_variants, help="The learned rows.")
 
     def __post_init__(self) -> None:
-        check_positive(self)
+        super().__post_init__()
         if self.policy_seconds is not None and not self.policy_seconds > 0:
             raise LohpError(f"--policy-seconds must be > 0 (got {self.policy_seconds})")
 
     @classmethod
-    def quick(cls, work: str = "runs/bench-lora-quick") -> "LoraBenchConfig":
-        return cls(work=work, store_tasks=4, steps=8, iterations=400, policy_seconds=20.0, train_batch=8, eval_tasks=4,
+    def quick_config(cls) -> "LoraBenchConfig":
+        return cls(work="runs/bench-lora-quick", store_tasks=4, steps=8, iterations=400, policy_seconds=20.0,
+                   train_batch=8, eval_tasks=4,
                    speedup_tasks=2, latency_repeats=5, log_every=20, eval_every=10_000)
 
 
@@ -131,7 +138,7 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
     tasks = family.heldout_tasks(cfg.eval_tasks)
     T = cfg.steps
     s0_for = s0_sampler(tasks, store)
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
 
     # ------------------------------------------------------------- gradient baselines
     for name in cfg.optimizers:
@@ -142,9 +149,7 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
             accs.append(float(np.mean(acc)))
             per_task = per_task or acc
         lat = _run_ms(tasks[:2], name, hp[name], s0_for(0), T, cfg.batch_size)
-        m, s = mean_std(accs)
-        rows.append({"method": name, "k": None, "steps": T, "accuracy": m, "accuracy_std": s, "accuracy_wide": None,
-                     "latency_ms": lat, "seeds": accs, "per_task": per_task})
+        rows.append(Row.over_seeds(name, accs, steps=T, latency_ms=lat, per_task=per_task))
 
     note("linear probe on frozen embeddings")
     rows.append(_probe_row(family, tasks))
@@ -158,17 +163,18 @@ def run(cfg: LoraBenchConfig, note: Callable[[str], None] | None = None,
                            **v.train_options}
         row, _ = learned_row(work, store, v, tasks, s0_for, cfg.seeds, cfg.iterations, cfg.train_batch, note,
                              cfg.device, cfg.latency_repeats, progress=train_progress)
-        row["latency_with_condition_ms"] = row["latency_ms"] + cond_ms
-        row["iterations"] = [read_json(policy_dir(work, v, s) / META, "policy")["iteration"] for s in range(cfg.seeds)]
-        row["condition_ms"] = cond_ms
+        row.update({"latency_with_condition_ms": row.latency_ms + cond_ms,
+                    "iterations": [read_json(policy_dir(work, v, s) / META, "policy")["iteration"]
+                                   for s in range(cfg.seeds)],
+                    "condition_ms": cond_ms})
         if v.method == "lo-hp":
             note("time-to-accuracy: full-batch Adam until it reaches lo-hp's accuracy")
-            row.update(_speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], cond_ms, T,
+            row.update(_speedup(tasks, s0_for(0), row.per_task, hp["adam"], row.latency_ms, cond_ms, T,
                                 cfg.speedup_tasks))
         rows.append(row)
 
     targets = _targets(rows)
-    return result("lora", cfg, public(rows), t_start, family=store.config["family"], family_config=family.config(),
+    return result("lora", cfg, public_rows(rows), t_start, family=store.config["family"], family_config=family.config(),
                   heldout_tasks=len(tasks), parameters=store.layout.size, targets=targets,
                   ablation_order=ablation_order(rows), stage_one_train_seconds=stage_seconds,
                   stage_one_runs=len(store))
@@ -181,22 +187,20 @@ def _run_ms(tasks, name: str, hparams: dict[str, Any], s0: torch.Tensor, steps: 
                              for i, t in enumerate(tasks)) * 1e3
 
 
-def _probe_row(family, tasks) -> dict[str, Any]:
+def _probe_row(family, tasks) -> Row:
     """Logistic regression on the frozen MiniLM embeddings (latency: the fit, embeddings cached)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    accs, ms = [], []
-    for t in tasks:
+    def fit(t) -> tuple[float, float]:
         ftr, fev = family.frozen_features(t)
         t0 = time.perf_counter()
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr.numpy(), t.y_train.numpy())
-        ms.append((time.perf_counter() - t0) * 1e3)
-        accs.append(float(clf.score(fev.numpy(), t.y_eval.numpy())))
-    return {"method": "linear-probe", "k": None, "steps": None, "accuracy": float(np.mean(accs)), "accuracy_std": 0.0,
-            "accuracy_wide": None, "latency_ms": statistics.median(ms), "seeds": [float(np.mean(accs))],
-            "per_task": accs}
+        ms = (time.perf_counter() - t0) * 1e3
+        return float(clf.score(fev.numpy(), t.y_eval.numpy())), ms
+
+    return closed_form_row("linear-probe", tasks, fit)
 
 
 @torch.no_grad()
@@ -229,17 +233,17 @@ def _speedup(tasks, s0: torch.Tensor, lohp_acc, adam_hp: dict[str, Any], latency
             "speedup_adam_reached": reached}
 
 
-def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {r["method"]: r for r in rows}
+def _targets(rows: list[Row]) -> dict[str, Any]:
+    by = {r.method: r for r in rows}
     lohp, adam = by.get("lo-hp"), by.get("adam")
     if lohp is None or adam is None:
         return {}
-    out = {"latency_ms<=50": lohp["latency_ms"] <= 50,
-           "accuracy>=0.95*adam": lohp["accuracy"] >= 0.95 * adam["accuracy"],
-           "accuracy>linear-probe": lohp["accuracy"] > by["linear-probe"]["accuracy"] if "linear-probe" in by else None,
-           "accuracy>=lo-di": lohp["accuracy"] >= by["lo-di"]["accuracy"] if "lo-di" in by else None,
-           "accuracy>=lo-di-noise": lohp["accuracy"] >= by["lo-di-noise"]["accuracy"] if "lo-di-noise" in by else None,
-           "speedup>=30 (condition included)": (lohp.get("time_to_accuracy_speedup") or 0) >= 30}
+    out = {"latency_ms<=50": lohp.latency_ms <= 50,
+           "accuracy>=0.95*adam": lohp.accuracy >= 0.95 * adam.accuracy,
+           "accuracy>linear-probe": lohp.accuracy > by["linear-probe"].accuracy if "linear-probe" in by else None,
+           "accuracy>=lo-di": lohp.accuracy >= by["lo-di"].accuracy if "lo-di" in by else None,
+           "accuracy>=lo-di-noise": lohp.accuracy >= by["lo-di-noise"].accuracy if "lo-di-noise" in by else None,
+           "speedup>=30 (condition included)": (lohp.time_to_accuracy_speedup or 0) >= 30}
     return out
 
 

@@ -28,9 +28,9 @@ import torch
 
 from lohp.bench.presets import HEAD_POLICY, LORA_POLICY, MLP_POLICY, MLP_TRAIN
 from lohp.bench.harness import single_run_seconds
-from lohp.bench.runner import TableSpec, check_budget, register_benchmark
+from lohp.bench.runner import StudyConfig, TableSpec, register_benchmark
 from lohp.bench.scenario import ADAM_LRS, budget_variants, policy_dir, s0_sampler, stage_one, train_variant, tune_adam
-from lohp.config import Config, setting
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.generation import Generator
 from lohp.losses import method_names
@@ -99,24 +99,22 @@ def refine_png(scenario: str) -> str:
 
 
 @dataclass
-class RefineBenchConfig(Config):
+class RefineBenchConfig(StudyConfig):
+    """``quick``: each scenario's quick settings (:meth:`RefineScenario.quick`)."""
+
     what = "bench refine"
 
-    work: str = setting("runs/bench-refine", "Working folder (stores and policies; resumable).")
+    work: str = StudyConfig.default("work", "runs/bench-refine")
     scenarios: list[str] = setting(factory=lambda: ["digits", "transfer", "few-shot", "domain", "lora"],
                                    help="Comma-separated: digits, transfer, few-shot, domain, lora.")
-    budget: float = setting(60.0, "Training seconds per policy (the same for every method).")
     methods: tuple[str, ...] = setting(("hypernetwork", "lo-di", "lo-hp"), "The generated starts.")
     step_counts: tuple[int, ...] = setting(STEP_COUNTS, "The Adam step counts reported.")
-    seed: int = setting(0, "Seed of the policies, the starting weights and the minibatches.")
-    quick: bool = setting(False, "Each scenario's quick settings.", cli=False)
-    device: str = setting("cpu", "torch device.")
 
     def __post_init__(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad or not self.scenarios:
             raise LohpError(f"unknown refine scenario {', '.join(bad) or '(none given)'}; choose from {', '.join(SCENARIOS)}")
-        check_budget(self.budget)
+        super().__post_init__()
         unknown = [m for m in self.methods if m not in method_names()]
         if unknown or not self.methods:  # before Stage I runs
             raise LohpError(f"--methods takes generated starts from {', '.join(method_names())} "
@@ -126,8 +124,8 @@ class RefineBenchConfig(Config):
             raise LohpError(f"--step-counts takes Adam step counts >= 0, e.g. 0,8,32 (got {self.step_counts})")
 
     @classmethod
-    def quick_config(cls, **kw: Any) -> "RefineBenchConfig":
-        return cls(**{"work": "runs/bench-refine-quick", "budget": 10.0, "quick": True, **kw})
+    def quick_config(cls) -> "RefineBenchConfig":
+        return cls(work="runs/bench-refine-quick", budget=10.0, quick=True)
 
 
 def steps_to_target(curve: Sequence[float], target: float) -> int | None:
@@ -299,4 +297,4 @@ HELP = """Generate-then-refine: Adam from the standard init vs from generated we
     step and the steps each needs to reach 0.99 x Adam-from-scratch at T."""
 
 
-register_benchmark("refine", RefineBenchConfig, run, tables, plots=plots, quick=RefineBenchConfig.quick_config, help=HELP)
+register_benchmark("refine", RefineBenchConfig, run, tables, plots=plots, help=HELP)

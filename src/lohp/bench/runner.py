@@ -6,7 +6,7 @@ A benchmark module registers itself when imported::
                        budget=lambda seconds: {"variants": default_variants(seconds)})
 
 and the command line derives the command's options from the config dataclass, builds
-``(quick config or default config).replace(**given settings)``, runs it under one progress
+``(config_cls.quick_config() or config_cls()).replace(**given settings)``, runs it under one progress
 bar, prints every ``tables(result)`` entry ``(title, rows, columns)`` with
 :func:`lohp.bench.harness.print_table`, then ``notes(result)`` lines, and writes the JSON
 and ``plots(result, folder)``. File names (PNG names) belong to the module that writes them.
@@ -23,12 +23,13 @@ from typing import Any, Callable
 
 import torch
 
+from lohp.config import Config, setting, setting_help
 from lohp.errors import LohpError
 
 Columns = list[tuple[str, str, str]]          # (row key, header, format) as print_table takes them
 TableSpec = tuple[str, list[dict[str, Any]], Columns]
 
-# The spread every accuracy column shows: mean ± *sample* std over seeds (harness.mean_std).
+# The spread every accuracy column shows: mean ± *sample* std over seeds (rows.mean_std).
 ACCURACY = ("accuracy", "accuracy (mean ± sample std)", ".4f")
 
 # The columns of every scenario table (bench transfer / few-shot / domain, lohp evaluate).
@@ -45,11 +46,11 @@ class Benchmark:
 
     ``run(cfg, note, train_progress[, stage_progress])`` returns the JSON-able result;
     ``tables(result)`` the tables to print; ``plots(result, folder)`` the PNGs it wrote;
-    ``notes(result)`` lines printed after the tables. Hooks of the command line:
-    ``quick()`` the ``--quick`` settings (default ``config_cls.quick``); ``options(given,
-    base)`` turns the given options into ``replace`` keywords; ``budget(seconds)`` the
-    settings of ``--budget`` where it is not a field; ``family_setting`` the field
-    ``--family-option`` fills; ``check(cfg)`` fails early (before the progress bar)."""
+    ``notes(result)`` lines printed after the tables. ``--quick`` builds the config's
+    ``quick_config()`` classmethod. Hooks of the command line: ``options(given, base)`` turns
+    the given options into ``replace`` keywords; ``budget(seconds)`` the settings of
+    ``--budget`` where it is not a field; ``family_setting`` the field ``--family-option``
+    fills; ``check(cfg)`` fails early (before the progress bar)."""
 
     name: str
     config_cls: type
@@ -57,7 +58,6 @@ class Benchmark:
     tables: Callable[[dict[str, Any]], list[TableSpec]]
     plots: Callable[[dict[str, Any], Path], list[Path]] | None = None
     notes: Callable[[dict[str, Any]], list[str]] | None = None
-    quick: Callable[[], Any] | None = None
     options: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     budget: Callable[[float], dict[str, Any]] | None = None
     family_setting: str | None = None
@@ -68,11 +68,19 @@ class Benchmark:
     def config(self, quick: bool = False, given: dict[str, Any] | None = None) -> Any:
         """The settings of one run: the quick or default config with ``given`` replaced
         (``__post_init__`` validates the result)."""
-        base = (self.quick or self.config_cls.quick)() if quick else self.config_cls()
+        base = self.quick_config() if quick else self.config_cls()
         given = dict(given or {})
         if self.options is not None:
             given = self.options(given, base)
         return base.replace(**given) if given else base
+
+    def quick_config(self) -> Any:
+        """The ``--quick`` settings: the config class's ``quick_config()`` classmethod."""
+        preset = getattr(self.config_cls, "quick_config", None)
+        if not callable(preset):
+            raise LohpError(f"lohp bench {self.name} has no --quick settings (its config class "
+                            f"{self.config_cls.__name__} defines no quick_config() classmethod)")
+        return preset()
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -96,6 +104,45 @@ def benchmark(name: str) -> Benchmark:
         return BENCHMARKS[name]
     except KeyError:
         raise LohpError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}") from None
+
+
+@dataclass
+class BenchConfig(Config):
+    """The settings every benchmark that keeps a resumable working folder shares (each
+    scenario through :class:`lohp.bench.scenario.ScenarioConfig`, ``refine`` and ``cross``
+    through :class:`StudyConfig`). A subclass gives an inherited setting its own default
+    with :meth:`default` (same help text, same option), and its ``--quick`` settings with a
+    ``quick_config()`` classmethod, the one preset name the runner calls."""
+
+    what = "bench"
+
+    work: str = setting("runs/bench", "Working folder (stores and policies; resumable).")
+    device: str = setting("cpu", "torch device.")
+
+    @classmethod
+    def default(cls, name: str, value: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
+        """The inherited setting ``name`` with a subclass's own default (or ``factory``)::
+
+            work: str = ScenarioConfig.default("work", "runs/bench-mine")
+        """
+        f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+        if f is None:
+            raise LohpError(f"{cls.__name__} has no setting {name!r} to give a default")
+        return setting(value, setting_help(f), factory=factory, cli=f.metadata.get("cli", True))
+
+
+@dataclass
+class StudyConfig(BenchConfig):
+    """The settings of the studies that train one policy per method within a training-time
+    budget, with one seed (``refine``, ``cross``)."""
+
+    budget: float = setting(60.0, "Training seconds per policy (the same for every method).")
+    seed: int = setting(0, "Seed of the policies, the starting weights and the minibatches.")
+    quick: bool = setting(False, "The quick settings: each study's small version (recorded in the result).",
+                          cli=False)
+
+    def __post_init__(self) -> None:
+        check_budget(self.budget)
 
 
 def check_positive(cfg: Any) -> None:

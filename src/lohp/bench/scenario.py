@@ -11,8 +11,9 @@ they differ (family, baselines, closed-form rows, row tags, cross-dataset task s
 
 Statistics are over seeds: each seed trains every learned method anew (initialisation and
 batches) and draws new starting weights s_0 for every evaluation task; gradient
-baselines start from the same s_0. Rows share one schema (see :mod:`lohp.bench.harness`);
-a row's ``per_task`` list (seed 0) feeds confidence intervals and is dropped from JSON.
+baselines start from the same s_0. Rows are :class:`lohp.bench.rows.Row` objects; a
+row's ``per_task`` list (seed 0) feeds confidence intervals and is dropped from JSON
+(:func:`lohp.bench.rows.public_rows`). A scenario's settings subclass :class:`ScenarioConfig`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import numpy as np
 import torch
 
 from lohp.bench.baselines import BaselineContext, baseline_rows
-from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, mean_std, single_run_seconds
+from lohp.bench.harness import WIDE, adam_time_to_accuracy, gradient_accuracy, single_run_seconds
+from lohp.bench.rows import Row
+from lohp.bench.runner import BenchConfig, check_positive
+from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace, task_loss_fn
 from lohp.generation import Generator
@@ -64,6 +68,27 @@ class Variant:
         return f"{self.method}-k{0 if self.k is None else self.k}{opt}{extra}"  # (k0: folder names as before)
 
 
+@dataclass
+class ScenarioConfig(BenchConfig):
+    """The settings every scenario benchmark shares (digits, transfer, few-shot, domain,
+    lora): what :func:`run_part` reads. A scenario subclasses it, adds its own fields and
+    gives shared ones its defaults with ``ScenarioConfig.default(name, value)``; its
+    ``quick_config()`` classmethod is its ``--quick`` settings. Every whole-number setting
+    must be > 0."""
+
+    store_tasks: int = setting(96, "Source tasks in Stage I.")
+    steps: int = setting(32, "Steps per Stage I run (T).")
+    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
+    train_batch: int = setting(16, "Trajectories per policy training iteration.")
+    seeds: int = setting(3, "Seeds per method.")
+    speedup_tasks: int = setting(10, "Tasks of the time-to-accuracy speedup.")
+    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
+    variants: list[Variant] = setting(factory=list, help="The learned rows.")
+
+    def __post_init__(self) -> None:
+        check_positive(self)
+
+
 # The learned rows every scenario shows, in the paper's ablation order, plus the earlier
 # hybrid (lo-hp-v1) and lo-di with input noise (docs/method.md, section 'What every benchmark shows').
 LEARNED = ("hypernetwork", "lo-di", "lo-di-noise", "lo-op", "lo-hp-v1", "lo-hp")
@@ -97,9 +122,9 @@ def matching_variants(budget: float | None = None, n_steps: int = FEW_STEPS, pol
                     train_options={**base, "online_steps": n_steps, "matching": "adaptive"})]
 
 
-def ablation_order(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def ablation_order(rows: Sequence[Row]) -> dict[str, Any]:
     """The paper's claim hypernetwork < lo-di < lo-op < lo-hp, checked on these rows' mean accuracy."""
-    acc = {r["method"]: r["accuracy"] for r in rows if r["method"] in PAPER_ORDER and r.get("k") in (None, 2)}
+    acc = {r.method: r.accuracy for r in rows if r.method in PAPER_ORDER and r.k in (None, 2)}
     if len(acc) < len(PAPER_ORDER):
         return {"held": None, "accuracy": acc}
     held = all(acc[a] < acc[b] for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:]))
@@ -133,32 +158,42 @@ def hessian_trace(tasks: Sequence[Task], thetas: torch.Tensor) -> float:
 
 def gradient_rows(tasks: Sequence[Task], hp: dict[str, dict[str, Any]], s0_for: S0For, seeds: int, steps: int,
                   batch_size: int, baselines: Sequence[tuple[str, str, int]], note: Note,
-                  hessian: bool = False, latency_tasks: int = 5) -> list[dict[str, Any]]:
-    """``baselines``: (row name, optimizer, steps) run from every seed's s_0 (and 10x wider)."""
+                  hessian: bool = False, latency_tasks: int = 5) -> list[Row]:
+    """``baselines``: (row name, optimizer, steps) run from every seed's s_0 (and 10x wider);
+    latency: one run with torch.optim (what a user would run), the median over ``latency_tasks``."""
     single_run_seconds(tasks[0], "adam", hp["adam"], s0_for(0)[0], 2, batch_size, 0)  # warm-up (~1 s once)
     rows = []
     for name, opt, n in baselines:
         note(f"baseline {name}")
         params = hp.get(name, hp[opt])  # a row's own (tuned) settings, else its optimizer's
-        accs, wides, traces, per_task = [], [], [], []
-        for seed in range(seeds):
-            s0 = s0_for(seed)
-            acc, final = gradient_accuracy(tasks, make_optimizer(opt, **params), s0, n, batch_size, seed)
-            accs.append(float(np.mean(acc)))
-            per_task = per_task or acc
-            if hessian:
-                traces.append(hessian_trace(tasks, final))
-            acc_w, _ = gradient_accuracy(tasks, make_optimizer(opt, **params), s0 * WIDE, n, batch_size, seed)
-            wides.append(float(np.mean(acc_w)))
-        lat = statistics.median(single_run_seconds(t, opt, params, s0_for(0)[i], n, batch_size, i)
-                                for i, t in enumerate(tasks[:latency_tasks])) * 1e3
-        m, s = mean_std(accs)
-        row = {"method": name, "k": None, "steps": n, "accuracy": m, "accuracy_std": s, "lr": params.get("lr"),
-               "accuracy_wide": float(np.mean(wides)), "latency_ms": lat, "seeds": accs, "per_task": per_task}
-        if hessian:
-            row["hessian_trace"] = float(np.mean(traces))
+        row = optimizer_row(name, tasks, lambda seed, o=opt, p=params: make_optimizer(o, **p), s0_for, seeds, n,
+                            batch_size, hessian, lr=params.get("lr"))
+        row.latency_ms = statistics.median(single_run_seconds(t, opt, params, s0_for(0)[i], n, batch_size, i)
+                                           for i, t in enumerate(tasks[:latency_tasks])) * 1e3
         rows.append(row)
     return rows
+
+
+def optimizer_row(name: str, tasks: Sequence[Task], optimizer_for: Callable[[int], Any], s0_for: S0For, seeds: int,
+                  steps: int, batch_size: int, hessian: bool = False, **fields: Any) -> Row:
+    """The row of an optimizer (hand-written or learned, with the Optimizer face): per seed,
+    ``optimizer_for(seed)`` runs ``steps`` steps from that seed's s_0 and from s_0 drawn
+    WIDE times wider (the Stage I protocol, batched). ``fields``: more row fields or extra
+    keys; the caller sets ``latency_ms``."""
+    accs, wides, traces, per_task = [], [], [], []
+    for seed in range(seeds):
+        opt, s0 = optimizer_for(seed), s0_for(seed)
+        acc, final = gradient_accuracy(tasks, opt, s0, steps, batch_size, seed)
+        accs.append(float(np.mean(acc)))
+        per_task = per_task or acc
+        if hessian:
+            traces.append(hessian_trace(tasks, final))
+        acc_w, _ = gradient_accuracy(tasks, opt, s0 * WIDE, steps, batch_size, seed)
+        wides.append(float(np.mean(acc_w)))
+    row = Row.over_seeds(name, accs, steps=steps, accuracy_wide=float(np.mean(wides)), per_task=per_task, **fields)
+    if hessian:
+        row.extra["hessian_trace"] = float(np.mean(traces))
+    return row
 
 
 def task_metrics(tasks: Sequence[Task], thetas: torch.Tensor) -> list[float]:
@@ -203,7 +238,7 @@ def train_variant(work: Path, store: TrajectoryStore, v: Variant, seed: int, ite
 def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[Task], s0_for: S0For, seeds: int,
                 iterations: int, train_batch: int, note: Note, device: str = "cpu", latency_repeats: int = 30,
                 hessian: bool = False, progress=None, extra_tasks: dict[str, tuple[Sequence[Task], S0For]] | None = None
-                ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+                ) -> tuple[Row, dict[str, Row]]:
     """Train ``v`` once per seed (resumable), generate for ``tasks``, and summarise.
 
     ``extra_tasks`` (name -> (tasks, s0_for)) are evaluated with the same policies (e.g. a
@@ -238,30 +273,27 @@ def learned_row(work: Path, store: TrajectoryStore, v: Variant, tasks: Sequence[
         for name, (xt, xs0) in (extra_tasks or {}).items():
             th = gen.generate_batch(xt, s0=xs0(seed))
             extra_accs[name].append(task_metrics(xt, th))
+    k = None if get_method(v.method).whole_trajectory else v.k
+    row = Row.over_seeds(v.name, accs, k=k, per_task=per_task, curves=curves, ablation=v.ablation,
+                         diverged_seeds=diverged)
     if gen is None:  # every seed diverged before its first checkpoint
-        return {"method": v.name, "k": None if get_method(v.method).whole_trajectory else v.k, "ablation": v.ablation,
-                "steps": None, "accuracy": float("nan"), "accuracy_std": float("nan"), "accuracy_wide": None,
-                "latency_ms": None, "seeds": [], "per_task": [], "diverged_seeds": diverged, "curves": curves,
-                "iterations_per_second": None, "diagnostics": {}}, {}
-    m, s = mean_std(accs)
-    row = {"method": v.name, "k": None if get_method(v.method).whole_trajectory else v.k, "ablation": v.ablation,
-           "diverged_seeds": diverged,
-           "steps": gen.n_steps, "matching": (gen.meta.get("matching") or {}).get("kind", "uniform"), "accuracy": m, "accuracy_std": s, "accuracy_wide": float(np.mean(wides)),
-           "latency_ms": statistics.median(l["latency_ms"] for l in lats),
-           "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
-           "seeds": accs, "per_task": per_task, "train_seconds": float(np.mean(train_s)),
-           "iterations": float(np.mean(its)), "iterations_per_second": float(np.mean(its) / max(np.mean(train_s), 1e-9)),
-           "curves": curves,
-           "optimizers": v.optimizers or [o["name"] for o in store.config["optimizers"]],
-           "diagnostics": {k: float(np.mean([d[k] for d in diag if d.get(k) is not None] or [np.nan]))
-                           for k in ("logpf_real", "cos_real", "dist", "dist_final")}}
+        row.update({"iterations_per_second": None, "diagnostics": {}})
+        return row, {}
+    mean_its, mean_train_s = float(np.mean(its)), float(np.mean(train_s))
+    row.update({
+        "steps": gen.n_steps, "accuracy_wide": float(np.mean(wides)),
+        "latency_ms": statistics.median(l["latency_ms"] for l in lats),
+        "latency_with_condition_ms": statistics.median(l["latency_with_condition_ms"] for l in lats),
+        "matching": (gen.meta.get("matching") or {}).get("kind", "uniform"), "train_seconds": mean_train_s,
+        "iterations": mean_its, "iterations_per_second": mean_its / max(mean_train_s, 1e-9),
+        "optimizers": v.optimizers or [o["name"] for o in store.config["optimizers"]],
+        "diagnostics": {k: float(np.mean([d[k] for d in diag if d.get(k) is not None] or [np.nan]))
+                        for k in ("logpf_real", "cos_real", "dist", "dist_final")}})
     if hessian:
-        row["hessian_trace"] = float(np.mean(traces))
-    extra = {}
-    for name, per_seed in extra_accs.items():
-        em, es = mean_std([float(np.mean(a)) for a in per_seed])
-        extra[name] = {**{k: row[k] for k in ("method", "k", "steps", "latency_ms")}, "accuracy": em,
-                       "accuracy_std": es, "seeds": [float(np.mean(a)) for a in per_seed], "per_task": per_seed[0]}
+        row.extra["hessian_trace"] = float(np.mean(traces))
+    extra = {name: Row.over_seeds(v.name, [float(np.mean(a)) for a in per_seed], k=row.k, steps=row.steps,
+                                  latency_ms=row.latency_ms, per_task=per_seed[0])
+             for name, per_seed in extra_accs.items()}
     return row, extra
 
 
@@ -362,11 +394,6 @@ def ci95(values: Sequence[float]) -> float:
     return float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
-def public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows for JSON: without the per-task lists (the curves stay: they are the learning curves)."""
-    return [{k: v for k, v in r.items() if k != "per_task"} for r in rows]
-
-
 # --------------------------------------------------------------------------- the shared skeleton
 def baseline_specs(names: Sequence[str], T: int) -> list[tuple[str, str, int]]:
     """Gradient rows by name: ``adam`` / ``sgd`` / ``sam`` for T steps, ``adam-n`` (Adam) for T/2."""
@@ -390,14 +417,14 @@ class Part:
     # more task sets the same policies serve: () -> [(tags, tasks)], rows after the part's own
     cross: Callable[[], list[tuple[dict[str, Any], Sequence[Task]]]] | None = None
     cross_baselines: tuple[str, ...] = ("adam",)
-    row_tags: Callable[[dict[str, Any]], dict[str, Any]] | None = None   # per-row extras (few-shot's CI)
+    row_tags: Callable[[Row], dict[str, Any]] | None = None   # per-row extras (few-shot's CI)
     order_on_lohp: bool = True                      # lo-hp's row carries ablation_order_held
 
 
 @dataclass
 class PartResult:
-    rows: list[dict[str, Any]]          # the part's rows, tagged
-    cross_rows: list[dict[str, Any]]    # the cross task sets' rows, tagged
+    rows: list[Row]                     # the part's rows, tagged
+    cross_rows: list[Row]               # the cross task sets' rows, tagged
     store: TrajectoryStore
     tasks: list[Task]
     cross_tasks: list[list[Task]]
@@ -405,12 +432,9 @@ class PartResult:
     order: dict[str, Any]               # ablation_order of the part's rows
 
 
-def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResult:
+def run_part(cfg: ScenarioConfig, part: Part, note: Note, train_progress=None) -> PartResult:
     """Stage I -> tuned baseline settings -> gradient rows -> closed-form rows -> a learned
-    row per ``cfg.variants`` (lo-hp with its speedup) -> ablation order, for one part.
-
-    ``cfg``: a scenario config with ``store_tasks, steps, batch_size, train_batch, seeds,
-    speedup_tasks, latency_repeats, device, variants``."""
+    row per ``cfg.variants`` (lo-hp with its speedup) -> ablation order, for one part."""
     note(part.label + part.stage_note)
     store = stage_one(part.work, part.family, part.family_config, cfg.store_tasks, cfg.steps, cfg.batch_size,
                       device=cfg.device)
@@ -425,14 +449,14 @@ def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResul
     points = (lohp_variant.policy_options.get("condition_points") if lohp_variant else None)
     ctx = BaselineContext(family=store.family(), adam=hp.get("adam"), steps=T, condition_points=points)
 
-    def closed(on: Sequence[Task], s0: torch.Tensor) -> list[dict[str, Any]]:
+    def closed(on: Sequence[Task], s0: torch.Tensor) -> list[Row]:
         ctx.s0 = {t.name: s0[i] for i, t in enumerate(on)}
         return baseline_rows(part.closed_forms, on, ctx)
 
     rows = gradient_rows(tasks, hp, s0_for, cfg.seeds, T, cfg.batch_size, baseline_specs(part.baselines, T), note)
     note(f"{part.label}closed-form baselines: {', '.join(part.closed_forms)}")
     rows += closed(tasks, s0_for(0))
-    cross_rows: list[list[dict[str, Any]]] = []
+    cross_rows: list[list[Row]] = []
     for (_, xt), xs0 in zip(cross, s0_cross):
         cross_rows.append(gradient_rows(xt, hp, xs0, cfg.seeds, T, cfg.batch_size,
                                         baseline_specs(part.cross_baselines, T), note) + closed(xt, xs0(0)))
@@ -443,8 +467,8 @@ def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResul
                                  cfg.device, cfg.latency_repeats, progress=train_progress, extra_tasks=extra_tasks)
         if v.method == "lo-hp":
             note(f"{part.label}time-to-accuracy of Adam vs lo-hp")
-            row.update(speedup(tasks, s0_for(0), row["per_task"], hp["adam"], row["latency_ms"], T,
-                               cfg.speedup_tasks, row.get("latency_with_condition_ms")))
+            row.update(speedup(tasks, s0_for(0), row.per_task, hp["adam"], row.latency_ms, T,
+                               cfg.speedup_tasks, row.latency_with_condition_ms))
         rows.append(row)
         for i, xr in enumerate(cross_rows):
             if str(i) in extra:  # absent when every seed diverged
@@ -454,8 +478,8 @@ def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResul
         r.update(part.tags)
         if part.row_tags is not None:
             r.update(part.row_tags(r))
-        if part.order_on_lohp and r["method"] == "lo-hp":
-            r["ablation_order_held"] = order["held"]
+        if part.order_on_lohp and r.method == "lo-hp":
+            r.extra["ablation_order_held"] = order["held"]
     for (tags, _), xr in zip(cross, cross_rows):
         for r in xr:
             r.update(tags)
@@ -463,7 +487,8 @@ def run_part(cfg: Any, part: Part, note: Note, train_progress=None) -> PartResul
                       order)
 
 
-def run_parts(cfg: Any, parts: Iterable[Part], note: Note | None = None, train_progress=None) -> list[PartResult]:
+def run_parts(cfg: ScenarioConfig, parts: Iterable[Part], note: Note | None = None,
+              train_progress=None) -> list[PartResult]:
     """:func:`run_part` for every part, in order."""
     note = note or (lambda s: None)
     return [run_part(cfg, p, note, train_progress) for p in parts]

@@ -15,9 +15,10 @@ from typing import Any, Callable
 from lohp.bench.baselines import SKEPTIC
 from lohp.bench.harness import plot_accuracy_latency, plot_learning_curves
 from lohp.bench.presets import HEAD_POLICY
-from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, check_positive, register_benchmark, result, rows_where
-from lohp.bench.scenario import Part, Variant, budget_variants, matching_variants, public, run_parts
-from lohp.config import Config, setting
+from lohp.bench.rows import public_rows
+from lohp.bench.runner import SCENARIO_COLUMNS, TableSpec, register_benchmark, result, rows_where
+from lohp.bench.scenario import Part, ScenarioConfig, Variant, budget_variants, matching_variants, run_parts
+from lohp.config import setting
 from lohp.tasks import make_family
 
 ACCURACY_LATENCY_PNG = "transfer_accuracy_latency.png"
@@ -31,32 +32,20 @@ def default_variants(budget: float = 120) -> list[Variant]:
 
 
 @dataclass
-class TransferBenchConfig(Config):
+class TransferBenchConfig(ScenarioConfig):
     what = "bench transfer"
 
-    work: str = setting("runs/bench-transfer", "Working folder (stores and policies; resumable).")
+    work: str = ScenarioConfig.default("work", "runs/bench-transfer")
+    variants: list[Variant] = ScenarioConfig.default("variants", factory=default_variants)
     n_way: int = setting(5, "Classes per task.")
     family_options: dict[str, Any] = setting(factory=dict, help="Extra openclipart options.")
-    store_tasks: int = setting(96, "Source tasks in Stage I.")
-    steps: int = setting(32, "Steps per Stage I run (T).")
-    batch_size: int = setting(32, "Minibatch size of Stage I and the gradient baselines.")
-    train_batch: int = setting(16, "Trajectories per policy training iteration.")
-    seeds: int = setting(3, "Seeds per learned method.")
     eval_tasks: int = setting(40, "Held-out Openclipart tasks.")
     cross_tasks: int = setting(40, "Held-out Fashion-MNIST tasks (cross-dataset).")
-    speedup_tasks: int = setting(10, "Tasks of the time-to-accuracy speedup.")
-    latency_repeats: int = setting(30, "Repeats of the latency measurement.")
-    device: str = setting("cpu", "torch device.")
-    variants: list[Variant] = setting(factory=default_variants, help="The learned rows.")
-
-    def __post_init__(self) -> None:
-        check_positive(self)
 
     @classmethod
-    def quick(cls, work: str = "runs/bench-transfer-quick") -> "TransferBenchConfig":
-        return cls(work=work, store_tasks=24, steps=16, train_batch=8, seeds=1, eval_tasks=10,
-                   cross_tasks=10, speedup_tasks=3, latency_repeats=10,
-                   variants=default_variants(15))
+    def quick_config(cls) -> "TransferBenchConfig":
+        return cls(work="runs/bench-transfer-quick", store_tasks=24, steps=16, train_batch=8, seeds=1, eval_tasks=10,
+                   cross_tasks=10, speedup_tasks=3, latency_repeats=10, variants=default_variants(15))
 
 
 def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, train_progress=None) -> dict[str, Any]:
@@ -68,7 +57,7 @@ def run(cfg: TransferBenchConfig, note: Callable[[str], None] | None = None, tra
                 cross=lambda: [({"dataset": "fashion"},
                                 make_family("fashion", n_way=cfg.n_way).heldout_tasks(cfg.cross_tasks))])
     [res] = run_parts(cfg, [part], note, train_progress)
-    return result("transfer", cfg, public(res.rows + res.cross_rows), t_start, family=res.store.family().config(),
+    return result("transfer", cfg, public_rows(res.rows + res.cross_rows), t_start, family=res.store.family().config(),
                   heldout_tasks=len(res.tasks), cross_tasks=len(res.cross_tasks[0]), adam_tuning=res.tuning,
                   ablation_order=res.order)
 
