@@ -166,3 +166,6 @@ def test_one_quick_preset_name():
         assert isinstance(preset, classmethod), name
         assert not callable(getattr(bench.config_cls, "quick", None)), name  # no second spelling
         assert bench.config(True) == bench.config_cls.quick_config(), name
+    with pytest.raises(LohpError, match="takes no quick hook"):
+        runner.register_benchmark("toy", BenchConfig, lambda cfg: {}, lambda result: [], quick=BenchConfig)
+    assert "toy" not in runner.BENCHMARKS

@@ -94,6 +94,9 @@ def register_benchmark(name: str, config_cls: type, run: Callable[..., dict[str,
     if name in BENCHMARKS and not overwrite:
         raise LohpError(f"a benchmark named {name!r} is already registered; pick another name or pass "
                         "overwrite=True")
+    if "quick" in hooks:
+        raise LohpError(f"register_benchmark({name!r}, ...) takes no quick hook: the --quick settings are the "
+                        "config class's quick_config() classmethod")
     bench = Benchmark(name, config_cls, run, tables, **hooks)
     BENCHMARKS[name] = bench
     return bench
