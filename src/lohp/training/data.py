@@ -53,50 +53,14 @@ class OfflineData:
     def __init__(self, store: TrajectoryStore, k: int, optimizers: list[str] | None = None,
                  device: str = "cpu", in_memory_gb: float | None = None, condition_points: int | None = 1,
                  matching: str = "uniform", online_steps: int | None = None, measure: str = "path"):
-        cfg = store.config
-        total = cfg["steps"]
         if matching not in MATCHINGS or measure not in MEASURES:
             raise LohpError(f"unknown matching {matching!r} / measure {measure!r}; choose matching from "
                             f"{', '.join(MATCHINGS)} and measure from {', '.join(MEASURES)}")
-        recorded = store.steps(0) if len(store) else []
-        if matching == "adaptive":
-            n = online_steps if online_steps is not None else total // k
-            if n < 1:
-                raise LohpError(f"--online-steps must be >= 1 (got {n})")
-            self.k, self.n_steps, self.total_steps = max(total // n, 1), int(n), total  # k: nominal (T / N)
-            idx = None
-        else:
-            if online_steps is not None and online_steps * k != total:
-                raise LohpError(f"uniform matching takes k (N = T / k = {total // max(k, 1)}); --online-steps "
-                                f"{online_steps} needs --matching adaptive, or --k {total // online_steps}")
-            if k > total:
-                raise LohpError(f"the store has T={total} steps, fewer than k={k}; prepare a store with "
-                                f"--steps of at least {k} (a multiple of k), or lower --k")
-            if total % k:
-                raise LohpError(f"T={total} steps is not divisible by k={k}, so online step j cannot be matched "
-                                f"to offline step k*j; use a k that divides {total} or prepare with --steps "
-                                f"{(total // k + 1) * k}")
-            self.k, self.n_steps, self.total_steps = k, total // k, total
-            pos = {s: i for i, s in enumerate(recorded)}
-            missing = [s for s in range(0, total + 1, k) if s not in pos]
-            if missing:
-                raise LohpError(f"the store records every {cfg['record_every']} steps but k={k} needs step "
-                                f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
-            idx = [pos[s] for s in range(0, total + 1, k)]
-        self.matching, self.measure = matching, measure
-        if optimizers is not None:
-            have = sorted({tr["optimizer"] for tr in store})
-            missing = [o for o in optimizers if o not in have]
-            if missing:  # one typo would otherwise silently train on fewer optimizers than asked
-                raise LohpError(f"the store holds no trajectory of optimizer(s) {', '.join(missing)}; "
-                                f"it has {', '.join(have)}")
-        chosen = [i for i, tr in enumerate(store) if optimizers is None or tr["optimizer"] in optimizers]
-        if not chosen:
-            have = sorted({tr["optimizer"] for tr in store})
-            raise LohpError(f"the store holds no trajectory of optimizer(s) {optimizers}; it has {', '.join(have)}")
+        self.store, self.device, self.matching, self.measure = store, device, matching, measure
+        idx = self._match(k, online_steps)
+        chosen = self._choose(optimizers)
         self.optimizers = sorted({store.trajectories[i]["optimizer"] for i in chosen})
-        self.store, self.device, self._chosen = store, device, chosen
-        # the records each trajectory's online steps are matched to (one list for uniform)
+        self._chosen = chosen
         size_gb = len(chosen) * (self.n_steps + 1) * store.layout.size * 4 / 2 ** 30
         self.streamed = in_memory_gb is not None and size_gb > in_memory_gb
         if self.streamed:
@@ -104,24 +68,79 @@ class OfflineData:
             self.thetas = None
             self._scales_streaming()
         else:
-            full = [store.theta(i) for i in chosen]
-            bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
-            if bad.any():
-                self._refuse_non_finite(chosen[int(bad.nonzero()[0])])
-            self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen, full)
-            thetas = torch.stack([t[self._idx[i]] for i, t in zip(chosen, full)])
-            del full
-            self.thetas = thetas.to(device)
-            steps = self.thetas[:, 1:] - self.thetas[:, :-1]
-            self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
-            self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
-            self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
-        family = store.family()
+            self._load(chosen, idx)
+        self.family = store.family()
+        self._conditions(condition_points, chosen)
+        self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
+        self.task_seeds = torch.tensor([store.trajectories[i]["task_seed"] for i in chosen])
+        self._tasks: dict[int, Any] = {}  # sampled again on demand (not kept: their data)
+
+    def _match(self, k: int, online_steps: int | None) -> list[int] | None:
+        """Set k, N and T; the record indices every trajectory's online steps are matched to
+        under uniform matching (None for adaptive: each trajectory gets its own)."""
+        cfg = self.store.config
+        total = cfg["steps"]
+        if self.matching == "adaptive":
+            n = online_steps if online_steps is not None else total // k
+            if n < 1:
+                raise LohpError(f"--online-steps must be >= 1 (got {n})")
+            self.k, self.n_steps, self.total_steps = max(total // n, 1), int(n), total  # k: nominal (T / N)
+            return None
+        if online_steps is not None and online_steps * k != total:
+            raise LohpError(f"uniform matching takes k (N = T / k = {total // max(k, 1)}); --online-steps "
+                            f"{online_steps} needs --matching adaptive, or --k {total // online_steps}")
+        if k > total:
+            raise LohpError(f"the store has T={total} steps, fewer than k={k}; prepare a store with "
+                            f"--steps of at least {k} (a multiple of k), or lower --k")
+        if total % k:
+            raise LohpError(f"T={total} steps is not divisible by k={k}, so online step j cannot be matched "
+                            f"to offline step k*j; use a k that divides {total} or prepare with --steps "
+                            f"{(total // k + 1) * k}")
+        self.k, self.n_steps, self.total_steps = k, total // k, total
+        recorded = self.store.steps(0) if len(self.store) else []
+        pos = {s: i for i, s in enumerate(recorded)}
+        missing = [s for s in range(0, total + 1, k) if s not in pos]
+        if missing:
+            raise LohpError(f"the store records every {cfg['record_every']} steps but k={k} needs step "
+                            f"{missing[0]}; use a k that is a multiple of {cfg['record_every']}")
+        return [pos[s] for s in range(0, total + 1, k)]
+
+    def _choose(self, optimizers: list[str] | None) -> list[int]:
+        """The trajectories of ``optimizers`` (all: None); a name the store lacks is refused."""
+        have = sorted({tr["optimizer"] for tr in self.store})
+        if optimizers is not None:
+            missing = [o for o in optimizers if o not in have]
+            if missing:  # one typo would otherwise silently train on fewer optimizers than asked
+                raise LohpError(f"the store holds no trajectory of optimizer(s) {', '.join(missing)}; "
+                                f"it has {', '.join(have)}")
+        chosen = [i for i, tr in enumerate(self.store) if optimizers is None or tr["optimizer"] in optimizers]
+        if not chosen:
+            raise LohpError(f"the store holds no trajectory of optimizer(s) {optimizers}; it has {', '.join(have)}")
+        return chosen
+
+    def _load(self, chosen: list[int], idx: list[int] | None) -> None:
+        """Hold the chosen trajectories at their matched records in memory, with the scales."""
+        full = [self.store.theta(i) for i in chosen]
+        bad = torch.tensor([not torch.isfinite(t).all() for t in full])  # anywhere, not only at stride k
+        if bad.any():
+            self._refuse_non_finite(chosen[int(bad.nonzero()[0])])
+        self._idx = {i: idx for i in chosen} if idx is not None else self._adaptive(chosen, full)
+        thetas = torch.stack([t[self._idx[i]] for i, t in zip(chosen, full)])
+        del full
+        self.thetas = thetas.to(self.device)
+        steps = self.thetas[:, 1:] - self.thetas[:, :-1]
+        self.step_scale = steps.square().mean((0, 2)).sqrt().clamp_min(1e-8)  # [N]
+        self.theta_scale = self.thetas.square().mean().sqrt().clamp_min(1e-8).item()
+        self.init_scale = self.thetas[:, 0].square().mean().sqrt().clamp_min(1e-8).item()
+
+    def _conditions(self, condition_points: int | None, chosen: list[int]) -> None:
+        """Every chosen trajectory's task condition (one per task, checked finite) and their scale."""
+        trajectories = self.store.trajectories
         tasks: dict[int, Any] = {}
         for i in chosen:
-            seed = store.trajectories[i]["task_seed"]
+            seed = trajectories[i]["task_seed"]
             if seed not in tasks:
-                tasks[seed] = family.sample(seed, store.config["split"])
+                tasks[seed] = self.family.sample(seed, self.store.config["split"])
         self.condition = resolve_condition(condition_points, tasks)
         m = self.condition["points"]
         conds = {}
@@ -129,11 +148,7 @@ class OfflineData:
             conds[seed] = task.condition(m)
             check_finite(conds[seed], f"task {task.name}'s condition (from its training split)",
                          "its features hold NaN or inf: clean the data")
-        self.cond = torch.stack([conds[store.trajectories[i]["task_seed"]] for i in chosen]).to(device)
-        self.family = family
-        self.trajectory_ids = [store.trajectories[i]["id"] for i in chosen]
-        self.task_seeds = torch.tensor([store.trajectories[i]["task_seed"] for i in chosen])
-        self._tasks: dict[int, Any] = {}  # sampled again on demand (not kept: their data)
+        self.cond = torch.stack([conds[trajectories[i]["task_seed"]] for i in chosen]).to(self.device)
         # RMS of the class means the conditions carry (the same number for every m)
         means = self.cond if m == 1 else (self.cond[..., :-1] * self.cond[..., -1:]).sum(-2)
         self.cond_scale = means.square().mean().sqrt().clamp_min(1e-8).item()
