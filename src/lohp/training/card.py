@@ -132,10 +132,8 @@ def model_card(folder: str | Path, meta: dict[str, Any] | None = None) -> str:
         meta = read_json(folder / META, "policy description", sealed=True)
     name = folder.resolve().name or str(folder)
     fam, method = meta.get("family", "?"), meta.get("method", "?")
-    tc = meta.get("train_config") or {}
-    layout = meta.get("layout") or {}
-    structure = (meta.get("structure") or {}).get("kind", "?")
     iteration = int(meta.get("iteration") or 0)
+    acc = training_accuracy(folder, iteration)
     out = [f"# lohp policy {code(name)}: {code(method)} on {code(fam)} tasks", ""]
     n_steps, k, total = meta.get("n_steps"), meta.get("k"), meta.get("total_steps")
     out += [f"A trained Lo-Hp policy: from a task's training split it generates the weights of the task's model in "
@@ -143,11 +141,20 @@ def model_card(folder: str | Path, meta: dict[str, Any] | None = None) -> str:
             f"gradient of the task loss. `policy.json` describes it and `policy.safetensors` holds its weights; both "
             "carry checksums, which `lohp inspect` on this folder re-checks. This card is written by lohp with the "
             "policy (and again after a `lohp evaluate --json` result is saved here).", ""]
+    out += _what_it_generates(meta)
+    out += _how_it_was_trained(meta, iteration, acc)
+    out += _heldout_while_training(meta, iteration, acc)
+    saved = saved_evaluation(folder)
+    if saved is not None:
+        out += _evaluation(folder, meta, *saved)
+    out += _use_it(name, meta.get("feature_spec"))
+    return "\n".join(out)
 
-    # -- what it generates
-    out += ["## What it generates", ""]
-    options = meta.get("family_config") or {}
-    out.append(f"- family: {code(fam)}")
+
+def _what_it_generates(meta: dict[str, Any]) -> list[str]:
+    fam, options = meta.get("family", "?"), meta.get("family_config") or {}
+    layout, structure = meta.get("layout") or {}, (meta.get("structure") or {}).get("kind", "?")
+    out = ["## What it generates", "", f"- family: {code(fam)}"]
     if options:
         out.append("- family options: " + ", ".join(code(f"{k}={_option(v)}") for k, v in sorted(options.items())))
     entries = ", ".join(f"{code(e.get('name'))} {list(e.get('shape', []))}" for e in layout.get("entries", []))
@@ -163,11 +170,12 @@ def model_card(folder: str | Path, meta: dict[str, Any] | None = None) -> str:
     if spec:
         out.append(f"- input: rows of {spec['n_features']:,} features ({code(spec.get('input', ''))}), "
                    + _transform(spec))
-    out.append("")
+    return out + [""]
 
-    # -- how it was trained
-    out += ["## How it was trained", ""]
-    out.append(f"- method: {code(method)}")
+
+def _how_it_was_trained(meta: dict[str, Any], iteration: int, acc: dict[str, Any] | None) -> list[str]:
+    tc = meta.get("train_config") or {}
+    out = ["## How it was trained", "", f"- method: {code(meta.get('method', '?'))}"]
     store = meta.get("store")
     if store is not None:
         opts = ", ".join(code(o) for o in meta.get("store_optimizers") or [])
@@ -180,32 +188,29 @@ def model_card(folder: str | Path, meta: dict[str, Any] | None = None) -> str:
         budget.append(f"a limit of {_fmt(float(tc['time_limit']), 0)} training seconds")
     out.append(f"- budget: {' and '.join(budget)}; batch {tc.get('batch_size', '?')} tasks, "
                f"learning rate {tc.get('lr', '?')}, seed {tc.get('seed', '?')}")
-    acc = training_accuracy(folder, iteration)
     trained = f"- trained: iteration {iteration:,}"
     if acc is not None and acc.get("train_seconds") is not None:
         trained += f", {acc['train_seconds']:.1f} training seconds"
     out.append(trained + (f"; {meta['parameters']:,} policy parameters" if isinstance(meta.get("parameters"), int)
                           else ""))
-    out.append("")
+    return out + [""]
 
-    # -- training-time held-out accuracy
-    out += ["## Held-out accuracy while training", ""]
+
+def _heldout_while_training(meta: dict[str, Any], iteration: int, acc: dict[str, Any] | None) -> list[str]:
+    out = ["## Held-out accuracy while training", ""]
     if acc is None:
         out.append("No held-out accuracy in `log.csv` yet" + (" (not trained yet)." if iteration == 0 else "."))
     else:
+        tasks = (meta.get("train_config") or {}).get("eval_tasks", "?")
         out.append(f"From `log.csv`: {acc['last']:.4f} at iteration {acc['last_iteration']:,} (the last evaluation), "
                    f"best {acc['best']:.4f} at iteration {acc['best_iteration']:,}; {acc['evaluations']} "
-                   f"evaluation(s), each the mean over {tc.get('eval_tasks', '?')} held-out task(s) from fixed "
+                   f"evaluation(s), each the mean over {tasks} held-out task(s) from fixed "
                    "starting weights.")
-    out.append("")
+    return out + [""]
 
-    # -- evaluate result
-    saved = saved_evaluation(folder)
-    if saved is not None:
-        out += _evaluation(folder, meta, *saved)
 
-    # -- use it
-    out += ["## Use it", ""]
+def _use_it(name: str, spec: dict[str, Any] | None) -> list[str]:
+    out = ["## Use it", ""]
     lines = ["from lohp import api",
              f"gen = api.load_policy({name!r})  # this folder",
              'weights = api.generate(gen, gen.family().sample(0, "heldout"))  # .theta, .named; any Task of the family']
@@ -217,8 +222,7 @@ def model_card(folder: str | Path, meta: dict[str, Any] | None = None) -> str:
             "from lohp.sklearn import GeneratedClassifier",
             f"clf = GeneratedClassifier({name!r}).fit(X, y)  # generates the head, no gradient",
             "clf.predict(X_new), clf.predict_proba(X_new), clf.score(X_test, y_test)"]])
-    out.append("")
-    return "\n".join(out)
+    return out + [""]
 
 
 def _transform(spec: dict[str, Any]) -> str:
