@@ -6,7 +6,7 @@ stack of docs/architecture.md (section 'Import direction').
     python scripts/code_shape.py --root OLD/src/lohp   # another tree, e.g. a git worktree
     python scripts/code_shape.py --json shape.json     # also write the numbers
 
-tests/test_architecture.py uses :func:`import_graph` and :func:`upward_imports`, so the
+tests/test_architecture.py uses :func:`import_graph`, :func:`cycles` and :func:`upward_imports`, so the
 layering this prints is the layering the tests enforce.
 """
 
