@@ -106,9 +106,8 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     cfg = EvaluateConfig.from_dict({"family": family, **settings})
     note = note or (lambda s: None)
     family, tasks, baselines, seeds, batch_size = cfg.family, cfg.tasks, cfg.baselines, cfg.seeds, cfg.batch_size
-    tune, latency_repeats, device = cfg.tune, cfg.latency_repeats, cfg.device
     t_start = time.perf_counter()
-    gen = Generator.load(policy, device)
+    gen = Generator.load(policy, cfg.device)
     # which state of the policy this result measured (a policy folder's model card shows it)
     try:
         weights_sha = sha256_file(Path(policy) / WEIGHTS)
@@ -120,48 +119,59 @@ def evaluate(policy: str | Path, family: str | None = None, family_options: dict
     held = _sample(fam, tasks, seeds, yes, note)
     for t in held:
         gen.check_task(t)  # a family the policy cannot serve fails before any work
-    T, N = gen.meta["total_steps"], gen.n_steps
     init, sigma = gen.meta["init"], gen.meta["init_sigma"]
 
     def s0_for(seed: int) -> torch.Tensor:
         return torch.stack([t.init_theta(50_000 + 1000 * seed + i, init, sigma) for i, t in enumerate(held)])
 
-    rows: list[Row] = []
-    grads = [(b, "sgd" if b == "sgd" else "adam", N if b == "adam-n" else T) for b in baselines
-             if b in ("adam", "sgd", "adam-n")]
-    hp = _hparams(gen, fam, tune and any(b not in ("sgd",) and not b.startswith("proto") for b in baselines),
+    hp = _hparams(gen, fam, cfg.tune and any(b not in ("sgd",) and not b.startswith("proto") for b in baselines),
                   batch_size)
-    if grads:
-        rows += gradient_rows(held, hp, s0_for, seeds, T, batch_size, grads, note)
-    closed = [b for b in baselines if b not in GRADIENT]
-    if closed:
-        s0 = s0_for(0)
-        ctx = BaselineContext(family=fam, adam=hp.get("adam"), steps=T, condition_points=gen.policy.condition_points,
-                              s0={t.name: s0[i] for i, t in enumerate(held)})
-        rows += baseline_rows(closed, held, ctx, note)
+    rows = _baseline_rows(gen, fam, held, cfg, hp, s0_for, note)
     note(f"generating with {gen.meta['method']}")
-    accs, wides, per_task = [], [], []
-    for seed in range(seeds):
-        s0 = s0_for(seed)
-        theta = gen.generate_batch(held, s0=s0)
-        acc = task_metrics(held, theta)
-        per_task = per_task or acc
-        accs.append(float(np.mean(acc)))
-        wide = gen.generate_batch(held, s0=s0 * WIDE)
-        wides.append(float(np.mean(task_metrics(held, wide))))
-    lat = gen.latency(held[0], repeats=latency_repeats)
-    row = Row.over_seeds(gen.meta["method"], accs, k=gen.meta["k"], steps=N, accuracy_wide=float(np.mean(wides)),
-                         latency_ms=lat["latency_ms"], latency_with_condition_ms=lat["latency_with_condition_ms"],
-                         per_task=per_task, policy=str(policy))
-    if "adam" in hp:
-        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row.latency_ms, T, min(5, len(held)),
-                           row.latency_with_condition_ms))
-    rows.append(row)
+    rows.append(_policy_row(gen, held, cfg, hp, s0_for, str(policy)))
     return {"benchmark": "evaluate", "policy": str(policy), "policy_iteration": gen.meta.get("iteration"),
             "policy_sha256": weights_sha, "config": cfg.to_dict(), "family": fam.name,
             "family_config": fam.config(),
             "heldout_tasks": len(held), "threads": torch.get_num_threads(), "rows": public_rows(rows),
             "seconds": time.perf_counter() - t_start}
+
+
+def _baseline_rows(gen: Generator, fam: Any, held: list[Any], cfg: EvaluateConfig, hp: dict[str, dict[str, Any]],
+                   s0_for: Callable[[int], torch.Tensor], note: Callable[[str], None]) -> list[Row]:
+    """The gradient rows (over seeds, from the policy's starts) and the closed-form rows."""
+    T, N, rows = gen.meta["total_steps"], gen.n_steps, []
+    grads = [(b, "sgd" if b == "sgd" else "adam", N if b == "adam-n" else T) for b in cfg.baselines
+             if b in ("adam", "sgd", "adam-n")]
+    if grads:
+        rows += gradient_rows(held, hp, s0_for, cfg.seeds, T, cfg.batch_size, grads, note)
+    closed = [b for b in cfg.baselines if b not in GRADIENT]
+    if closed:
+        s0 = s0_for(0)
+        ctx = BaselineContext(family=fam, adam=hp.get("adam"), steps=T, condition_points=gen.policy.condition_points,
+                              s0={t.name: s0[i] for i, t in enumerate(held)})
+        rows += baseline_rows(closed, held, ctx, note)
+    return rows
+
+
+def _policy_row(gen: Generator, held: list[Any], cfg: EvaluateConfig, hp: dict[str, dict[str, Any]],
+                s0_for: Callable[[int], torch.Tensor], policy: str) -> Row:
+    """The policy's row: accuracy over seeds, from 10x wider starts, latency and (with Adam
+    among the baselines) the time-to-accuracy speedup."""
+    accs, wides, per_task = [], [], []
+    for seed in range(cfg.seeds):
+        s0 = s0_for(seed)
+        acc = task_metrics(held, gen.generate_batch(held, s0=s0))
+        per_task = per_task or acc
+        accs.append(float(np.mean(acc)))
+        wides.append(float(np.mean(task_metrics(held, gen.generate_batch(held, s0=s0 * WIDE)))))
+    lat = gen.latency(held[0], repeats=cfg.latency_repeats)
+    row = Row.over_seeds(gen.meta["method"], accs, k=gen.meta["k"], steps=gen.n_steps,
+                         accuracy_wide=float(np.mean(wides)), latency_ms=lat["latency_ms"],
+                         latency_with_condition_ms=lat["latency_with_condition_ms"], per_task=per_task, policy=policy)
+    if "adam" in hp:
+        row.update(speedup(held, s0_for(0), per_task, hp["adam"], row.latency_ms, gen.meta["total_steps"],
+                           min(5, len(held)), row.latency_with_condition_ms))
+    return row
 
 
 def plots(result: dict[str, Any], directory: Path) -> list[Path]:
