@@ -180,6 +180,22 @@ def run_scenario(name: str, cfg: RefineBenchConfig, note: Callable[[str], None],
 
     starts: dict[str, dict[str, Any]] = {"scratch": {"theta": s0, "tune": None, "lr": hp_scratch["lr"],
                                                      "lr_scores": scratch_scores, "generation_ms": 0.0}}
+    starts.update(_generated_starts(name, sc, cfg, work, store, tasks, s0, tune_tasks, tune_s0, hp, note, progress))
+    rows = _refine_rows(name, sc, cfg, starts, tasks, hp, horizon, note)
+    scratch_steps = _add_steps_to_target(rows, T)
+    info = {"family": family.config(), "T": T, "horizon": horizon, "heldout_tasks": len(tasks),
+            "support_only": sc.support_only, "scratch_steps_to_target": scratch_steps,
+            "target": _targets(name, rows, scratch_steps, sc.support_only, cfg.step_counts)}
+    return rows, info
+
+
+def _generated_starts(name: str, sc: RefineScenario, cfg: RefineBenchConfig, work: Path, store: Any, tasks: list,
+                      s0: torch.Tensor, tune_tasks: list, tune_s0: torch.Tensor, hp: dict[str, Any],
+                      note: Callable[[str], None], progress=None) -> dict[str, dict[str, Any]]:
+    """Each learned method's start: its policy (trained within the budget), the weights it
+    generates for the held-out tasks, the refine learning rate tuned from its starts on
+    source tasks, and its generation latency."""
+    starts = {}
     variants = budget_variants(cfg.budget, cfg.methods, policy_options=sc.policy_options,
                                train_options=sc.train_options, loss_options=sc.loss_options)
     for v in variants:
@@ -198,7 +214,12 @@ def run_scenario(name: str, cfg: RefineBenchConfig, note: Callable[[str], None],
         lat = gen.latency(tasks[0], repeats=10, warmup=2)
         starts[v.name] = {"theta": theta, "lr": lr, "lr_scores": scores,
                           "generation_ms": lat["latency_with_condition_ms"], "generation_batch_ms": batch_ms}
+    return starts
 
+
+def _refine_rows(name: str, sc: RefineScenario, cfg: RefineBenchConfig, starts: dict[str, dict[str, Any]],
+                 tasks: list, hp: dict[str, Any], horizon: int, note: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Adam from every start for ``horizon`` steps: the mean curve over tasks and its cost."""
     rows = []
     for start, info in starts.items():
         note(f"{name}: Adam from the {start} start, {horizon} steps")
@@ -211,7 +232,13 @@ def run_scenario(name: str, cfg: RefineBenchConfig, note: Callable[[str], None],
                      "accuracy_by_steps": {str(s): float(curves[:, s].mean()) for s in cfg.step_counts
                                            if s <= horizon},
                      "generation_ms": info["generation_ms"], "step_ms": step_ms})
-    target = TARGET_FRACTION * rows[0]["curve"][T]  # scratch after T steps
+    return rows
+
+
+def _add_steps_to_target(rows: list[dict[str, Any]], T: int) -> int | None:
+    """Each row's steps (and wall time) to the target, a fraction of scratch's accuracy after
+    T steps (the first row is scratch); returns scratch's own steps."""
+    target = TARGET_FRACTION * rows[0]["curve"][T]
     scratch_steps = steps_to_target(rows[0]["curve"], target)
     for r in rows:
         r["target_accuracy"] = target
@@ -219,10 +246,7 @@ def run_scenario(name: str, cfg: RefineBenchConfig, note: Callable[[str], None],
         st = r["steps_to_target"]
         r["wall_ms_to_target"] = None if st is None else r["generation_ms"] + st * r["step_ms"]
         r["step_ratio_vs_scratch"] = (None if st is None or not scratch_steps else st / scratch_steps)
-    info = {"family": family.config(), "T": T, "horizon": horizon, "heldout_tasks": len(tasks),
-            "support_only": sc.support_only, "scratch_steps_to_target": scratch_steps,
-            "target": _targets(name, rows, scratch_steps, sc.support_only, cfg.step_counts)}
-    return rows, info
+    return scratch_steps
 
 
 def _targets(name: str, rows: list[dict[str, Any]], scratch_steps: int | None, support_only: bool,
