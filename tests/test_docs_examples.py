@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+DOC = Path(__file__).resolve().parents[1] / "docs/architecture.md"
 ILLUSTRATIONS = ("lohp_blobs",)  # a plugin package the page describes, not one that exists
 
 
