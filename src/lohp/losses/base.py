@@ -11,7 +11,7 @@ validity never depends on which methods were imported. The options several losse
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 
@@ -76,3 +76,15 @@ def check_flatness(o: FlatnessOptions) -> None:
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise LohpError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+
+
+O = TypeVar("O", bound=LossOptions)
+
+
+def options_of(config: Any, cls: type[O], loss: str) -> O:
+    """A loss's options from what it was built with: the run's ``LossConfig`` (its
+    ``options``) or the options themselves; options of another class are refused."""
+    options = config if isinstance(config, cls) else config.options
+    if not isinstance(options, cls):
+        raise LohpError(f"{loss} takes {cls.__name__} (got {type(options).__name__})")
+    return options

@@ -28,7 +28,7 @@ import torch
 from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace
-from lohp.losses.base import _FLATNESS_SCOPE, Batch, FlatnessOptions, check_beta, check_choice
+from lohp.losses.base import _FLATNESS_SCOPE, Batch, FlatnessOptions, check_beta, check_choice, options_of
 from lohp.losses.subtb import subtb_loss, subtb_residuals, subtb_weights
 from lohp.policy import LohpPolicy
 
@@ -90,9 +90,7 @@ class HybridSubTB:
     def __init__(self, config: Any):
         """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
-        self.options: SubTBOptions = config if isinstance(config, SubTBOptions) else config.options
-        if not isinstance(self.options, SubTBOptions):
-            raise LohpError(f"HybridSubTB takes SubTBOptions (got {type(self.options).__name__})")
+        self.options = options_of(config, SubTBOptions, "HybridSubTB")
 
     def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.options

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from lohp.config import setting
-from lohp.errors import LohpError
-from lohp.losses.base import Batch, LossOptions
+from lohp.losses.base import Batch, LossOptions, options_of
 from lohp.policy import LohpPolicy
 
 
@@ -35,9 +34,7 @@ class LocalRegression:
     def __init__(self, config: Any):
         """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
-        self.options: RegressionOptions = config if isinstance(config, RegressionOptions) else config.options
-        if not isinstance(self.options, RegressionOptions):
-            raise LohpError(f"LocalRegression takes RegressionOptions (got {type(self.options).__name__})")
+        self.options = options_of(config, RegressionOptions, "LocalRegression")
 
     def __call__(self, policy: LohpPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         off = batch.offline

@@ -40,7 +40,7 @@ import torch
 from lohp.config import setting
 from lohp.errors import LohpError
 from lohp.flatness import hutchinson_trace, local_entropy_loss
-from lohp.losses.base import Batch, FlatnessOptions, check_beta
+from lohp.losses.base import Batch, FlatnessOptions, check_beta, options_of
 from lohp.policy import LohpPolicy
 
 _ENTROPY_SCOPE = ("the flatness regularizers act on weights the policy generates, and the local-entropy one is "
@@ -77,9 +77,14 @@ class OneStepOptions(FlatnessOptions):
         super().__post_init__()
         check_beta(self.beta)
         check_entropy(self)
-        self.start_widths = [float(w) for w in self.start_widths]
-        if not self.start_widths or min(self.start_widths) <= 0:
-            raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
+        check_start_widths(self)
+
+
+def check_start_widths(o: Any) -> None:
+    """Normalise ``o.start_widths`` to floats and refuse an empty or non-positive list."""
+    o.start_widths = [float(w) for w in o.start_widths]
+    if not o.start_widths or min(o.start_widths) <= 0:
+        raise LohpError(f"start_widths must be positive numbers (got {list(o.start_widths)})")
 
 
 def check_entropy(o: Any) -> None:
@@ -95,9 +100,7 @@ class OnPolicyStates:
     def __init__(self, config: Any):
         """``config``: the run's :class:`~lohp.losses.LossConfig`, or the options themselves."""
         self.config = config
-        self.options: OneStepOptions = config if isinstance(config, OneStepOptions) else config.options
-        if not isinstance(self.options, OneStepOptions):
-            raise LohpError(f"OnPolicyStates takes OneStepOptions (got {type(self.options).__name__})")
+        self.options = options_of(config, OneStepOptions, "OnPolicyStates")
 
     @torch.no_grad()
     def visit(self, policy: LohpPolicy, batch: Batch) -> torch.Tensor:

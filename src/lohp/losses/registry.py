@@ -36,7 +36,7 @@ from lohp.errors import LohpError
 from lohp.losses.base import LossOptions, check_beta, check_choice, check_flatness
 from lohp.losses.hybrid import HybridSubTB, SubTBOptions, check_subtb, check_subtb_mix
 from lohp.losses.lodi import LocalRegression, RegressionOptions
-from lohp.losses.onestep import OneStepOptions, OnPolicyStates, check_entropy
+from lohp.losses.onestep import OneStepOptions, OnPolicyStates, check_entropy, check_start_widths
 
 FORMULATIONS = ("states", "subtb")
 
@@ -58,9 +58,7 @@ class FlatOptions(OneStepOptions, SubTBOptions, RegressionOptions):
         check_flatness(self)
         check_entropy(self)
         check_subtb(self)
-        self.start_widths = [float(w) for w in self.start_widths]
-        if not self.start_widths or min(self.start_widths) <= 0:
-            raise LohpError(f"start_widths must be positive numbers (got {list(self.start_widths)})")
+        check_start_widths(self)
         if self.formulation == "subtb":
             check_subtb_mix(self)
             if self.entropy_weight > 0:
