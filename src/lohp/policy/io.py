@@ -56,8 +56,12 @@ def save_policy(directory: Path, policy: LohpPolicy, meta: dict[str, Any]) -> No
 
 
 def load_state(policy: torch.nn.Module, path: Path, prefix: str = "",
-               fix: str = "retrain the policy (lohp train --overwrite), or restore the file from a copy") -> None:
-    tensors = load_tensors(path, "policy weights" if not prefix else "training checkpoint", fix)
+               fix: str = "retrain the policy (lohp train --overwrite), or restore the file from a copy",
+               tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``path``'s tensors (those under ``prefix``) into ``policy``; ``tensors``: the
+    file's tensors when the caller has read (and checked) them already."""
+    if tensors is None:
+        tensors = load_tensors(path, "policy weights" if not prefix else "training checkpoint", fix)
     if prefix:
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:

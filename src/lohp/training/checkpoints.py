@@ -142,8 +142,8 @@ def load_checkpoint(out: Path, policy: LohpPolicy, optimizer: torch.optim.Optimi
     """Load ``out``'s checkpoint into ``policy`` and ``optimizer``; returns its iteration."""
     fix = (f"delete {out / CHECKPOINT} and {out / CHECKPOINT_META} to restart this policy from "
            "iteration 0 (or pass --overwrite)")
-    load_state(policy, out / CHECKPOINT, prefix="policy.", fix=fix)
     tensors, own = load_tensors_and_metadata(out / CHECKPOINT, "training checkpoint", fix)
+    load_state(policy, out / CHECKPOINT, prefix="policy.", fix=fix, tensors=tensors)
     if "iteration" in own:  # the weights' own iteration (checkpoint.json may be one interval older)
         info = {"iteration": int(own["iteration"]), "param_groups": json.loads(own["param_groups"])}
     else:  # written before checkpoints described themselves
